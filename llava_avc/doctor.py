@@ -1,0 +1,360 @@
+"""``llava-avc doctor``: report whether this environment can run LLaVA + llava-avc.
+
+Usage::
+
+    llava-avc doctor [--json]
+    python -m llava_avc.doctor [--json]
+
+Every check is a :class:`Check`; a failed check with ``fatal=True`` makes the environment
+unhealthy (exit status 1, last line ``doctor: unhealthy: <reason>``). A failed non-fatal
+check is a warning (exit status 0). No check ever raises: each catches ``Exception`` and
+reports it as ``Type: message``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata as metadata
+import importlib.util
+import json
+import os
+import platform
+import re
+import sys
+import types
+from dataclasses import asdict, dataclass
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+
+LLAVA_LLAMA = "llava.model.language_model.llava_llama"
+
+# (import name, distribution name, fatal when it does not import)
+LIBRARIES: Tuple[Tuple[str, str, bool], ...] = (
+    ("transformers", "transformers", True),
+    ("tokenizers", "tokenizers", True),
+    ("accelerate", "accelerate", True),
+    ("peft", "peft", False),  # only needed for LoRA checkpoints
+    ("bitsandbytes", "bitsandbytes", False),  # only needed for 4/8-bit loading
+    ("sentencepiece", "sentencepiece", True),
+    ("huggingface_hub", "huggingface_hub", True),
+)
+
+SUPPORTED_TRANSFORMERS = "supported: 4.37.2 (recommended, LLaVA's pin) or 4.38-4.57.x with llava-avc's patch"
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fatal: bool = False
+
+    @property
+    def status(self) -> str:
+        if self.ok:
+            return "OK"
+        return "FAIL" if self.fatal else "WARN"
+
+
+class Verdict(NamedTuple):
+    level: str  # "ok" | "warn" | "fatal"
+    message: str
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _err(exc: BaseException) -> str:
+    """``Type: message`` on one line."""
+    msg = _one_line(str(exc))
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def _last_frame(exc: BaseException) -> Optional[str]:
+    """``file:line`` of the innermost traceback frame outside importlib's frozen code."""
+    tb, found = exc.__traceback__, None
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.startswith("<frozen"):
+            found = f"{filename}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return found
+
+
+def _err_at(exc: BaseException) -> str:
+    frame = _last_frame(exc)
+    return f"{_err(exc)} (at {frame})" if frame else _err(exc)
+
+
+def _dist_version(dist: str) -> Optional[str]:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _release(version: str) -> Tuple[int, ...]:
+    """Numeric release tuple of a version string (``packaging`` if available)."""
+    try:
+        from packaging.version import Version
+
+        return tuple(Version(version).release)
+    except ImportError:
+        pass
+    match = re.match(r"\s*v?(\d+(?:\.\d+)*)", version)
+    if not match:
+        raise ValueError(f"cannot parse version {version!r}")
+    return tuple(int(part) for part in match.group(1).split("."))
+
+
+def _guard(name: str, fatal: bool, fn: Callable[[], Check]) -> Check:
+    """Run one check; any exception becomes a failed check."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - a doctor must never crash
+        return Check(name, False, f"check crashed: {_err_at(exc)}", fatal)
+
+
+# --------------------------------------------------------------------------- pure logic
+
+
+def classify_transformers(version: str) -> Verdict:
+    """Compatibility of a transformers version with LLaVA 1.2.2 + llava-avc."""
+    try:
+        release = _release(version)
+    except Exception as exc:  # noqa: BLE001
+        return Verdict("fatal", f"{version}: unparseable version ({_err(exc)}); {SUPPORTED_TRANSFORMERS}")
+    major_minor = (release + (0, 0))[:2]
+    if major_minor >= (5, 0) or major_minor < (4, 36):
+        return Verdict("fatal", f"{version} is untested/unsupported; {SUPPORTED_TRANSFORMERS}")
+    if major_minor < (4, 38):
+        note = "" if release[:3] == (4, 37, 2) else " (4.37.2 recommended)"
+        return Verdict("ok", f"{version}: LLaVA 1.2.2 runs unpatched{note}")
+    if major_minor < (4, 58):
+        return Verdict(
+            "warn",
+            f"{version}: supported through llava-avc's compatibility patch; "
+            "upstream LLaVA alone fails with cache_position",
+        )
+    return Verdict(
+        "warn",
+        f"{version}: newer than 4.57.x, untested (llava-avc's patch is verified through 4.57.x); "
+        "upstream LLaVA alone fails with cache_position",
+    )
+
+
+def is_healthy(checks: Sequence[Check]) -> bool:
+    return all(c.ok or not c.fatal for c in checks)
+
+
+def unhealthy_reason(checks: Sequence[Check]) -> str:
+    bad = [c for c in checks if not c.ok and c.fatal]
+    return "doctor: unhealthy: " + "; ".join(_one_line(f"{c.name} {c.detail}") for c in bad)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_python() -> Check:
+    return Check("python", True, f"{platform.python_version()} ({sys.executable})", False)
+
+
+def check_torch() -> Check:
+    dist = _dist_version("torch") or "not installed"
+    try:
+        import torch
+    except Exception as exc:  # noqa: BLE001
+        return Check("torch", False, f"{dist}; import failed: {_err_at(exc)}", True)
+    return Check("torch", True, f"{torch.__version__} ({torch.__file__})", True)
+
+
+def check_cuda() -> Check:
+    import torch
+
+    if not torch.cuda.is_available():
+        build = f"torch built with CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only torch build"
+        return Check("cuda", False, f"not available ({build}); running on CPU", False)
+    name = torch.cuda.get_device_name(0)
+    return Check("cuda", True, f"available, CUDA {torch.version.cuda}, {torch.cuda.device_count()} device(s), {name}", False)
+
+
+def check_library(module: str, dist: str, fatal: bool) -> Check:
+    version = _dist_version(dist)
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001
+        return Check(module, False, f"{version or 'not installed'}; import failed: {_err_at(exc)}", fatal)
+    if version is None:
+        return Check(module, True, "imports, but no distribution metadata", fatal)
+    return Check(module, True, version, fatal)
+
+
+def check_transformers_compat() -> Check:
+    version = _dist_version("transformers")
+    if version is None:
+        return Check("transformers-compat", False, f"transformers is not installed; {SUPPORTED_TRANSFORMERS}", True)
+    verdict = classify_transformers(version)
+    return Check("transformers-compat", verdict.level == "ok", verdict.message, verdict.level == "fatal")
+
+
+def check_bnb_4bit() -> Check:
+    import torch
+    import bitsandbytes as bnb
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    try:
+        layer = bnb.nn.Linear4bit(64, 64, quant_type="nf4", compute_dtype=dtype).to(device)
+        if getattr(layer.weight, "quant_state", None) is None:
+            return Check("bnb-4bit", False, f"weights were not quantized on {device}", False)
+        out = layer(torch.randn(2, 64, device=device, dtype=dtype))
+        if tuple(out.shape) != (2, 64) or not torch.isfinite(out).all():
+            return Check("bnb-4bit", False, f"forward on {device} gave a bad result {tuple(out.shape)}", False)
+    except Exception as exc:  # noqa: BLE001
+        return Check("bnb-4bit", False, f"nf4 Linear4bit on {device} failed: {_err_at(exc)}", False)
+    return Check("bnb-4bit", True, f"nf4 Linear4bit quantize + forward works on {device}", False)
+
+
+def _llava_distribution(origin: str) -> str:
+    """Which installed distribution (if any) provides the llava package at ``origin``."""
+    real = os.path.realpath(origin)
+    for dist_name in ("llava-torch", "llava"):
+        try:
+            dist = metadata.distribution(dist_name)
+        except metadata.PackageNotFoundError:
+            continue
+        if os.path.realpath(str(dist.locate_file("llava/__init__.py"))) == real:
+            return f"{dist_name} {dist.version}"
+        direct = json.loads(dist.read_text("direct_url.json") or "{}")
+        src = direct.get("url", "").replace("file://", "", 1)
+        if direct.get("dir_info", {}).get("editable") and src and real.startswith(os.path.realpath(src) + os.sep):
+            return f"{dist_name} {dist.version} (editable install of {src})"
+    installed = _dist_version("llava-torch")
+    other = f"llava-torch {installed} is installed elsewhere" if installed else "llava-torch is not installed"
+    return f"not from the llava-torch distribution (clone / PYTHONPATH?); {other}"
+
+
+def check_llava_package() -> Check:
+    spec = importlib.util.find_spec("llava")
+    if spec is None or not spec.origin:
+        return Check("llava", False, "not importable (install llava-torch with --no-deps)", True)
+    return Check("llava", True, f"{_llava_distribution(spec.origin)}; from {spec.origin}", True)
+
+
+def _stub_parents() -> List[str]:
+    """Put bare ``llava`` / ``llava.model`` packages (``__init__`` NOT run) in sys.modules."""
+    added = []
+    for name in ("llava", "llava.model"):
+        if name in sys.modules:
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            break
+        module = types.ModuleType(name)
+        module.__path__ = list(spec.submodule_search_locations or [])
+        module.__spec__ = spec
+        module.__file__ = spec.origin
+        sys.modules[name] = module
+        added.append(name)
+    return added
+
+
+def _real_llava_llama_error() -> Optional[BaseException]:
+    """Re-import llava_llama with llava's ``__init__`` files bypassed; return its own error.
+
+    ``llava/__init__.py`` does ``from .model import LlavaLlamaForCausalLM`` and
+    ``llava/model/__init__.py`` swallows every error with a bare ``except: pass``, so a plain
+    import only shows a secondary ImportError/NameError.
+    """
+    _forget_llava()  # the failed plain import may have left half-initialised modules behind
+    try:
+        _stub_parents()
+        importlib.import_module(LLAVA_LLAMA)
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return exc
+    finally:
+        _forget_llava()  # never leave the stub packages behind
+
+
+def _forget_llava() -> None:
+    for name in [k for k in sys.modules if k == "llava" or k.startswith("llava.")]:
+        del sys.modules[name]
+
+
+def check_llava_llama() -> Check:
+    try:
+        importlib.import_module(LLAVA_LLAMA)
+        return Check(LLAVA_LLAMA, True, "imports", True)
+    except Exception as exc:  # noqa: BLE001
+        first = exc
+    real = _real_llava_llama_error()
+    if real is None:
+        # llava_llama itself is fine; the failure is in llava/__init__ or a sibling module.
+        return Check(LLAVA_LLAMA, False, f"failed to import: {_err_at(first)}", True)
+    detail = f"failed to import: {_err_at(real)}"
+    if _err(real) != _err(first):
+        detail += f" [a plain import only shows: {_err(first)}]"
+    return Check(LLAVA_LLAMA, False, detail, True)
+
+
+def collect() -> List[Check]:
+    checks = [_guard("python", False, check_python), _guard("torch", True, check_torch)]
+    torch_ok = checks[-1].ok
+    if torch_ok:
+        checks.append(_guard("cuda", False, check_cuda))
+    for module, dist, fatal in LIBRARIES:
+        checks.append(_guard(module, fatal, lambda m=module, d=dist, f=fatal: check_library(m, d, f)))
+    checks.append(_guard("transformers-compat", True, check_transformers_compat))
+    bnb_ok = any(c.name == "bitsandbytes" and c.ok for c in checks)
+    if torch_ok and bnb_ok:
+        checks.append(_guard("bnb-4bit", False, check_bnb_4bit))
+    else:
+        checks.append(Check("bnb-4bit", False, "skipped: torch or bitsandbytes does not import", False))
+    checks.append(_guard("llava", True, check_llava_package))
+    checks.append(_guard(LLAVA_LLAMA, True, check_llava_llama))
+    return checks
+
+
+# --------------------------------------------------------------------------- report
+
+
+def format_report(checks: Sequence[Check]) -> str:
+    width = max(len(c.name) for c in checks)
+    lines = ["llava-avc doctor"]
+    lines += [f"  [{c.status:>4}] {c.name:<{width}}  {_one_line(c.detail)}" for c in checks]
+    if is_healthy(checks):
+        warnings = sum(1 for c in checks if not c.ok)
+        lines.append(f"doctor: healthy ({warnings} warning(s))" if warnings else "doctor: healthy")
+    else:
+        lines.append(unhealthy_reason(checks))
+    return "\n".join(lines)
+
+
+def doctor_main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="llava-avc doctor", description="Check the LLaVA / llava-avc environment.")
+    parser.add_argument("--json", action="store_true", help="print the checks as JSON")
+    args = parser.parse_args(argv)
+    try:
+        checks = collect()
+    except Exception as exc:  # noqa: BLE001 - last line of defence
+        checks = [Check("doctor", False, f"crashed: {_err_at(exc)}", True)]
+    healthy = is_healthy(checks)
+    sys.stderr.flush()
+    if args.json:
+        payload = {"healthy": healthy, "checks": [asdict(c) for c in checks]}
+        if not healthy:
+            payload["reason"] = unhealthy_reason(checks)
+        print(json.dumps(payload, indent=2))
+    else:
+        print(format_report(checks))
+    sys.stdout.flush()
+    return 0 if healthy else 1
+
+
+if __name__ == "__main__":
+    sys.exit(doctor_main())

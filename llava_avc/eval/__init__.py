@@ -1,0 +1,1 @@
+"""Benchmarks harness (POPE, MME, AMBER)."""

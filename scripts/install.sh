@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Idempotent set-up of llava-avc and the real LLaVA codebase.
+#
+#   bash scripts/install.sh                    # into ./.venv (created if missing)
+#   bash scripts/install.sh --python PYTHON    # into an existing environment (its python)
+#
+# 1. torch: an existing torch >= 2.1 is kept (a user's CUDA build is never replaced); otherwise
+#    torch==2.13.0 is installed.
+# 2. llava-avc (editable) with the runtime set pinned by requirements/pins-4.37.txt.
+# 3. LLaVA: an importable `llava` (e.g. `pip install -e LLaVA` from a clone) is kept; otherwise
+#    llava-torch==1.2.2.post1 is installed with --no-deps (its metadata pins torch 2.1.2, old
+#    gradio etc., which would pull gigabytes of CUDA wheels and break the resolve).
+# A stamp in the environment skips all of this when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python_bin=""
+if [ "${1:-}" = "--python" ]; then
+  python_bin="${2:?--python needs a path}"
+else
+  if [ ! -x .venv/bin/python ]; then
+    echo "llava-avc: creating .venv" >&2
+    python3 -m venv .venv
+  fi
+  python_bin=.venv/bin/python
+fi
+
+prefix=$("$python_bin" -c 'import sys; print(sys.prefix)')
+stamp="$prefix/.llava-avc-install-stamp"
+digest=$(cat setup.cfg pyproject.toml requirements/pins-4.37.txt scripts/install.sh | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ] \
+   && "$python_bin" -c 'import llava_avc, llava, torch, transformers' 2>/dev/null; then
+  exit 0
+fi
+
+pip=("$python_bin" -m pip install --quiet --disable-pip-version-check)
+has_torch() {
+  "$python_bin" - <<'PY' 2>/dev/null
+import sys, torch
+major, minor = (int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+sys.exit(0 if (major, minor) >= (2, 1) else 1)
+PY
+}
+if has_torch; then
+  echo "llava-avc: keeping torch $("$python_bin" -c 'import torch; print(torch.__version__)')" >&2
+else
+  echo "llava-avc: installing torch==2.13.0" >&2
+  "${pip[@]}" torch==2.13.0
+fi
+
+echo "llava-avc: installing llava-avc and its runtime set" >&2
+"${pip[@]}" -c requirements/pins-4.37.txt -e ".[test]"
+
+if "$python_bin" -c 'import llava' 2>/dev/null; then
+  echo "llava-avc: keeping LLaVA from $("$python_bin" -c 'import llava, os; print(os.path.dirname(llava.__file__))')" >&2
+else
+  echo "llava-avc: installing llava-torch==1.2.2.post1 (--no-deps)" >&2
+  "${pip[@]}" --no-deps llava-torch==1.2.2.post1
+fi
+
+echo "$digest" > "$stamp"

@@ -1,0 +1,43 @@
+"""Shared fixtures: offline tiny LLaVA checkpoints built once per test session (llava_avc.tiny)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+from llava_avc import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory):
+    """Path of a ``tiny`` checkpoint (seed 0): LLaVA-1.5 layout, 576 image tokens."""
+    root = tmp_path_factory.mktemp("ckpt")
+    return tiny.make_tiny_llava(root / "llava-tiny", preset="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_anyres_dir(tmp_path_factory):
+    """Path of a ``tiny-anyres`` checkpoint (seed 0): LLaVA-1.6 anyres / spatial_unpad config."""
+    return tiny.make_tiny_llava(
+        tmp_path_factory.mktemp("ckpt") / "llava-tiny-anyres", preset="tiny-anyres", seed=0
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tiny_llava_dir):
+    """``(tokenizer, model, image_processor, context_len)`` of the tiny checkpoint, fp32, eval."""
+    return tiny.load_tiny(tiny_llava_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_anyres(tiny_anyres_dir):
+    """``(tokenizer, model, image_processor, context_len)`` of the anyres checkpoint, fp32, eval."""
+    return tiny.load_tiny(tiny_anyres_dir)
+
+
+@pytest.fixture(scope="session")
+def sample_image():
+    """matplotlib's grace_hopper.jpg as an RGB PIL image (512x600); shared: do not modify it."""
+    return tiny.sample_image()
