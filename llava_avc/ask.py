@@ -1,0 +1,106 @@
+"""One question about one image: the library side of `llava-avc ask` (and of the README demo)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .config import AVCConfig, M3IDConfig, VCDConfig
+
+
+@dataclass
+class AskResult:
+    answer: str
+    method: str
+    blind_tokens: Optional[list] = None
+    details: dict = field(default_factory=dict)
+
+    def report_lines(self) -> list[str]:
+        """Human-readable facts about the run (printed to stderr by the CLI)."""
+        lines = [f"method: {self.method}"]
+        for row, record in enumerate(self.blind_tokens or []):
+            lines.append(
+                f"blind tokens: {record.num_blind} of {len(record.blind)} image tokens "
+                f"(span {record.image_span[0]}..{record.image_span[1]}), selected layers {record.layers}"
+            )
+        return lines
+
+
+def method_config(method: str):
+    """The default config object of a method name (None for plain decoding)."""
+    configs = {"avc": AVCConfig, "vcd": VCDConfig, "m3id": M3IDConfig}
+    if method == "none":
+        return None
+    if method not in configs:
+        raise ValueError(f"unknown method {method!r}; choose one of avc, vcd, m3id, none.")
+    return configs[method]()
+
+
+def load_image(path: str):
+    """Open an image file as RGB, with a clear error for a missing or unreadable file."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"image file {path!r} does not exist.")
+    try:
+        return Image.open(path).convert("RGB")
+    except UnidentifiedImageError as error:
+        raise ValueError(f"{path!r} is not an image PIL can read ({error}).") from error
+
+
+def build_prompt(query: str, conv_mode: str, model_config) -> str:
+    """The LLaVA prompt for one image and one question, as llava.eval.run_llava builds it."""
+    from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
+    from llava.conversation import conv_templates
+
+    if conv_mode not in conv_templates:
+        raise ValueError(f"unknown --conv-mode {conv_mode!r}; choose one of {sorted(conv_templates)}.")
+    image_token = DEFAULT_IMAGE_TOKEN
+    if getattr(model_config, "mm_use_im_start_end", False):
+        image_token = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
+    conv = conv_templates[conv_mode].copy()
+    conv.append_message(conv.roles[0], image_token + "\n" + query)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt()
+
+
+def _to_model(images, model):
+    """process_images returns a tensor, or a list of tensors for anyres images of different sizes."""
+    if torch.is_tensor(images):
+        return images.to(model.device, dtype=model.dtype)
+    return [image.to(model.device, dtype=model.dtype) for image in images]
+
+
+def ask(model_path: str, image: str, query: str, *, method: str = "avc", model_base: Optional[str] = None,
+        conv_mode: str = "llava_v1", device: Optional[str] = None, temperature: float = 0.0,
+        top_p: Optional[float] = None, max_new_tokens: int = 64, seed: int = 42, config=None,
+        loaded=None) -> AskResult:
+    """Load (or reuse `loaded`), build the llava_v1 prompt, generate, decode the answer."""
+    from llava.constants import IMAGE_TOKEN_INDEX
+    from llava.mm_utils import process_images, tokenizer_image_token
+
+    from .loading import load_model
+    from .patches.llava_patch import patched
+
+    config = config if config is not None else method_config(method)
+    pil_image = load_image(image)
+    tokenizer, model, image_processor, _ = loaded or load_model(model_path, model_base, device=device)
+    prompt = build_prompt(query, conv_mode, model.config)
+    input_ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+    input_ids = input_ids.unsqueeze(0).to(model.device)
+    images = process_images([pil_image], image_processor, model.config)
+    images = _to_model(images, model)
+    torch.manual_seed(seed)
+    kwargs = dict(images=images, image_sizes=[pil_image.size], max_new_tokens=max_new_tokens,
+                  do_sample=temperature > 0, use_cache=True, return_dict_in_generate=True)
+    if temperature > 0:
+        kwargs.update(temperature=temperature, top_p=top_p)
+    if config is not None:
+        kwargs[config.method] = config
+    with patched():
+        output = model.generate(input_ids, **kwargs)
+    answer = tokenizer.batch_decode(output.sequences, skip_special_tokens=True)[0].strip()
+    return AskResult(answer, method if config is not None else "none", getattr(output, "blind_tokens", None))

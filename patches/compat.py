@@ -1,0 +1,46 @@
+"""Version facts about transformers and LLaVA that the rest of llava-avc must not hard-code.
+
+LLaVA 1.2.2 (llava-torch 1.2.2.post1) pins transformers 4.37.2; the facts below were measured with
+it (see ../shared/llava-environment-notes.md in the project workspace).
+"""
+
+from __future__ import annotations
+
+import re
+
+import transformers
+
+#: Oldest transformers release llava-avc is tested with (LLaVA 1.2.2's own pin).
+MIN_TRANSFORMERS = (4, 37, 0)
+#: First transformers release that is NOT supported (5.x changed the tokenizer and cache APIs).
+MAX_TRANSFORMERS_EXCLUSIVE = (4, 58, 0)
+
+
+def version_tuple(version: str) -> tuple[int, int, int]:
+    """'4.37.2' -> (4, 37, 2); pre-release suffixes ('4.38.0.dev0', '4.57.1rc1') are ignored."""
+    numbers = [int(part) for part in re.findall(r"\d+", version)[:3]]
+    while len(numbers) < 3:
+        numbers.append(0)
+    return tuple(numbers)  # type: ignore[return-value]
+
+
+TRANSFORMERS_VERSION = version_tuple(transformers.__version__)
+
+
+def check_transformers_supported() -> None:
+    """Raise RuntimeError when the installed transformers is outside the supported range."""
+    if not (MIN_TRANSFORMERS <= TRANSFORMERS_VERSION < MAX_TRANSFORMERS_EXCLUSIVE):
+        raise RuntimeError(
+            f"llava-avc supports transformers >= 4.37 and < 4.58; found {transformers.__version__}. "
+            "Install LLaVA's pin with `pip install transformers==4.37.2 tokenizers==0.15.2`."
+        )
+
+
+def generate_returns_leading_bos() -> bool:
+    """Whether HF `generate(inputs_embeds=...)` starts its output with a BOS column.
+
+    transformers <= 4.37 initialises `input_ids` with one BOS token per row when only
+    `inputs_embeds` is given, so upstream LLaVA's `generate` returns `[BOS, new tokens...]`;
+    from 4.38 on it starts from an empty tensor and returns only the new tokens.
+    """
+    return TRANSFORMERS_VERSION < (4, 38, 0)

@@ -1,0 +1,146 @@
+"""Reuse of Hugging Face's generation front end (config, logits processors, warpers, stopping).
+
+The contrastive decode loop owns the forward passes, but everything a user passes to
+`model.generate(...)` (max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
+eos_token_id, stopping_criteria, logits_processor, streamer, ...) is interpreted by transformers'
+own code here, so behaviour matches upstream LLaVA generate.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from transformers.generation import LogitsProcessorList, StoppingCriteriaList
+
+from .compat import generate_returns_leading_bos
+
+#: model kwargs that upstream LLaVA / HF generate accept and the contrastive loop handles itself.
+_ACCEPTED_MODEL_KWARGS = {"attention_mask", "use_cache", "position_ids"}
+
+
+@dataclass
+class GenerationSetup:
+    """What the decode loop needs from one `generate(**kwargs)` call."""
+
+    config: Any  # transformers.GenerationConfig (a private deep copy)
+    logits_processor: LogitsProcessorList
+    logits_warper: Optional[LogitsProcessorList]  # None for greedy
+    stopping_criteria: StoppingCriteriaList
+    initial_ids: torch.Tensor  # (B, 0) or (B, 1) BOS column, as upstream's output starts
+    eos_token_ids: Optional[torch.Tensor]  # (E,) long
+    attention_mask: Optional[torch.Tensor]
+    streamer: Any
+
+    @property
+    def do_sample(self) -> bool:
+        return bool(self.config.do_sample)
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.config.pad_token_id
+
+    @property
+    def return_dict(self) -> bool:
+        return bool(self.config.return_dict_in_generate)
+
+    @property
+    def output_scores(self) -> bool:
+        return bool(self.config.output_scores)
+
+
+def prepare_generation(model, batch_size: int, device, kwargs: dict, method: str) -> GenerationSetup:
+    """Interpret `generate` kwargs the way HF's `generate` does, for a contrastive method.
+
+    Raises:
+        ValueError: beam search, contrastive search, assisted generation, several return
+            sequences, or kwargs neither HF nor the contrastive loop understands.
+    """
+    kwargs = dict(kwargs)
+    user_processor = kwargs.pop("logits_processor", None) or LogitsProcessorList()
+    user_stopping = kwargs.pop("stopping_criteria", None) or StoppingCriteriaList()
+    streamer = kwargs.pop("streamer", None)
+    base_config = kwargs.pop("generation_config", None) or model.generation_config
+    _reject_unsupported(kwargs, method)
+    config = copy.deepcopy(base_config)
+    model_kwargs = config.update(**kwargs)
+    config.validate()
+    _check_mode(config, model_kwargs, method)
+    if config.pad_token_id is None and config.eos_token_id is not None:
+        eos = config.eos_token_id
+        config.pad_token_id = eos[0] if isinstance(eos, list) else eos
+    initial_ids = _initial_ids(config, batch_size, device)
+    if config.max_new_tokens is not None:
+        config.max_length = config.max_new_tokens + initial_ids.shape[1]
+    processor = model._get_logits_processor(
+        generation_config=config,
+        input_ids_seq_length=initial_ids.shape[1],
+        encoder_input_ids=initial_ids,
+        prefix_allowed_tokens_fn=None,
+        logits_processor=user_processor,
+    )
+    warper = model._get_logits_warper(config) if config.do_sample else None
+    stopping = model._get_stopping_criteria(generation_config=config, stopping_criteria=user_stopping)
+    return GenerationSetup(
+        config=config,
+        logits_processor=processor,
+        logits_warper=warper,
+        stopping_criteria=stopping,
+        initial_ids=initial_ids,
+        eos_token_ids=_eos_tensor(config.eos_token_id, device),
+        attention_mask=model_kwargs.get("attention_mask"),
+        streamer=streamer,
+    )
+
+
+def _reject_unsupported(kwargs: dict, method: str) -> None:
+    for name in ("assistant_model", "prefix_allowed_tokens_fn", "negative_prompt_ids"):
+        if kwargs.get(name) is not None:
+            raise ValueError(f"`{name}` is not supported together with {method}=; drop it or the {method} config.")
+    if "inputs_embeds" in kwargs:
+        raise ValueError("`inputs_embeds` is not supported (as in upstream LLaVA generate); pass input_ids and images.")
+
+
+def _check_mode(config, model_kwargs: dict, method: str) -> None:
+    if config.num_beams != 1:
+        raise ValueError(
+            f"`num_beams` (={config.num_beams}) must be 1 with {method}=: contrastive decoding is defined "
+            f"for greedy and sampling only. Set num_beams=1, or drop {method}= for beam search."
+        )
+    if config.num_return_sequences != 1:
+        raise ValueError(
+            f"`num_return_sequences` (={config.num_return_sequences}) must be 1 with {method}=; "
+            "repeat the prompt in the batch instead."
+        )
+    if config.penalty_alpha is not None and config.penalty_alpha > 0 and (config.top_k or 0) > 1:
+        raise ValueError(f"contrastive search (`penalty_alpha`) cannot be combined with {method}=.")
+    unused = sorted(set(model_kwargs) - _ACCEPTED_MODEL_KWARGS)
+    if unused:
+        raise ValueError(f"The following `model_kwargs` are not used by the model: {unused}")
+
+
+def _initial_ids(config, batch_size: int, device) -> torch.Tensor:
+    """The ids upstream LLaVA's generate output starts with (see compat.generate_returns_leading_bos)."""
+    if generate_returns_leading_bos():
+        if config.bos_token_id is None:
+            raise ValueError("`bos_token_id` must be set in the generation config.")
+        return torch.full((batch_size, 1), config.bos_token_id, dtype=torch.long, device=device)
+    return torch.empty((batch_size, 0), dtype=torch.long, device=device)
+
+
+def _eos_tensor(eos_token_id, device) -> Optional[torch.Tensor]:
+    if eos_token_id is None:
+        return None
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    return torch.tensor(ids, dtype=torch.long, device=device)
+
+
+def stopping_rows(stopping_criteria, sequences: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: rows the stopping criteria end. transformers 4.37 criteria return one bool for
+    the whole batch (LLaVA's KeywordsStoppingCriteria: all rows matched); newer ones a (B,) tensor."""
+    verdict = stopping_criteria(sequences, scores)
+    if isinstance(verdict, torch.Tensor) and verdict.dim() == 1:
+        return verdict.to(sequences.device).bool()
+    return torch.full((sequences.shape[0],), bool(verdict), dtype=torch.bool, device=sequences.device)

@@ -1,0 +1,123 @@
+"""The reversible, idempotent monkey-patch of LLaVA's `LlavaLlamaForCausalLM`.
+
+After `patch_llava()`, `model.generate(..., avc=AVCConfig())` (or `vcd=` / `m3id=`) decodes
+contrastively; without those keywords the ORIGINAL upstream `generate` runs, untouched. `forward`
+is wrapped only to drop the keyword arguments newer transformers pass and LLaVA 1.2.2 rejects
+(`cache_position`, `logits_to_keep`, `num_logits_to_keep`); every other call reaches the original.
+
+Everything is checked before anything is mutated (peft's `inject_adapter` rule), the original
+function objects are kept on the class and restored exactly by `unpatch_llava()`.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+from typing import Iterator
+
+from .compat import check_transformers_supported
+
+_ORIGINALS_ATTR = "_llava_avc_originals"
+_MARKER_ATTR = "__llava_avc_patch__"
+#: kwargs newer transformers' generate passes to forward that LLaVA 1.2.2's forward does not accept.
+_DROPPED_FORWARD_KWARGS = ("cache_position", "logits_to_keep", "num_logits_to_keep")
+
+
+def _llava_class():
+    """Import LlavaLlamaForCausalLM directly (llava.model's bare `except: pass` hides errors)."""
+    try:
+        from llava.model.language_model import llava_llama
+    except ImportError as error:
+        raise RuntimeError(
+            f"cannot import LLaVA ({type(error).__name__}: {error}). Install it with "
+            "`bash scripts/install.sh` or `pip install --no-deps llava-torch==1.2.2.post1`; "
+            "`llava-avc doctor` shows the details."
+        ) from error
+    return llava_llama.LlavaLlamaForCausalLM
+
+
+def _check_patchable(cls) -> None:
+    check_transformers_supported()
+    from llava import constants
+
+    if not hasattr(constants, "IMAGE_TOKEN_INDEX"):
+        raise RuntimeError("this LLaVA has no llava.constants.IMAGE_TOKEN_INDEX; llava-avc needs LLaVA >= 1.1.")
+    for name in ("generate", "forward", "prepare_inputs_labels_for_multimodal"):
+        if not callable(getattr(cls, name, None)):
+            raise RuntimeError(f"LlavaLlamaForCausalLM has no `{name}`; this LLaVA version is not supported.")
+
+
+def _patched_generate(original):
+    @functools.wraps(original)
+    def generate(self, inputs=None, images=None, image_sizes=None, avc=None, vcd=None, m3id=None, **kwargs):
+        from llava_avc.config import resolve_method
+
+        config = resolve_method(avc=avc, vcd=vcd, m3id=m3id)
+        if config is None:
+            return original(self, inputs, images, image_sizes, **kwargs)
+        from llava_avc.decode import contrastive_generate
+
+        return contrastive_generate(self, inputs, images=images, image_sizes=image_sizes, config=config, **kwargs)
+
+    setattr(generate, _MARKER_ATTR, True)
+    return generate
+
+
+def _patched_forward(original):
+    @functools.wraps(original)  # keeps the signature HF inspects to validate model kwargs
+    def forward(self, *args, **kwargs):
+        for name in _DROPPED_FORWARD_KWARGS:
+            kwargs.pop(name, None)
+        return original(self, *args, **kwargs)
+
+    setattr(forward, _MARKER_ATTR, True)
+    return forward
+
+
+def is_patched() -> bool:
+    """Whether LlavaLlamaForCausalLM currently carries llava-avc's patch."""
+    return _ORIGINALS_ATTR in vars(_llava_class())
+
+
+def patch_llava() -> None:
+    """Patch `LlavaLlamaForCausalLM.generate` / `.forward` (class-wide). A second call is a no-op.
+
+    Raises:
+        RuntimeError: LLaVA cannot be imported, or the LLaVA/transformers versions are not
+            supported; nothing is modified in that case.
+    """
+    cls = _llava_class()
+    if _ORIGINALS_ATTR in vars(cls):
+        return
+    _check_patchable(cls)
+    originals = {"generate": vars(cls)["generate"], "forward": vars(cls)["forward"]}
+    replacements = {
+        "generate": _patched_generate(originals["generate"]),
+        "forward": _patched_forward(originals["forward"]),
+    }
+    setattr(cls, _ORIGINALS_ATTR, originals)
+    for name, function in replacements.items():
+        setattr(cls, name, function)
+
+
+def unpatch_llava() -> None:
+    """Restore the exact original function objects. A no-op when not patched."""
+    cls = _llava_class()
+    originals = vars(cls).get(_ORIGINALS_ATTR)
+    if originals is None:
+        return
+    for name, function in originals.items():
+        setattr(cls, name, function)
+    delattr(cls, _ORIGINALS_ATTR)
+
+
+@contextmanager
+def patched() -> Iterator[None]:
+    """`with llava_avc.patched(): ...` patches for the block and restores on exit (if it patched)."""
+    was_patched = is_patched()
+    patch_llava()
+    try:
+        yield
+    finally:
+        if not was_patched:
+            unpatch_llava()

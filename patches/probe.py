@@ -1,0 +1,83 @@
+"""Last-query attention probe: the attention row of the last prompt position, without attention maps.
+
+AVC needs, for every layer, the attention of the LAST prompt position over the image keys. Asking
+every layer for its full (H, L, L) map forces eager attention and costs O(L^2) memory per layer
+(about 0.8 GB in fp16 for LLaVA-1.5-7B at L ~ 650). Instead, a forward hook on each attention
+module recomputes just that one query row from the layer's input hidden state and the keys the layer
+has just written into the KV cache, while the model keeps its fast (sdpa) attention:
+
+    q_last = RoPE(q_proj(h_last), pos_last)            # (B, H, D)
+    a      = softmax(q_last . K^T / sqrt(D) + mask)    # (B, H, L), K = cached RoPE'd keys
+
+This equals row L-1 of eager attention's probabilities (tests/test_probe.py checks <= 1e-5 in fp32).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from transformers.models.llama import modeling_llama
+
+from llava_avc.blind import last_query_attention
+
+
+def _decoder_layers(model):
+    return model.get_model().layers
+
+
+def _rotated_last_query(attn_module, hidden_last: torch.Tensor, position_last: torch.Tensor) -> torch.Tensor:
+    """(B, 1, D_model) hidden state, (B, 1) position -> (B, H, D_head) RoPE-rotated query.
+
+    Mirrors transformers 4.37's LlamaAttention: q_proj, split heads, `rotary_emb(x, seq_len)`
+    and `apply_rotary_pos_emb(q, k, cos, sin, position_ids)`.
+    """
+    batch = hidden_last.shape[0]
+    query = attn_module.q_proj(hidden_last)  # (B, 1, H * D_head)
+    query = query.view(batch, 1, attn_module.num_heads, attn_module.head_dim).transpose(1, 2)  # (B, H, 1, D)
+    cos, sin = attn_module.rotary_emb(query, seq_len=int(position_last.max()) + 1)
+    query, _ = modeling_llama.apply_rotary_pos_emb(query, query, cos, sin, position_last)
+    return query[:, :, 0, :]  # (B, H, D_head)
+
+
+class LastQueryProbe:
+    """Collects, per decoder layer, the (B, H, L) attention probabilities of the last query row.
+
+    Use through `last_query_probe(model, key_mask)`; after the prefill forward, `attentions` holds
+    one tensor per layer, in layer order.
+    """
+
+    def __init__(self, key_mask: torch.Tensor):
+        self.key_mask = key_mask.bool()  # (B, L)
+        self.attentions: list[torch.Tensor] = []
+
+    def hook(self, module, args, kwargs, output):
+        """Forward hook (with_kwargs) on one attention module; runs right after it updated the cache."""
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]  # (B, S, D_model)
+        cache = kwargs.get("past_key_value")
+        if cache is None:
+            raise RuntimeError("the attention probe needs use_cache=True (keys are read from the KV cache)")
+        position_last = kwargs["position_ids"][:, -1:]  # (B, 1)
+        query = _rotated_last_query(module, hidden[:, -1:, :], position_last)  # (B, H, D)
+        keys = cache.key_cache[module.layer_idx]  # (B, H_kv, L, D)
+        self.attentions.append(last_query_attention(query, keys, self.key_mask))
+
+
+@contextmanager
+def last_query_probe(model, key_mask: torch.Tensor) -> Iterator[LastQueryProbe]:
+    """Attach the probe to every attention module for the duration of one prefill forward.
+
+    Args:
+        model: a LlavaLlamaForCausalLM.
+        key_mask: (B, L) bool mask of the prefill (True = real position).
+    """
+    probe = LastQueryProbe(key_mask)
+    handles = [
+        layer.self_attn.register_forward_hook(probe.hook, with_kwargs=True) for layer in _decoder_layers(model)
+    ]
+    try:
+        yield probe
+    finally:
+        for handle in handles:
+            handle.remove()

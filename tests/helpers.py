@@ -1,0 +1,82 @@
+"""Shared helpers for the integration tests: prompts, images and batches for real LLaVA models."""
+
+from __future__ import annotations
+
+import torch
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.mm_utils import process_images, tokenizer_image_token
+from PIL import Image
+from transformers.generation import LogitsProcessor, LogitsProcessorList
+
+from llava_avc.ask import build_prompt
+
+QUESTIONS = [
+    "Is there a person in the image?",
+    "Describe this image.",
+    "What color is the jacket of the person in the picture? Answer briefly please.",
+]
+
+
+def prompt_ids(tokenizer, question: str, conv_mode: str = "llava_v1") -> torch.Tensor:
+    """(T,) llava_v1 prompt ids with one IMAGE_TOKEN_INDEX placeholder."""
+    prompt = build_prompt(question, conv_mode, model_config=None)
+    return tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+
+
+def left_padded(rows: list[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad 1-D id tensors into (B, T) ids and a (B, T) attention mask."""
+    length = max(len(row) for row in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for index, row in enumerate(rows):
+        ids[index, length - len(row):] = row
+        mask[index, length - len(row):] = 1
+    return ids, mask
+
+
+def images_for(model, image_processor, pil_images: list) -> torch.Tensor:
+    """process_images as LLaVA's scripts do, cast to the model's dtype."""
+    images = process_images(pil_images, image_processor, model.config)
+    if torch.is_tensor(images):
+        return images.to(model.dtype)
+    return [image.to(model.dtype) for image in images]
+
+
+def variant_images(base: Image.Image) -> list:
+    """Three different real-photo variants (crop, flip, rotate) of different aspect ratios."""
+    width, height = base.size
+    return [
+        base,
+        base.crop((0, 0, width, height // 2)).transpose(Image.FLIP_LEFT_RIGHT),
+        base.rotate(90, expand=True),
+    ]
+
+
+class NoEOS(LogitsProcessor):
+    """Forbid the EOS token so every run generates exactly max_new_tokens tokens."""
+
+    def __init__(self, eos_token_id: int):
+        self.eos_token_id = eos_token_id
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        scores[:, self.eos_token_id] = -float("inf")
+        return scores
+
+
+class ForceTokens(LogitsProcessor):
+    """Make greedy decoding emit the given tokens, one per step (replays a generated answer)."""
+
+    def __init__(self, tokens: torch.Tensor, start_length: int):
+        self.tokens = tokens  # (B, T)
+        self.start_length = start_length
+
+    def __call__(self, input_ids, scores):
+        step = input_ids.shape[1] - self.start_length
+        forced = torch.full_like(scores, -float("inf"))
+        forced.scatter_(1, self.tokens[:, step:step + 1], 0.0)
+        return forced
+
+
+def no_eos(tokenizer) -> LogitsProcessorList:
+    return LogitsProcessorList([NoEOS(tokenizer.eos_token_id)])
