@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-METHODS = ("avc", "vcd", "m3id", "none")
+from .method_flags import add_method_arguments
 
 
 class CLIError(Exception):
@@ -35,8 +35,8 @@ def _add_ask(subparsers) -> None:
     query = parser.add_argument_group("question")
     query.add_argument("--image", required=True, metavar="FILE", help="image file")
     query.add_argument("--query", required=True, help="the question")
+    add_method_arguments(parser, default_method="avc")
     decoding = parser.add_argument_group("decoding")
-    decoding.add_argument("--method", choices=METHODS, default="avc", help="decoding method (default avc)")
     decoding.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     decoding.add_argument("--top-p", type=float, default=None)
     decoding.add_argument("--max-new-tokens", type=int, default=64)
@@ -69,13 +69,16 @@ def _run_doctor(args) -> int:
 
 def _run_ask(args) -> int:
     from .ask import ask
+    from .method_flags import config_from_args, method_name
 
+    config = config_from_args(args)
     result = ask(
         model_path=args.model_path,
         model_base=args.model_base,
         image=args.image,
         query=args.query,
-        method=args.method,
+        method=method_name(config),
+        config=config,
         conv_mode=args.conv_mode,
         device=args.device,
         temperature=args.temperature,

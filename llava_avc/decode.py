@@ -62,8 +62,11 @@ class _Stream:
         return logits
 
 
-class TwoBranchState:
-    """Both branches' decoding state: the original rows first, then the biased rows."""
+class BranchState:
+    """The decoding state of the original branch and (if any) the biased branch.
+
+    Rows: the original branch's B rows first, then the biased branch's B rows (none in lean mode).
+    """
 
     def __init__(self, streams: list[_Stream], logits: torch.Tensor, batch_size: int):
         self.streams = streams
@@ -71,7 +74,7 @@ class TwoBranchState:
         self.logits, self.biased_logits = logits[:batch_size], logits[batch_size:]  # (B, V) each
 
     @classmethod
-    def from_prefill(cls, model, embeds, attention_mask, sequential: bool) -> "TwoBranchState":
+    def from_prefill(cls, model, embeds, attention_mask, sequential: bool) -> "BranchState":
         """Prefill both branches from (2B, L, D) stacked embeds (original rows first)."""
         batch_size = embeds.shape[0] // 2
         parts = [slice(0, batch_size), slice(batch_size, None)] if sequential else [slice(None)]
@@ -86,7 +89,7 @@ class TwoBranchState:
         return cls(streams, torch.cat(logits), batch_size)
 
     @classmethod
-    def from_branches(cls, original, biased, attention_mask, sequential: bool) -> "TwoBranchState":
+    def from_branches(cls, original, biased, attention_mask, sequential: bool) -> "BranchState":
         """Join two separately prefilled branches: (logits (B, V), cache) each, same (B, L) mask."""
         next_position = attention_mask.long().sum(-1)  # (B,)
         logits = torch.cat([original[0], biased[0]])
@@ -152,7 +155,7 @@ def _prefill_avc(model, input_ids, attention_mask, images, image_sizes, config, 
     biased = lm.forward_last_logits(
         model, biased_embeds(merged.embeds, records, config), mask, merged.position_ids, lm.new_cache()
     )
-    return TwoBranchState.from_branches(original, biased, mask, sequential), records
+    return BranchState.from_branches(original, biased, mask, sequential), records
 
 
 def noised_images(images, config: VCDConfig):
@@ -177,7 +180,7 @@ def _prefill_vcd(model, input_ids, attention_mask, images, image_sizes, config: 
     merged = lm.merge_multimodal(
         model, input_ids.repeat(2, 1), attention_mask.repeat(2, 1), _stack_images(images, noised), sizes
     )
-    return TwoBranchState.from_prefill(model, merged.embeds, merged.attention_mask, sequential), None
+    return BranchState.from_prefill(model, merged.embeds, merged.attention_mask, sequential), None
 
 
 def _prefill_m3id(model, input_ids, attention_mask, images, image_sizes, config: M3IDConfig, sequential):
@@ -188,14 +191,25 @@ def _prefill_m3id(model, input_ids, attention_mask, images, image_sizes, config:
     embeds, mask = lm.left_pad_to(merged.embeds, merged.attention_mask, length)
     text_embeds, text_mask = lm.left_pad_to(text_embeds, text_mask, length)
     stacked = torch.cat([embeds, text_embeds.to(embeds.dtype)]), torch.cat([mask, text_mask])
-    return TwoBranchState.from_prefill(model, *stacked, sequential), None
+    return BranchState.from_prefill(model, *stacked, sequential), None
 
 
-_PREFILL = {"avc": _prefill_avc, "vcd": _prefill_vcd, "m3id": _prefill_m3id}
+def _prefill_lean(model, input_ids, attention_mask, images, image_sizes, config, sequential):
+    """One branch, no contrast: the apples-to-apples baseline of the benchmarks."""
+    merged = lm.merge_multimodal(model, input_ids, attention_mask, images, image_sizes)
+    mask = merged.attention_mask
+    logits, cache = lm.forward_last_logits(model, merged.embeds, mask, merged.position_ids, lm.new_cache())
+    stream = _Stream(cache, mask, mask.long().sum(-1), copies=1)
+    return BranchState([stream], logits, mask.shape[0]), None
 
 
-def _combiner(config: ContrastiveConfig) -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]:
+_PREFILL = {"avc": _prefill_avc, "vcd": _prefill_vcd, "m3id": _prefill_m3id, None: _prefill_lean}
+
+
+def _combiner(config: Optional[ContrastiveConfig]) -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]:
     """(logits, biased_logits, step) -> contrasted float32 logits, for the configured method."""
+    if config is None:
+        return lambda l, lb, step: l
     if config.method == "avc":
         return lambda l, lb, step: avc_logits(l, lb, config.alpha, config.beta)
     if config.method == "vcd":
@@ -218,7 +232,7 @@ def _choose(scores: torch.Tensor, sequences: torch.Tensor, setup: GenerationSetu
     return torch.multinomial(probs, num_samples=1).squeeze(1), scores
 
 
-def _decode(model, state: TwoBranchState, config: ContrastiveConfig, setup: GenerationSetup):
+def _decode(model, state: BranchState, config: Optional[ContrastiveConfig], setup: GenerationSetup):
     """Generate until every row stopped. Returns (sequences (B, T), per-step scores)."""
     combine = _combiner(config)
     sequences = setup.initial_ids
@@ -228,7 +242,8 @@ def _decode(model, state: TwoBranchState, config: ContrastiveConfig, setup: Gene
         setup.streamer.put(sequences.cpu())
     step = 0
     while True:
-        check_finite(state.biased_logits, step=step, branch=f"{config.method} biased")
+        if config is not None:
+            check_finite(state.biased_logits, step=step, branch=f"{config.method} biased")
         scores = combine(state.logits, state.biased_logits, step)  # (B, V) float32
         tokens, scores = _choose(scores, sequences, setup)
         if setup.output_scores:
@@ -280,12 +295,25 @@ def contrastive_generate(
         ValueError: no image, several images per prompt, beams, unknown kwargs.
         NonFiniteLogitsError: NaN/inf in the biased branch's logits (never silently ignored).
     """
+    return _generate(model, input_ids, images, image_sizes, config, sequential, generate_kwargs)
+
+
+@torch.no_grad()
+def lean_generate(model, input_ids: torch.Tensor, *, images=None, image_sizes=None, **generate_kwargs):
+    """The package's own decode loop with one branch and no contrast (benchmark baseline).
+
+    Same arguments and output as `contrastive_generate`, without a config.
+    """
+    return _generate(model, input_ids, images, image_sizes, None, False, generate_kwargs)
+
+
+def _generate(model, input_ids, images, image_sizes, config, sequential, generate_kwargs):
+    name = f"{config.method}=" if config is not None else "lean decoding"
     if images is None:
-        raise ValueError(f"{config.method}= needs an image: pass images= (and image_sizes=) to generate.")
-    setup = prepare_generation(model, input_ids.shape[0], input_ids.device, generate_kwargs, config.method)
-    state, records = _PREFILL[config.method](
-        model, input_ids, setup.attention_mask, images, image_sizes, config, sequential
-    )
+        raise ValueError(f"{name} needs an image: pass images= (and image_sizes=) to generate.")
+    setup = prepare_generation(model, input_ids.shape[0], input_ids.device, generate_kwargs, name)
+    method = config.method if config is not None else None
+    state, records = _PREFILL[method](model, input_ids, setup.attention_mask, images, image_sizes, config, sequential)
     sequences, scores = _decode(model, state, config, setup)
     if not setup.return_dict:
         return sequences

@@ -11,9 +11,11 @@ function objects are kept on the class and restored exactly by `unpatch_llava()`
 
 from __future__ import annotations
 
+import contextvars
 import functools
+from collections import Counter
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Optional
 
 from .compat import check_transformers_supported
 
@@ -21,6 +23,11 @@ _ORIGINALS_ATTR = "_llava_avc_originals"
 _MARKER_ATTR = "__llava_avc_patch__"
 #: kwargs newer transformers' generate passes to forward that LLaVA 1.2.2's forward does not accept.
 _DROPPED_FORWARD_KWARGS = ("cache_position", "logits_to_keep", "num_logits_to_keep")
+
+#: The method applied to generate calls that name none (set by `default_method`, e.g. the launcher).
+_DEFAULT_METHOD: contextvars.ContextVar = contextvars.ContextVar("llava_avc_default_method", default=None)
+#: How many patched generate calls ran each method ("none" = upstream path), per process.
+GENERATE_CALLS: Counter = Counter()
 
 
 def _llava_class():
@@ -53,6 +60,9 @@ def _patched_generate(original):
         from llava_avc.config import resolve_method
 
         config = resolve_method(avc=avc, vcd=vcd, m3id=m3id)
+        if config is None and images is not None:
+            config = _DEFAULT_METHOD.get()
+        GENERATE_CALLS[config.method if config is not None else "none"] += 1
         if config is None:
             return original(self, inputs, images, image_sizes, **kwargs)
         from llava_avc.decode import contrastive_generate
@@ -121,3 +131,20 @@ def patched() -> Iterator[None]:
     finally:
         if not was_patched:
             unpatch_llava()
+
+
+@contextmanager
+def default_method(config: Optional[object]) -> Iterator[None]:
+    """Apply `config` (AVCConfig / VCDConfig / M3IDConfig, or None) to every patched `generate`
+    call with images that names no method itself, for the duration of the block.
+
+    This is how unmodified LLaVA scripts (llava.eval.model_vqa_loader, ...) get AVC. Calls
+    without images (text-only) keep the upstream path. Requires `patch_llava()`.
+    """
+    if config is not None and not is_patched():
+        raise RuntimeError("default_method() needs the patch: call llava_avc.patch_llava() first.")
+    token = _DEFAULT_METHOD.set(config)
+    try:
+        yield
+    finally:
+        _DEFAULT_METHOD.reset(token)

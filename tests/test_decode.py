@@ -55,6 +55,34 @@ def test_zero_strength_reproduces_upstream_greedy(tiny_llava, single, config):
     assert ours.tolist() == upstream.tolist()
 
 
+def test_lean_loop_reproduces_upstream_greedy_and_scores(tiny_llava, single):
+    from llava_avc.decode import lean_generate
+
+    tokenizer, model, _, _ = tiny_llava
+    ids, images, sizes = single
+    kwargs = dict(do_sample=False, max_new_tokens=12, logits_processor=no_eos(tokenizer),
+                  return_dict_in_generate=True, output_scores=True)
+    upstream = model.generate(ids, images=images, image_sizes=sizes, **kwargs)
+    lean = lean_generate(model, ids, images=images, image_sizes=sizes, **kwargs)
+    assert lean.sequences.tolist() == upstream.sequences.tolist()
+    for theirs, ours in zip(upstream.scores, lean.scores):
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_default_method_applies_to_calls_that_name_none(tiny_llava, single):
+    from llava_avc.patches.llava_patch import GENERATE_CALLS, default_method
+
+    tokenizer, model, _, _ = tiny_llava
+    ids, images, sizes = single
+    explicit = generate(model, tokenizer, ids, images, sizes, avc=AVCConfig())
+    before = GENERATE_CALLS["avc"]
+    with default_method(AVCConfig()):
+        implicit = generate(model, tokenizer, ids, images, sizes)
+    assert implicit.tolist() == explicit.tolist()
+    assert GENERATE_CALLS["avc"] == before + 1
+    assert generate(model, tokenizer, ids, images, sizes).tolist() != explicit.tolist()
+
+
 def test_zero_alpha_scores_match_upstream_on_plausible_tokens(tiny_llava, single):
     tokenizer, model, _, _ = tiny_llava
     ids, images, sizes = single
