@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_ask(subparsers)
     _add_doctor(subparsers)
+    from .launcher import register as register_run
+
+    register_run(subparsers)
     return parser
 
 
@@ -94,6 +97,7 @@ def _run_ask(args) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    args._argv = list(argv) if argv is not None else sys.argv[1:]
     from .contrast import NonFiniteLogitsError
 
     try:

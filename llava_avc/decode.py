@@ -227,7 +227,8 @@ def _choose(scores: torch.Tensor, sequences: torch.Tensor, setup: GenerationSetu
     scores = setup.logits_processor(sequences, scores)
     if not setup.do_sample:
         return scores.argmax(-1), scores
-    scores = setup.logits_warper(sequences, scores)
+    if setup.logits_warper is not None:
+        scores = setup.logits_warper(sequences, scores)
     probs = torch.softmax(scores, dim=-1)
     return torch.multinomial(probs, num_samples=1).squeeze(1), scores
 

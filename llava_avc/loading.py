@@ -1,7 +1,18 @@
-"""Loading LLaVA checkpoints on top of `llava.model.builder.load_pretrained_model`.
+"""Loading LLaVA checkpoints (fp32 / fp16 / 8-bit / 4-bit) on top of LLaVA's own loader.
 
-fp32 / fp16 today; the quantized path (one BitsAndBytesConfig, mm_projector and lm_head kept
-unquantized) is validated on a GPU in issue 4.
+`load_model` builds on `llava.model.builder.load_pretrained_model` and fixes what upstream gets
+wrong for quantized loading:
+
+- upstream passes `load_in_4bit=True` AND a `quantization_config`, which transformers >= 4.38
+  rejects; we pass ONLY a `BitsAndBytesConfig` (nf4, double quantization, fp16 compute);
+- `mm_projector` and `lm_head` stay unquantized (`llm_int8_skip_modules`), as LLaVA's training
+  code does (`llava/train/train.py` skips them from 4/8-bit);
+- the CLIP vision tower ends up in fp16 on the model's device (upstream leaves it fp32 with
+  `device_map="auto"`);
+- `.to()` is never called on a quantized model.
+
+While `llava_avc.patch_llava()` is active, LLaVA's own loader (used by `llava.serve.cli
+--load-4bit` and the eval scripts) is routed through the same fix (patches/llava_patch.py).
 """
 
 from __future__ import annotations
@@ -13,8 +24,14 @@ from typing import Optional
 
 import torch
 
-
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+#: modules LLaVA keeps in fp16 when training/loading quantized (llava/train/train.py).
+UNQUANTIZED_MODULES = ["mm_projector", "lm_head"]
+#: oldest bitsandbytes with working 4-bit kernels on a CUDA GPU / on a CPU.
+MIN_BNB_CUDA = (0, 43, 0)
+MIN_BNB_CPU = (0, 48, 0)
+#: oldest transformers whose bitsandbytes integration accepts a CPU device.
+MIN_TRANSFORMERS_CPU_QUANT = (4, 53, 0)
 
 
 class NotALlavaCheckpointError(ValueError):
@@ -51,6 +68,83 @@ def check_local_checkpoint(model_path: str) -> None:
         )
 
 
+def _version(distribution: str) -> Optional[tuple[int, int, int]]:
+    from importlib import metadata
+
+    from .patches.compat import version_tuple
+
+    try:
+        return version_tuple(metadata.version(distribution))
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_quantization_supported(load_4bit: bool, load_8bit: bool, device: str) -> None:
+    """Raise ValueError with a fix when this machine cannot load the model quantized."""
+    if load_4bit and load_8bit:
+        raise ValueError("--load-4bit and --load-8bit are exclusive; pick one.")
+    if not (load_4bit or load_8bit):
+        return
+    from .patches.compat import TRANSFORMERS_VERSION
+
+    flag = "--load-4bit" if load_4bit else "--load-8bit"
+    bits = "4-bit" if load_4bit else "8-bit"
+    on_cuda = str(device).startswith("cuda")
+    if on_cuda and not torch.cuda.is_available():
+        raise ValueError(f"{bits} loading needs a CUDA GPU; found none; drop {flag} to run in fp32 on the CPU.")
+    if not on_cuda and TRANSFORMERS_VERSION < MIN_TRANSFORMERS_CPU_QUANT:
+        raise ValueError(
+            f"{bits} loading needs a CUDA GPU; found none; drop {flag} to run in fp32 on the CPU "
+            f"(or use transformers >= 4.53 with bitsandbytes >= 0.48, which quantize on the CPU)."
+        )
+    _check_bitsandbytes(MIN_BNB_CUDA if on_cuda else MIN_BNB_CPU, flag)
+
+
+def _check_bitsandbytes(minimum: tuple[int, int, int], flag: str) -> None:
+    installed = _version("bitsandbytes")
+    wanted = ".".join(map(str, minimum))
+    if installed is None:
+        raise ValueError(f"{flag} needs bitsandbytes >= {wanted}, which is not installed: pip install 'bitsandbytes>={wanted}'.")
+    if installed < minimum:
+        raise ValueError(
+            f"bitsandbytes {'.'.join(map(str, installed))} is too old for {flag} here; "
+            f"need >= {wanted}: pip install -U 'bitsandbytes>={wanted}'."
+        )
+
+
+def quantization_config(load_4bit: bool, load_8bit: bool):
+    """The ONE BitsAndBytesConfig passed to from_pretrained (never with load_in_4bit kwargs)."""
+    from transformers import BitsAndBytesConfig
+
+    if load_4bit:
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_compute_dtype=torch.float16,
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_quant_type="nf4",
+            llm_int8_skip_modules=list(UNQUANTIZED_MODULES),
+        )
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(UNQUANTIZED_MODULES))
+
+
+def load_quantized(original_loader, model_path, model_base, model_name, *, load_4bit, load_8bit,
+                   device_map, device, **kwargs):
+    """Call LLaVA's loader (`original_loader`) with the fixed quantized settings.
+
+    LLaVA's loader, given no load_*bit flag, adds `torch_dtype=float16` (the dtype of the
+    unquantized modules) and passes our `quantization_config` through to `from_pretrained`.
+    """
+    check_quantization_supported(load_4bit, load_8bit, device)
+    kwargs["quantization_config"] = quantization_config(load_4bit, load_8bit)
+    tokenizer, model, image_processor, context_len = original_loader(
+        model_path, model_base, model_name, load_8bit=False, load_4bit=False,
+        device_map=device_map, device=device, **kwargs,
+    )
+    vision_device = device if not str(device).startswith("cuda") else model.get_model().embed_tokens.weight.device
+    model.get_vision_tower().to(device=vision_device, dtype=torch.float16)  # the tower is never quantized
+    return tokenizer, model, image_processor, context_len
+
+
 def load_model(
     model_path: str,
     model_base: Optional[str] = None,
@@ -63,35 +157,33 @@ def load_model(
     """Load a LLaVA checkpoint like `load_pretrained_model` and return the same 4-tuple.
 
     Args:
-        model_path: local directory or hub id.
+        model_path: local directory or hub id (LoRA directories with `model_base` too).
         model_base: base model for LoRA / projector-only checkpoints.
-        load_4bit / load_8bit: bitsandbytes quantization (CUDA only with transformers 4.37).
+        load_4bit / load_8bit: bitsandbytes nf4 / int8 (CUDA; CPU with transformers >= 4.53 and
+            bitsandbytes >= 0.48).
         device: "cuda", "cpu" ...; default: cuda when available.
-        dtype: compute dtype of the unquantized weights; default fp16 on CUDA, fp32 on CPU
-            (LLaVA's loader forces fp16, which is ~5x slower than fp32 on a CPU).
+        dtype: dtype of the unquantized model; default fp16 on CUDA, fp32 on CPU (LLaVA's loader
+            forces fp16, which is ~5x slower than fp32 on a CPU). Ignored when quantized (fp16).
     Returns:
         (tokenizer, model, image_processor, context_len)
+    Raises:
+        ValueError: both flags, quantization impossible here, not a LLaVA checkpoint.
     """
-    if load_4bit and load_8bit:
-        raise ValueError("--load-4bit and --load-8bit are exclusive; pick one.")
     device = device or default_device()
-    if (load_4bit or load_8bit) and not str(device).startswith("cuda"):
-        flag = "--load-4bit" if load_4bit else "--load-8bit"
-        raise ValueError(
-            f"{flag[2:]} loading needs a CUDA GPU; found device {device!r}. Drop {flag} to run in fp32 on the CPU."
-        )
+    check_quantization_supported(load_4bit, load_8bit, device)
     check_local_checkpoint(model_path)
     from llava.mm_utils import get_model_name_from_path
-    from llava.model.builder import load_pretrained_model
+    from llava.model import builder
 
-    tokenizer, model, image_processor, context_len = load_pretrained_model(
-        model_path, model_base, get_model_name_from_path(model_path),
-        load_8bit=load_8bit, load_4bit=load_4bit,
-        device_map="auto" if str(device).startswith("cuda") else "cpu", device=device,
-    )
-    dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
-    if not (load_4bit or load_8bit):
-        model.to(device=device, dtype=dtype)
-    model.get_vision_tower().to(device=device, dtype=dtype if not (load_4bit or load_8bit) else torch.float16)
-    model.eval()
-    return tokenizer, model, image_processor, context_len
+    loader = getattr(builder.load_pretrained_model, "__wrapped__", builder.load_pretrained_model)
+    name = get_model_name_from_path(model_path)
+    device_map = "auto" if str(device).startswith("cuda") else device
+    if load_4bit or load_8bit:
+        loaded = load_quantized(loader, model_path, model_base, name, load_4bit=load_4bit, load_8bit=load_8bit,
+                                device_map=device_map, device=device)
+    else:
+        loaded = loader(model_path, model_base, name, device_map=device_map, device=device)
+        dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
+        loaded[1].to(device=device, dtype=dtype)
+    loaded[1].eval()
+    return loaded

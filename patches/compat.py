@@ -44,3 +44,22 @@ def generate_returns_leading_bos() -> bool:
     from 4.38 on it starts from an empty tensor and returns only the new tokens.
     """
     return TRANSFORMERS_VERSION < (4, 38, 0)
+
+
+def needs_explicit_attention_mask() -> bool:
+    """Upstream LLaVA generate without an attention_mask fails from transformers 4.38 on
+    ('NoneType' object has no attribute 'shape' / 'new_ones'); 4.37 builds one itself."""
+    return TRANSFORMERS_VERSION >= (4, 38, 0)
+
+
+def set_attention_implementation(model, name: str) -> str:
+    """Switch the attention kernel of a loaded Llama-family model; returns the previous name.
+
+    From transformers 4.48 the kernel is looked up per call from `config._attn_implementation`,
+    so switching is enough; 4.37 builds one module class per implementation at init, where
+    `output_attentions=True` on sdpa falls back to eager by itself.
+    """
+    previous = model.config._attn_implementation
+    if TRANSFORMERS_VERSION >= (4, 48, 0):
+        model.config._attn_implementation = name
+    return previous

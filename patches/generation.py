@@ -27,7 +27,7 @@ class GenerationSetup:
 
     config: Any  # transformers.GenerationConfig (a private deep copy)
     logits_processor: LogitsProcessorList
-    logits_warper: Optional[LogitsProcessorList]  # None for greedy
+    logits_warper: Optional[LogitsProcessorList]  # None for greedy, and when processors include them
     stopping_criteria: StoppingCriteriaList
     initial_ids: torch.Tensor  # (B, 0) or (B, 1) BOS column, as upstream's output starts
     eos_token_ids: Optional[torch.Tensor]  # (E,) long
@@ -71,6 +71,8 @@ def prepare_generation(model, batch_size: int, device, kwargs: dict, method: str
     if config.pad_token_id is None and config.eos_token_id is not None:
         eos = config.eos_token_id
         config.pad_token_id = eos[0] if isinstance(eos, list) else eos
+    if hasattr(model, "_prepare_special_tokens"):  # transformers >= 4.41: tensors the processors read
+        model._prepare_special_tokens(config, "attention_mask" in model_kwargs, device=device)
     initial_ids = _initial_ids(config, batch_size, device)
     if config.max_new_tokens is not None:
         config.max_length = config.max_new_tokens + initial_ids.shape[1]
@@ -81,7 +83,10 @@ def prepare_generation(model, batch_size: int, device, kwargs: dict, method: str
         prefix_allowed_tokens_fn=None,
         logits_processor=user_processor,
     )
-    warper = model._get_logits_warper(config) if config.do_sample else None
+    # transformers <= 4.44 keeps the sampling warpers (temperature, top-k, top-p) apart; newer
+    # releases append them to the processors when do_sample is set.
+    has_warpers = hasattr(model, "_get_logits_warper")
+    warper = model._get_logits_warper(config) if config.do_sample and has_warpers else None
     stopping = model._get_stopping_criteria(generation_config=config, stopping_criteria=user_stopping)
     return GenerationSetup(
         config=config,

@@ -1,9 +1,12 @@
-"""The reversible, idempotent monkey-patch of LLaVA's `LlavaLlamaForCausalLM`.
+"""The reversible, idempotent monkey-patch of LLaVA's `LlavaLlamaForCausalLM` (and its loader).
 
 After `patch_llava()`, `model.generate(..., avc=AVCConfig())` (or `vcd=` / `m3id=`) decodes
 contrastively; without those keywords the ORIGINAL upstream `generate` runs, untouched. `forward`
 is wrapped only to drop the keyword arguments newer transformers pass and LLaVA 1.2.2 rejects
 (`cache_position`, `logits_to_keep`, `num_logits_to_keep`); every other call reaches the original.
+`llava.model.builder.load_pretrained_model` is wrapped so that `load_4bit` / `load_8bit` take the
+fixed quantized path of llava_avc.loading (one BitsAndBytesConfig, mm_projector and lm_head kept
+unquantized, fp16 vision tower); unquantized loads reach the original unchanged.
 
 Everything is checked before anything is mutated (peft's `inject_adapter` rule), the original
 function objects are kept on the class and restored exactly by `unpatch_llava()`.
@@ -17,10 +20,13 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-from .compat import check_transformers_supported
+import torch
+
+from .compat import check_transformers_supported, needs_explicit_attention_mask
 
 _ORIGINALS_ATTR = "_llava_avc_originals"
 _MARKER_ATTR = "__llava_avc_patch__"
+_LOADER_KEY = "llava.model.builder.load_pretrained_model"
 #: kwargs newer transformers' generate passes to forward that LLaVA 1.2.2's forward does not accept.
 _DROPPED_FORWARD_KWARGS = ("cache_position", "logits_to_keep", "num_logits_to_keep")
 
@@ -64,6 +70,9 @@ def _patched_generate(original):
             config = _DEFAULT_METHOD.get()
         GENERATE_CALLS[config.method if config is not None else "none"] += 1
         if config is None:
+            if needs_explicit_attention_mask() and kwargs.get("attention_mask") is None and inputs is not None:
+                # transformers >= 4.38 cannot derive position ids for LLaVA's inputs_embeds without it.
+                kwargs["attention_mask"] = torch.ones_like(inputs, dtype=torch.long)
             return original(self, inputs, images, image_sizes, **kwargs)
         from llava_avc.decode import contrastive_generate
 
@@ -82,6 +91,31 @@ def _patched_forward(original):
 
     setattr(forward, _MARKER_ATTR, True)
     return forward
+
+
+def _patched_loader(original):
+    """LLaVA's `load_pretrained_model`, with 4/8-bit loading routed through llava_avc.loading."""
+
+    @functools.wraps(original)
+    def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, load_4bit=False,
+                              device_map="auto", device="cuda", use_flash_attn=False, **kwargs):
+        if not (load_4bit or load_8bit):
+            return original(model_path, model_base, model_name, load_8bit=False, load_4bit=False,
+                            device_map=device_map, device=device, use_flash_attn=use_flash_attn, **kwargs)
+        from llava_avc.loading import load_quantized
+
+        return load_quantized(original, model_path, model_base, model_name, load_4bit=load_4bit,
+                              load_8bit=load_8bit, device_map=device_map, device=device,
+                              use_flash_attn=use_flash_attn, **kwargs)
+
+    setattr(load_pretrained_model, _MARKER_ATTR, True)
+    return load_pretrained_model
+
+
+def _builder_module():
+    from llava.model import builder
+
+    return builder
 
 
 def is_patched() -> bool:
@@ -105,9 +139,12 @@ def patch_llava() -> None:
         "generate": _patched_generate(originals["generate"]),
         "forward": _patched_forward(originals["forward"]),
     }
-    setattr(cls, _ORIGINALS_ATTR, originals)
+    builder = _builder_module()
+    loader = vars(builder)["load_pretrained_model"]
+    setattr(cls, _ORIGINALS_ATTR, {**originals, _LOADER_KEY: loader})
     for name, function in replacements.items():
         setattr(cls, name, function)
+    builder.load_pretrained_model = _patched_loader(loader)
 
 
 def unpatch_llava() -> None:
@@ -116,8 +153,9 @@ def unpatch_llava() -> None:
     originals = vars(cls).get(_ORIGINALS_ATTR)
     if originals is None:
         return
-    for name, function in originals.items():
-        setattr(cls, name, function)
+    _builder_module().load_pretrained_model = originals[_LOADER_KEY]
+    for name in ("generate", "forward"):
+        setattr(cls, name, originals[name])
     delattr(cls, _ORIGINALS_ATTR)
 
 

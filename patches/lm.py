@@ -192,8 +192,20 @@ def forward_last_logits(model, embeds, attention_mask, position_ids, cache):
 
 
 def cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """[(keys (B, H_kv, L, D), values (B, H_kv, L, D)) per layer] of a DynamicCache."""
+    """[(keys (B, H_kv, L, D), values (B, H_kv, L, D)) per layer] of a DynamicCache.
+
+    transformers <= 4.55 keeps `key_cache` / `value_cache` lists; 4.56+ keeps `layers` objects.
+    """
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
     return list(zip(cache.key_cache, cache.value_cache))
+
+
+def layer_keys(cache, layer_idx: int) -> torch.Tensor:
+    """(B, H_kv, L, D) RoPE-rotated keys cached for one layer."""
+    if hasattr(cache, "layers"):
+        return cache.layers[layer_idx].keys
+    return cache.key_cache[layer_idx]
 
 
 def stack_caches(first, second) -> DynamicCache:

@@ -22,22 +22,29 @@ from transformers.models.llama import modeling_llama
 
 from llava_avc.blind import last_query_attention
 
+from .lm import layer_keys
+
 
 def _decoder_layers(model):
     return model.get_model().layers
 
 
-def _rotated_last_query(attn_module, hidden_last: torch.Tensor, position_last: torch.Tensor) -> torch.Tensor:
-    """(B, 1, D_model) hidden state, (B, 1) position -> (B, H, D_head) RoPE-rotated query.
+def _rotated_last_query(attn_module, hidden_last: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """(B, 1, D_model) last hidden state -> (B, H, D_head) RoPE-rotated query, as the module does.
 
-    Mirrors transformers 4.37's LlamaAttention: q_proj, split heads, `rotary_emb(x, seq_len)`
-    and `apply_rotary_pos_emb(q, k, cos, sin, position_ids)`.
+    transformers 4.37: the module owns `rotary_emb(x, seq_len)` and rotates with `position_ids`;
+    4.48+: the model passes `position_embeddings=(cos, sin)` (B, S, D_head) for every position.
     """
     batch = hidden_last.shape[0]
     query = attn_module.q_proj(hidden_last)  # (B, 1, H * D_head)
-    query = query.view(batch, 1, attn_module.num_heads, attn_module.head_dim).transpose(1, 2)  # (B, H, 1, D)
-    cos, sin = attn_module.rotary_emb(query, seq_len=int(position_last.max()) + 1)
-    query, _ = modeling_llama.apply_rotary_pos_emb(query, query, cos, sin, position_last)
+    query = query.view(batch, 1, -1, attn_module.head_dim).transpose(1, 2)  # (B, H, 1, D_head)
+    if kwargs.get("position_embeddings") is not None:
+        cos, sin = (part[:, -1:] for part in kwargs["position_embeddings"])  # (B, 1, D_head)
+        query, _ = modeling_llama.apply_rotary_pos_emb(query, query, cos, sin)
+    else:
+        position_last = kwargs["position_ids"][:, -1:]  # (B, 1)
+        cos, sin = attn_module.rotary_emb(query, seq_len=int(position_last.max()) + 1)
+        query, _ = modeling_llama.apply_rotary_pos_emb(query, query, cos, sin, position_last)
     return query[:, :, 0, :]  # (B, H, D_head)
 
 
@@ -55,12 +62,11 @@ class LastQueryProbe:
     def hook(self, module, args, kwargs, output):
         """Forward hook (with_kwargs) on one attention module; runs right after it updated the cache."""
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]  # (B, S, D_model)
-        cache = kwargs.get("past_key_value")
+        cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))  # renamed in 4.56
         if cache is None:
             raise RuntimeError("the attention probe needs use_cache=True (keys are read from the KV cache)")
-        position_last = kwargs["position_ids"][:, -1:]  # (B, 1)
-        query = _rotated_last_query(module, hidden[:, -1:, :], position_last)  # (B, H, D)
-        keys = cache.key_cache[module.layer_idx]  # (B, H_kv, L, D)
+        query = _rotated_last_query(module, hidden[:, -1:, :], kwargs)  # (B, H, D)
+        keys = layer_keys(cache, module.layer_idx)  # (B, H_kv, L, D)
         self.attentions.append(last_query_attention(query, keys, self.key_mask))
 
 

@@ -9,6 +9,10 @@ from PIL import Image
 from transformers.generation import LogitsProcessor, LogitsProcessorList
 
 from llava_avc.ask import build_prompt
+from llava_avc.patches.compat import generate_returns_leading_bos
+
+#: columns before the new tokens in generate's output (transformers 4.37: a BOS column; 4.38+: none)
+LEAD = 1 if generate_returns_leading_bos() else 0
 
 QUESTIONS = [
     "Is there a person in the image?",

@@ -15,7 +15,7 @@ from llava_avc.blind import noise_generator
 from llava_avc.noise import add_diffusion_noise
 from llava_avc.patches import lm
 
-from helpers import QUESTIONS, ForceTokens, images_for, left_padded, no_eos, prompt_ids, variant_images
+from helpers import LEAD, QUESTIONS, ForceTokens, images_for, left_padded, no_eos, prompt_ids, variant_images
 
 NEW_TOKENS = 6
 CONFIGS = [AVCConfig(), VCDConfig(), M3IDConfig(lam=0.5)]
@@ -180,12 +180,13 @@ def test_finished_rows_are_padded_while_others_continue(tiny_llava, sample_image
     sizes = [image.size for image in pil_images]
     ids, mask = left_padded(rows)
     free = generate(model, tokenizer, ids, images, sizes, attention_mask=mask, avc=AVCConfig())
-    stop_token = int(free[0, 2])  # row 0's second new token (after the leading BOS)
-    assert stop_token not in free[1, 1:].tolist(), "pick prompts whose rows differ"
+    stop_token = int(free[0, LEAD + 1])  # row 0's second new token
+    assert stop_token not in free[1, LEAD:].tolist(), "pick prompts whose rows differ"
     out = generate(model, tokenizer, ids, images, sizes, attention_mask=mask, avc=AVCConfig(),
                    eos_token_id=stop_token, pad_token_id=0, logits_processor=None)
-    assert out[0, :3].tolist() == free[0, :3].tolist()
-    assert out[0, 3:].tolist() == [0] * (out.shape[1] - 3)
+    stop = LEAD + 2
+    assert out[0, :stop].tolist() == free[0, :stop].tolist()
+    assert out[0, stop:].tolist() == [0] * (out.shape[1] - stop)
     assert out[1].tolist() == free[1].tolist()
 
 
@@ -213,7 +214,7 @@ def test_sampling_draws_from_the_warped_plausible_set(tiny_llava, single):
     for step, scores in enumerate(out.scores):
         kept = torch.isfinite(scores[0])
         assert 1 <= int(kept.sum()) <= 5
-        assert kept[out.sequences[0, 1 + step]]
+        assert kept[out.sequences[0, LEAD + step]]
 
 
 @pytest.mark.parametrize("config", [AVCConfig(alpha=0.0, beta=1e-30), VCDConfig(alpha=0.0, beta=1e-30)],
@@ -235,7 +236,7 @@ def test_llava_keywords_stopping_criteria_stops_generation(tiny_llava, single):
     tokenizer, model, _, _ = tiny_llava
     ids, images, sizes = single
     free = generate(model, tokenizer, ids, images, sizes, avc=AVCConfig(), max_new_tokens=10)
-    keyword = tokenizer.decode(free[0, 1:4], skip_special_tokens=True).strip()
+    keyword = tokenizer.decode(free[0, LEAD:LEAD + 3], skip_special_tokens=True).strip()
     assert keyword
     criteria = StoppingCriteriaList([KeywordsStoppingCriteria([keyword], tokenizer, ids)])
     out = generate(model, tokenizer, ids, images, sizes, avc=AVCConfig(), max_new_tokens=10,
@@ -300,9 +301,9 @@ def test_original_branch_cache_equals_a_plain_run_fed_the_same_tokens(tiny_llava
     tokenizer, model, _, _ = tiny_llava
     ids, images, sizes = single
     avc = generate(model, tokenizer, ids, images, sizes, avc=AVCConfig(), return_dict_in_generate=True)
-    new_tokens = avc.sequences[:, 1:]
+    new_tokens = avc.sequences[:, LEAD:]
     replay = model.generate(ids, images=images, image_sizes=sizes, do_sample=False, max_new_tokens=NEW_TOKENS,
-                            logits_processor=LogitsProcessorList([ForceTokens(new_tokens, start_length=1)]),
+                            logits_processor=LogitsProcessorList([ForceTokens(new_tokens, start_length=LEAD)]),
                             return_dict_in_generate=True)
     assert replay.sequences.tolist() == avc.sequences.tolist()
     assert len(replay.past_key_values) == len(avc.past_key_values)

@@ -10,7 +10,7 @@ import llava_avc
 from llava_avc import AVCConfig
 from llava_avc.patches import compat
 
-from helpers import QUESTIONS, images_for, no_eos, prompt_ids
+from helpers import LEAD, QUESTIONS, images_for, no_eos, prompt_ids
 
 ORIGINAL_GENERATE = LlavaLlamaForCausalLM.__dict__["generate"]
 ORIGINAL_FORWARD = LlavaLlamaForCausalLM.__dict__["forward"]
@@ -70,17 +70,36 @@ def test_unsupported_transformers_refuses_and_mutates_nothing(monkeypatch):
     assert _class_state() == before
 
 
-def test_without_method_keywords_the_upstream_path_runs_bit_for_bit(tiny_llava, sample_image):
-    tokenizer, model, image_processor, _ = tiny_llava
+def _upstream_kwargs(model, tokenizer, image_processor, sample_image):
     ids = prompt_ids(tokenizer, QUESTIONS[1]).unsqueeze(0)
     images = images_for(model, image_processor, [sample_image])
-    kwargs = dict(images=images, image_sizes=[sample_image.size], do_sample=False, max_new_tokens=8,
-                  logits_processor=no_eos(tokenizer), return_dict_in_generate=True, output_scores=True)
+    return ids, dict(images=images, image_sizes=[sample_image.size], do_sample=False, max_new_tokens=8,
+                     logits_processor=no_eos(tokenizer), return_dict_in_generate=True, output_scores=True)
+
+
+def test_without_method_keywords_the_upstream_path_runs(tiny_llava, sample_image):
+    """transformers 4.37: the upstream path runs bit for bit. 4.38+: LLaVA 1.2.2 alone fails
+    (forward rejects cache_position) and the patch makes it run, equal to our lean loop."""
+    from llava_avc.decode import lean_generate
+
+    tokenizer, model, image_processor, _ = tiny_llava
+    ids, kwargs = _upstream_kwargs(model, tokenizer, image_processor, sample_image)
+    forward_kwargs = dict(input_ids=ids, images=kwargs["images"], image_sizes=kwargs["image_sizes"])
+    if compat.needs_explicit_attention_mask():
+        with pytest.raises((TypeError, AttributeError)):
+            model.generate(ids, **kwargs)
+        with llava_avc.patched():
+            patched = model.generate(ids, **kwargs)
+        reference = lean_generate(model, ids, **kwargs)
+        assert patched.sequences.tolist() == reference.sequences.tolist()
+        for theirs, ours in zip(reference.scores, patched.scores):
+            torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+        return
     upstream = model.generate(ids, **kwargs)
+    upstream_forward = model(**forward_kwargs).logits
     with llava_avc.patched():
         patched = model.generate(ids, **kwargs)
-        patched_forward = model(input_ids=ids, images=images, image_sizes=[sample_image.size]).logits
-    upstream_forward = model(input_ids=ids, images=images, image_sizes=[sample_image.size]).logits
+        patched_forward = model(**forward_kwargs).logits
     assert torch.equal(patched.sequences, upstream.sequences)
     for theirs, ours in zip(upstream.scores, patched.scores):
         assert torch.equal(theirs, ours)
@@ -107,4 +126,4 @@ def test_avc_keyword_works_only_while_patched(tiny_llava, sample_image):
     with llava_avc.patched():
         out = model.generate(ids, images=images, image_sizes=[sample_image.size], avc=AVCConfig(),
                              max_new_tokens=2, logits_processor=no_eos(tokenizer))
-    assert out.shape == (1, 3)
+    assert out.shape == (1, LEAD + 2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llava_avc.patches import lm
+from llava_avc.patches import compat, lm
 from llava_avc.patches.probe import last_query_probe
 
 from helpers import QUESTIONS, images_for, left_padded, prompt_ids, variant_images
@@ -15,8 +15,12 @@ def probe_and_eager(model, merged):
     """Probe rows (n_layers, B, H, L) and eager attention's last rows from LLaVA's own forward."""
     with last_query_probe(model, merged.attention_mask) as probe:
         lm.forward_last_logits(model, merged.embeds, merged.attention_mask, merged.position_ids, lm.new_cache())
-    eager = model(inputs_embeds=merged.embeds, attention_mask=merged.attention_mask.long(),
-                  position_ids=merged.position_ids, output_attentions=True).attentions
+    previous = compat.set_attention_implementation(model, "eager")  # sdpa returns no attentions on >= 4.53
+    try:
+        eager = model(inputs_embeds=merged.embeds, attention_mask=merged.attention_mask.long(),
+                      position_ids=merged.position_ids, output_attentions=True).attentions
+    finally:
+        compat.set_attention_implementation(model, previous)
     return torch.stack(probe.attentions), torch.stack([layer[:, :, -1, :].float() for layer in eager])
 
 

@@ -13,7 +13,9 @@ from llava.conversation import conv_templates
 from llava.mm_utils import KeywordsStoppingCriteria, process_images, tokenizer_image_token
 from safetensors.torch import load_file
 
+import llava_avc
 from llava_avc import tiny
+from llava_avc.patches import compat
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTION = "Describe this image in detail."
@@ -43,10 +45,13 @@ def _generate(bundle, image):
     input_ids = _prompt_ids(tokenizer)
     images = process_images([image], image_processor, model.config)
     stop = KeywordsStoppingCriteria([conv_templates["llava_v1"].sep2], tokenizer, input_ids)
-    return model.generate(
-        input_ids, images=images, image_sizes=[image.size], do_sample=False,
-        max_new_tokens=8, stopping_criteria=[stop], use_cache=True,
-    )
+    # Without a method keyword the patched generate is upstream's (untouched on transformers 4.37;
+    # on 4.38+ LLaVA 1.2.2 only runs with llava-avc's compatibility patch).
+    with llava_avc.patched():
+        return model.generate(
+            input_ids, images=images, image_sizes=[image.size], do_sample=False,
+            max_new_tokens=8, stopping_criteria=[stop], use_cache=True,
+        )
 
 
 def _tensors(ckpt):
@@ -67,7 +72,7 @@ def test_checkpoint_layout_and_config(tiny_llava_dir):
     cfg = json.loads((tiny_llava_dir / "config.json").read_text())
     assert cfg["model_type"] == "llava_llama"
     assert cfg["architectures"] == ["LlavaLlamaForCausalLM"]
-    assert cfg["torch_dtype"] == "float16"
+    assert cfg.get("torch_dtype", cfg.get("dtype")) == "float16"  # renamed `dtype` in transformers 4.56
     assert cfg["mm_vision_tower"] == str(tiny_llava_dir / "vision_tower")
     assert Path(cfg["mm_vision_tower"]).is_absolute()
     assert (Path(cfg["mm_vision_tower"]) / "preprocessor_config.json").is_file()
@@ -116,9 +121,13 @@ def test_init_gives_clear_top1_and_peaky_image_attention(tiny_llava, sample_imag
     input_ids = _prompt_ids(tokenizer)
     start = int((input_ids[0] == IMAGE_TOKEN_INDEX).nonzero()[0])
     images = process_images([sample_image], image_processor, model.config)
-    with torch.no_grad():
-        out = model(input_ids, images=images, image_sizes=[sample_image.size],
-                    output_attentions=True)
+    previous = compat.set_attention_implementation(model, "eager")  # sdpa gives no attentions on >= 4.53
+    try:
+        with torch.no_grad():
+            out = model(input_ids, images=images, image_sizes=[sample_image.size],
+                        output_attentions=True)
+    finally:
+        compat.set_attention_implementation(model, previous)
     top2 = out.logits[0, -1].topk(2).values
     assert top2[0] - top2[1] > 0.05
     for layer_attn in out.attentions:

@@ -1,0 +1,239 @@
+"""Readers of the benchmarks' ORIGINAL question files, accepted unchanged.
+
+- POPE: one JSON object per line with ``question_id``, ``image``, ``text`` (``label``,
+  ``category`` optional; the category defaults to random / popular / adversarial from a file
+  name such as ``coco_pope_random.json``).
+- AMBER: ``query_all.json`` (or any of its ``query_*.json``): a JSON list of
+  ``{"id", "image", "query"}``; ids 1-1004 are the generative "Describe this image." items.
+- MME: the official ``MME_Benchmark_release_version`` folder (per category either
+  ``<category>/images/*.jpg`` + ``<category>/questions_answers_YN/*.txt``, or
+  ``<category>/*.png|jpg`` next to ``<category>/*.txt``; each txt line ``question<TAB>answer``, or
+  ``image<TAB>question<TAB>answer``), or LLaVA's converted ``llava_mme.jsonl``.
+
+Every reader returns a list of `Question`; errors name the file and the line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+#: MME's own sub-task folder names (calculation.py's eval_type_dict).
+MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
+                  "artwork", "OCR")
+MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
+MME_YES_NO_SUFFIX = "Please answer yes or no."
+AMBER_GENERATIVE_MAX_ID = 1004
+_IMAGE_EXTENSIONS = (".jpg", ".png", ".jpeg", ".JPG", ".PNG", ".JPEG")
+
+
+@dataclass
+class Question:
+    """One benchmark question.
+
+    Attributes:
+        qid: the question id as in the file (int or str); MME ids are ``category/image`` with
+            ``#k`` appended to the k-th further question about the same image.
+        image: image path relative to the image folder.
+        text: the question (MME: without "Please answer yes or no.").
+        yes_no: whether it is a yes/no question (the llava protocol suffixes those).
+        label: ground truth "yes" / "no" when the file has it.
+        category: POPE split, MME sub-task, AMBER "generative" / "discriminative".
+        source: "file, line N" for messages.
+    """
+
+    qid: Any
+    image: str
+    text: str
+    yes_no: bool = True
+    label: Optional[str] = None
+    category: Optional[str] = None
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def fingerprint(questions: list) -> str:
+    """A short hash of the question set (ids, images, texts): part of the run configuration."""
+    digest = hashlib.sha256()
+    for question in questions:
+        digest.update(json.dumps([question.qid, question.image, question.text]).encode())
+    return digest.hexdigest()[:16]
+
+
+def _json_line(path: Path, lineno: int, raw: str, required: tuple) -> dict:
+    try:
+        item = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}, line {lineno}: not valid JSON ({error.msg}); expected one JSON object "
+                         "per line.") from error
+    if not isinstance(item, dict):
+        raise ValueError(f"{path}, line {lineno}: expected a JSON object, found {type(item).__name__}.")
+    missing = [key for key in required if key not in item]
+    if missing:
+        raise ValueError(f"{path}, line {lineno}: missing {', '.join(repr(k) for k in missing)} "
+                         f"(a question needs {', '.join(required)}).")
+    return item
+
+
+def read_jsonl(path, required: tuple) -> list:
+    """(line number, object) for each non-blank line of a JSONL file, checked for `required` keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"question file {str(path)!r} does not exist.")
+    with open(path, encoding="utf-8") as handle:
+        return [(lineno, _json_line(path, lineno, raw, required))
+                for lineno, raw in enumerate(handle, 1) if raw.strip()]
+
+
+def check_unique(questions: list) -> list:
+    """Raise ValueError naming both places when a question id appears twice."""
+    seen: dict = {}
+    for question in questions:
+        if question.qid in seen:
+            raise ValueError(f"question_id {question.qid!r} appears twice ({seen[question.qid]} and "
+                             f"{question.source}); question ids must be unique.")
+        seen[question.qid] = question.source
+    return questions
+
+
+def pope_category(path) -> Optional[str]:
+    """random / popular / adversarial from a POPE file name (coco_pope_random.json, ...)."""
+    match = re.search(r"_pope_(?:seem_)?([a-z]+)\.jsonl?$", Path(path).name)
+    return match.group(1) if match else None
+
+
+def load_pope(path) -> list:
+    """POPE questions from a JSONL file (the POPE authors' files or LLaVA's llava_pope_test.jsonl)."""
+    default_category = pope_category(path)
+    questions = [
+        Question(item["question_id"], item["image"], item["text"], True, item.get("label"),
+                 item.get("category", default_category), f"{path}, line {lineno}")
+        for lineno, item in read_jsonl(path, ("question_id", "image", "text"))
+    ]
+    return check_unique(questions)
+
+
+def _line_of(text: str, needle: str) -> int:
+    position = text.find(needle)
+    return text.count("\n", 0, position) + 1 if position >= 0 else 0
+
+
+def _amber_items(path: Path) -> tuple:
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}).") from error
+        return text, [(None, item) for item in items]
+    return text, read_jsonl(path, ())
+
+
+def load_amber(path) -> list:
+    """AMBER queries from query_all.json (a JSON list of {"id", "image", "query"}) or a JSONL file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"question file {str(path)!r} does not exist.")
+    text, items = _amber_items(path)
+    questions = []
+    for index, (lineno, item) in enumerate(items):
+        missing = [k for k in ("id", "image", "query") if not isinstance(item, dict) or k not in item]
+        if lineno is None and isinstance(item, dict) and "id" in item:
+            lineno = _line_of(text, f'"id": {json.dumps(item["id"])}')
+        if missing:
+            raise ValueError(f"{path}, line {lineno or '?'} (item {index}): missing "
+                             f"{', '.join(repr(k) for k in missing)}; AMBER queries have id, image, query.")
+        generative = int(item["id"]) <= AMBER_GENERATIVE_MAX_ID
+        questions.append(Question(item["id"], item["image"], item["query"], not generative, None,
+                                  "generative" if generative else "discriminative", f"{path}, line {lineno}"))
+    return check_unique(questions)
+
+
+def load_mme(path) -> list:
+    """MME questions from the official folder, or from LLaVA's llava_mme.jsonl."""
+    path = Path(path)
+    if path.is_dir():
+        return check_unique(_load_mme_folder(path))
+    questions = []
+    for lineno, item in read_jsonl(path, ("question_id", "image", "text")):
+        category = item.get("category") or str(item["question_id"]).split("/")[0]
+        questions.append(Question(item["question_id"], item["image"], item["text"], True, item.get("label"),
+                                  category, f"{path}, line {lineno}"))
+    return check_unique(_number_repeats(questions))
+
+
+def _number_repeats(questions: list) -> list:
+    """LLaVA's MME ids name the image only: the k-th further question of an image gets `#k`."""
+    counts: dict = {}
+    for question in questions:
+        seen = counts.get(question.qid, 0)
+        counts[question.qid] = seen + 1
+        if seen:
+            question.qid = f"{question.qid}#{seen}"
+    return questions
+
+
+def _mme_root(path: Path) -> Path:
+    known = set(MME_PERCEPTION + MME_COGNITION)
+    if any((path / name).is_dir() for name in known):
+        return path
+    for child in sorted(p for p in path.iterdir() if p.is_dir()):
+        if any((child / name).is_dir() for name in known):
+            return child  # e.g. MME_Benchmark_release_version/MME_Benchmark
+    raise ValueError(f"{path} is not an MME folder: none of its sub-folders is an MME sub-task "
+                     f"({', '.join(MME_PERCEPTION + MME_COGNITION)}).")
+
+
+def _mme_dirs(category_dir: Path) -> tuple:
+    """(image folder, question folder) of one MME sub-task, for both official layouts."""
+    images = category_dir / "images"
+    if not images.is_dir():
+        return category_dir, category_dir
+    for name in ("questions_answers_YN", "questions_answer_YES_NO", "questions_answers_YES_NO"):
+        if (category_dir / name).is_dir():
+            return images, category_dir / name
+    found = [p for p in category_dir.iterdir() if p.is_dir() and p.name.startswith("question")]
+    if not found:
+        raise ValueError(f"{category_dir}: has images/ but no questions_answers_YN/ folder.")
+    return images, found[0]
+
+
+def _image_name(image_dir: Path, stem: str) -> str:
+    for extension in _IMAGE_EXTENSIONS:
+        if (image_dir / (stem + extension)).is_file():
+            return stem + extension
+    return stem + ".jpg"  # reported as missing (with the question id) when the run reaches it
+
+
+def _load_mme_folder(folder: Path) -> list:
+    root = _mme_root(folder)
+    questions = []
+    for category_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "eval_tool"):
+        image_dir, qa_dir = _mme_dirs(category_dir)
+        for txt in sorted(qa_dir.glob("*.txt")):
+            questions.extend(_mme_txt(folder, category_dir.name, image_dir, txt))
+    if not questions:
+        raise ValueError(f"{folder}: no MME question files (*.txt) found.")
+    return _number_repeats(questions)
+
+
+def _mme_txt(folder: Path, category: str, image_dir: Path, txt: Path) -> list:
+    questions = []
+    for lineno, raw in enumerate(txt.read_text(encoding="utf-8").splitlines(), 1):
+        if not raw.strip():
+            continue
+        fields = raw.strip().split("\t")
+        if len(fields) not in (2, 3) or fields[-1].strip().lower() not in ("yes", "no"):
+            raise ValueError(f"{txt}, line {lineno}: expected 'question<TAB>Yes|No' (or "
+                             f"'image<TAB>question<TAB>Yes|No'), found {raw.strip()[:80]!r}.")
+        image = fields[0] if len(fields) == 3 else _image_name(image_dir, txt.stem)
+        original = fields[-2].strip()
+        text = original.replace(MME_YES_NO_SUFFIX, "").strip()
+        relative = (image_dir / image).relative_to(folder).as_posix()
+        questions.append(Question(f"{category}/{Path(image).name}", relative, text, True, fields[-1].strip().lower(),
+                                  category, f"{txt}, line {lineno}", {"mme_question": original}))
+    return questions

@@ -1,0 +1,366 @@
+"""Run a benchmark: questions -> LLaVA (with AVC / VCD / M3ID or plain) -> a resumable answers file.
+
+The model is the real LLaVA: `llava_avc.loading.load_model` (or an already loaded
+``(tokenizer, model, image_processor, context_len)``), prompts from `llava_avc.ask.build_prompt`,
+`llava.mm_utils.tokenizer_image_token` and `process_images`, and `model.generate` inside
+`llava_avc.patches.llava_patch.patched()` with ``**{config.method: config}``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Optional
+
+from . import answers as ans
+from .benchmarks import get_benchmark
+from .protocols import generation_kwargs, get_protocol, question_text
+from .questions import fingerprint
+
+
+@dataclass
+class EvalOptions:
+    """What `llava-avc eval` was asked to do (see `llava_avc.eval.cli` for the flags)."""
+
+    benchmark: str
+    model_path: str
+    out: str
+    image_folder: Optional[str] = None
+    question_file: Optional[str] = None
+    config: Any = None  # AVCConfig / VCDConfig / M3IDConfig, or None for plain decoding
+    protocol: str = "paper"
+    batch_size: int = 1
+    seed: int = 42
+    num_chunks: int = 1
+    chunk_idx: int = 0
+    limit: Optional[int] = None
+    device: Optional[str] = None
+    max_new_tokens: Optional[int] = None
+    conv_mode: Optional[str] = None
+    model_base: Optional[str] = None
+    load_4bit: bool = False
+    load_8bit: bool = False
+    progress: Optional[bool] = None  # None: a progress bar when stderr is a terminal
+
+
+@dataclass
+class EvalSummary:
+    """What a run did."""
+
+    answers_file: Path
+    new: int
+    skipped: int
+    total: int
+    config_hash: str
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def _canonical_model_path(path: str) -> str:
+    return str(Path(path).expanduser().resolve()) if Path(path).expanduser().exists() else path
+
+
+def run_settings(options: EvalOptions, protocol, question_set: str) -> dict:
+    """The hashed configuration: method + config + protocol + model + seed + generation + questions."""
+    config = options.config
+    return {
+        "benchmark": options.benchmark,
+        "method": "none" if config is None else config.method,
+        "config": {} if config is None else config.to_dict(),
+        "protocol": protocol.name,
+        "generation": protocol.settings(options.max_new_tokens, options.conv_mode),
+        "model_path": _canonical_model_path(options.model_path),
+        "model_base": options.model_base,
+        "quantization": "4bit" if options.load_4bit else "8bit" if options.load_8bit else None,
+        "seed": options.seed,
+        "questions": question_set,
+    }
+
+
+def _check_options(options: EvalOptions) -> None:
+    if options.batch_size < 1:
+        raise ValueError(f"--batch-size (={options.batch_size}) must be at least 1.")
+    if options.limit is not None and options.limit < 0:
+        raise ValueError(f"--limit (={options.limit}) must be >= 0.")
+    if options.max_new_tokens is not None and options.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens (={options.max_new_tokens}) must be at least 1.")
+    ans.get_chunk([], options.num_chunks, options.chunk_idx)  # validates the chunk flags
+
+
+def _check_images(pending: list, image_root: str) -> None:
+    """Fail before any model work when an image file is missing (names the question and path)."""
+    missing = [q for q in pending if not (Path(image_root) / q.image).is_file()]
+    if missing:
+        first = missing[0]
+        more = f" ({len(missing)} questions have no image file)" if len(missing) > 1 else ""
+        raise FileNotFoundError(f"question {first.qid!r}: image {str(Path(image_root) / first.image)!r} does "
+                                f"not exist{more}; check --image-folder.")
+
+
+def _open_image(question, image_root: str):
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(image_root) / question.image
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"question {question.qid!r}: image {str(path)!r} does not exist.") from error
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"question {question.qid!r}: image {str(path)!r} cannot be read ({error}).") from error
+
+
+def _versions() -> dict:
+    import importlib.metadata as metadata
+
+    import torch
+    import transformers
+
+    import llava_avc
+
+    try:
+        llava_version = metadata.version("llava-torch")
+    except metadata.PackageNotFoundError:
+        llava_version = getattr(sys.modules.get("llava"), "__version__", None)
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "llava": llava_version,
+            "llava_avc": llava_avc.__version__, "python": platform.python_version()}
+
+
+def git_sha() -> Optional[str]:
+    """The commit of the llava-avc checkout running this, when it is a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        result = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def _run_record(options: EvalOptions, settings: dict, digest: str, question_file: str, device: str) -> dict:
+    return {
+        "benchmark": options.benchmark, "method": settings["method"], "config": settings["config"],
+        "protocol": settings["protocol"], "seed": options.seed, "model_path": options.model_path,
+        "model_base": options.model_base, "question_file": str(Path(question_file).resolve()),
+        "image_folder": options.image_folder, "limit": options.limit, "num_chunks": options.num_chunks,
+        "batch_size": options.batch_size, "device": device, "versions": _versions(), "git_sha": git_sha(),
+        "config_hash": digest, "settings": settings,
+        "command": " ".join(sys.argv),
+    }
+
+
+@contextmanager
+def _left_padding(model):
+    """LLaVA re-pads after merging the image; make upstream generate pad on the left like our batch."""
+    saved = getattr(model.config, "tokenizer_padding_side", "right")
+    model.config.tokenizer_padding_side = "left"
+    try:
+        yield
+    finally:
+        model.config.tokenizer_padding_side = saved
+
+
+def _pixel_values(pil_images: list, image_processor, model, center_crop: bool):
+    from llava.mm_utils import process_images
+
+    from ..ask import _to_model
+
+    model_config = model.config
+    if center_crop and getattr(model_config, "image_aspect_ratio", None) == "pad":
+        model_config = SimpleNamespace(image_aspect_ratio="center-crop")  # CLIP resize + center crop
+    return _to_model(process_images(pil_images, image_processor, model_config), model)
+
+
+def _left_padded_ids(prompts: list, tokenizer, device):
+    import torch
+    from llava.constants import IMAGE_TOKEN_INDEX
+    from llava.mm_utils import tokenizer_image_token
+
+    rows = [tokenizer_image_token(p, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt") for p in prompts]
+    length = max(len(row) for row in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for index, row in enumerate(rows):
+        ids[index, length - len(row):] = row
+        mask[index, length - len(row):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def generate_answers(loaded, texts: list, pil_images: list, settings: dict, config) -> list:
+    """Answer a batch of questions (one image each) with one left-padded `generate` call.
+
+    Raises:
+        ValueError: CUDA out of memory (with the advice to halve the batch size).
+    """
+    import torch
+
+    from ..ask import build_prompt
+    from ..patches.llava_patch import patched
+
+    tokenizer, model, image_processor, _ = loaded
+    generation = settings["generation"]
+    prompts = [build_prompt(text, generation["conv_mode"], model.config) for text in texts]
+    input_ids, mask = _left_padded_ids(prompts, tokenizer, model.device)
+    kwargs = dict(generation_kwargs(generation), attention_mask=mask, use_cache=True,
+                  images=_pixel_values(pil_images, image_processor, model, generation["center_crop"]),
+                  image_sizes=[image.size for image in pil_images])
+    if config is not None:
+        kwargs[config.method] = config
+    batch = len(texts)
+    try:
+        with patched(), _left_padding(model), torch.inference_mode():
+            output = model.generate(input_ids, **kwargs)
+    except torch.cuda.OutOfMemoryError as error:
+        torch.cuda.empty_cache()
+        hint = f"try --batch-size {batch // 2}" if batch > 1 else "try a 4-bit model (--load-4bit) or a larger GPU"
+        raise ValueError(f"out of GPU memory at batch size {batch}; {hint}.") from error
+    return [text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True)]
+
+
+def _record(question, prompt_text: str, answer: str, model_id: str, settings: dict, digest: str) -> dict:
+    import shortuuid
+
+    metadata = {"config_hash": digest, "benchmark": settings["benchmark"], "method": settings["method"],
+                "protocol": settings["protocol"], "image": question.image}
+    for key in ("label", "category"):
+        if getattr(question, key) is not None:
+            metadata[key] = getattr(question, key)
+    return {"question_id": question.qid, "prompt": prompt_text, "text": answer, "answer_id": shortuuid.uuid(),
+            "model_id": model_id, "metadata": metadata}
+
+
+def _progress(total: int, options: EvalOptions, label: str):
+    from tqdm import tqdm
+
+    enabled = sys.stderr.isatty() if options.progress is None else options.progress
+    return tqdm(total=total, unit="ans", desc=label, disable=not enabled, file=sys.stderr)
+
+
+def _batches(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _answer_all(pending, loaded, options, settings, digest, image_root, writer) -> int:
+    from llava.mm_utils import get_model_name_from_path
+
+    protocol = get_protocol(settings["protocol"])
+    model_id = get_model_name_from_path(options.model_path)
+    written = 0
+    with _progress(len(pending), options, f"{options.benchmark} {settings['method']}") as bar:
+        for batch in _batches(pending, options.batch_size):
+            images = [_open_image(question, image_root) for question in batch]
+            texts = [question_text(q.text, q.yes_no, protocol, options.benchmark) for q in batch]
+            outputs = generate_answers(loaded, texts, images, settings, options.config)
+            for question, text, answer in zip(batch, texts, outputs):
+                writer.write(_record(question, text, answer, model_id, settings, digest))
+                written += 1
+            bar.update(len(batch))
+    return written
+
+
+def _load(options: EvalOptions):
+    from ..loading import load_model
+
+    return load_model(options.model_path, options.model_base, device=options.device,
+                      load_4bit=options.load_4bit, load_8bit=options.load_8bit)
+
+
+def run_eval(options: EvalOptions, loaded=None) -> EvalSummary:
+    """Answer the benchmark's questions (this chunk), resuming an earlier run of the same configuration.
+
+    Args:
+        options: the run's settings.
+        loaded: an already loaded ``(tokenizer, model, image_processor, context_len)``; loaded from
+            ``options.model_path`` when None (only if some question is still unanswered).
+    Returns:
+        An `EvalSummary` (answers file, new / skipped / total answers, configuration hash).
+    Raises:
+        ValueError / FileNotFoundError: bad options, question file, image, configuration mismatch.
+    """
+    import torch
+
+    start = time.time()
+    _check_options(options)
+    benchmark = get_benchmark(options.benchmark)
+    protocol = get_protocol(options.protocol)
+    question_file = benchmark.question_source(options.question_file, options.image_folder)
+    image_root = benchmark.image_root(question_file, options.image_folder)
+    questions = benchmark.load(question_file)
+    settings = run_settings(options, protocol, fingerprint(questions))
+    digest = ans.config_hash(settings)
+    questions = questions[:options.limit] if options.limit is not None else questions
+    chunk = ans.get_chunk(questions, options.num_chunks, options.chunk_idx)
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ans.check_run_file(out, digest, settings)
+    path = ans.answers_path(out, options.num_chunks, options.chunk_idx)
+    with ans.AnswerWriter(path) as writer:  # locked: a second run on the same file is refused
+        done = ans.done_answers(path, digest, settings)
+        pending = [question for question in chunk if question.qid not in done]
+        _check_images(pending, image_root)
+        loaded = loaded if loaded is not None or not pending else _load(options)
+        device = str(loaded[1].device) if loaded is not None else (options.device or "unknown")
+        ans.write_json_atomic(out / ans.RUN_FILE, _run_record(options, settings, digest, question_file, device))
+        torch.manual_seed(options.seed)
+        written = _answer_all(pending, loaded, options, settings, digest, image_root, writer) if pending else 0
+    return EvalSummary(path, written, len(chunk) - len(pending), len(chunk), digest, time.time() - start)
+
+
+def merge_chunks(out, force: bool = False) -> Path:
+    """Concatenate `<out>/answers.chunk{I}of{K}.jsonl` into `<out>/answers.jsonl` in question order.
+
+    Raises:
+        ValueError / FileNotFoundError: a chunk file is missing or incomplete, chunks of different
+            configurations, no run.json, or answers.jsonl already exists (without `force`).
+    """
+    import json
+
+    out = Path(out)
+    target = out / ans.ANSWERS_FILE
+    if target.exists() and not force:
+        raise ValueError(f"{target} already exists; delete it or pass --force to overwrite it.")
+    found = ans.chunk_files(out)
+    count, files = found["num_chunks"], found["files"]
+    missing = [index for index in range(count) if index not in files]
+    if missing:
+        raise FileNotFoundError(f"chunk(s) {missing} of {count} missing in {out} "
+                                f"(answers.chunk<I>of{count}.jsonl); run them with --chunk-idx first.")
+    run = json.loads((out / ans.RUN_FILE).read_text()) if (out / ans.RUN_FILE).is_file() else None
+    if run is None:
+        raise FileNotFoundError(f"{out / ans.RUN_FILE} is missing; it names the question file the chunks split.")
+    records = _merged_records(run, files, count, out)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary.write_text("".join(json.dumps(record) + "\n" for record in records))
+    os.replace(temporary, target)
+    return target
+
+
+def _merged_records(run: dict, files: dict, count: int, out: Path) -> list:
+    benchmark = get_benchmark(run["benchmark"])
+    questions = benchmark.load(run["question_file"])
+    questions = questions[:run["limit"]] if run.get("limit") is not None else questions
+    records = []
+    for index in range(count):
+        by_id = {r["question_id"]: r for r in ans.read_answers(files[index])}
+        hashes = {ans.answer_hash(r) for r in by_id.values()}
+        if hashes - {run["config_hash"]}:
+            raise ValueError(f"{files[index]} holds answers of another configuration ({sorted(map(str, hashes))} "
+                             f"!= {run['config_hash']}); rerun that chunk into a clean --out.")
+        wanted = [q.qid for q in ans.get_chunk(questions, count, index)]
+        absent = [qid for qid in wanted if qid not in by_id]
+        if absent:
+            raise ValueError(f"chunk {index} of {count} is incomplete: {len(absent)} of {len(wanted)} answers "
+                             f"missing (first: question {absent[0]!r}); rerun it with --chunk-idx {index}.")
+        records.extend(by_id[qid] for qid in wanted)
+    return records

@@ -1,0 +1,418 @@
+"""`llava-avc run MODULE [plugin flags] -- [module args]`: run an UNMODIFIED LLaVA script with AVC.
+
+    llava-avc run llava.eval.model_vqa_loader --method avc --device cpu -- \\
+        --model-path P --question-file Q --image-folder D --answers-file A --temperature 0
+
+The module runs with ``runpy.run_module(MODULE, run_name="__main__", alter_sys=True)`` and
+``sys.argv = [MODULE] + module_args`` (runpy puts the script's file name in ``argv[0]`` while it
+runs, exactly as ``python -m MODULE`` does), inside ``llava_avc.patched()`` and
+``default_method(config)``: every ``model.generate(..., images=...)`` call the script makes that
+names no method itself decodes with the chosen method (``--method avc`` by default; ``none`` =
+upstream decoding, still counted).
+
+Plugin flags (before or after MODULE, always before ``--``):
+    --method / the method's hyperparameters   the shared flags of ``llava_avc.method_flags``
+    --device cuda|cpu     ``cpu`` runs scripts that hard-code ``.cuda()`` / ``device="cuda"`` /
+                          ``.half()`` on the CPU in float32 (``llava_avc.patches.launcher``)
+    --load-4bit | --load-8bit   passed to scripts that have the flag (``llava.serve.cli``), and for
+                          every script applied to LLaVA's ``load_pretrained_model``
+    --max-new-tokens-cap N   clamp every generate call's explicit max_new_tokens to N (scripts
+                          such as model_vqa hard-code 1024)
+    --seed S              ``random``, ``numpy`` and ``torch`` seeded with S before the script runs
+    --run-json PATH       where to write the run record (default: see below)
+
+Run record: when the module arguments contain ``--answers-file A``, the launcher writes
+``<A's stem>.run.json`` beside A (``answers/pope.jsonl`` -> ``answers/pope.run.json``; named after
+the answers file so that several runs, e.g. the chunks of one benchmark, can share a folder). It
+holds the method and its config, the seed, the module and its arguments, the versions, the
+llava-avc git SHA, the device, the loads, and ``generate_calls``: how many generate calls ran each
+method during the run (``{"avc": N}`` proves AVC was active). It is written also when the module
+fails (``"status": "failed"`` with the error); the answers file itself is never touched.
+
+Exit status: the module's (0 when it returns), 1 when it raises (traceback printed), 2 for a
+usage error (one line: conflicting flags, 4-bit on the CPU, an unknown module ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import importlib.util
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+import traceback
+from collections import Counter
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .method_flags import add_method_arguments
+
+#: LLaVA scripts tested with the launcher (tests/test_launcher.py), and the launcher flags that
+#: each of them also takes itself (passed on in its argv unless already given there).
+KNOWN_MODULES = {
+    "llava.eval.model_vqa_loader": (),
+    "llava.eval.model_vqa": (),
+    "llava.eval.model_vqa_science": (),
+    "llava.eval.run_llava": (),
+    "llava.serve.cli": ("--device", "--load-4bit", "--load-8bit"),
+}
+
+PROG = "llava-avc run"
+USAGE = "llava-avc run MODULE [plugin flags] -- [module args]"
+RUN_RECORD_SUFFIX = ".run.json"
+
+
+class _UsageError(ValueError):
+    """A user error before the module starts: one line, exit status 2."""
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+
+
+def _add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
+    add_method_arguments(parser, default_method="avc")
+    launcher = parser.add_argument_group("launcher")
+    launcher.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                          help="cuda (default) or cpu: cpu maps the script's .cuda()/device='cuda'/.half() "
+                          "to the CPU in float32")
+    launcher.add_argument("--load-4bit", action="store_true", help="load the model in 4-bit (CUDA)")
+    launcher.add_argument("--load-8bit", action="store_true", help="load the model in 8-bit (CUDA)")
+    launcher.add_argument("--max-new-tokens-cap", type=int, default=None, metavar="N",
+                          help="clamp every generate call's explicit max_new_tokens to N (quick runs of scripts "
+                          "that hard-code 1024: model_vqa, model_vqa_science)")
+    launcher.add_argument("--seed", type=int, default=None,
+                          help="seed random, numpy and torch before the script runs (default: not seeded)")
+    launcher.add_argument("--run-json", default=None, metavar="PATH",
+                          help="write the run record here (default: <answers-file stem>.run.json beside "
+                          "the script's --answers-file; none when it has no answers file)")
+
+
+_EPILOG = f"""\
+examples:
+  llava-avc run llava.eval.model_vqa_loader --method avc -- --model-path liuhaotian/llava-v1.5-7b \\
+      --question-file q.jsonl --image-folder images --answers-file answers/avc.jsonl --temperature 0
+  llava-avc run llava.eval.run_llava --device cpu -- --model-path P --image-file photo.jpg --query "What is it?"
+
+tested modules: {", ".join(KNOWN_MODULES)} (others run with a warning).
+With --answers-file A among the module args, the run record is written to <A's stem>.run.json beside A.
+"""
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the `run` subcommand to an argparse subparsers object (handler: `args.handler(args)`)."""
+    parser = subparsers.add_parser(
+        "run", usage=USAGE, help="run an unmodified LLaVA script (llava.eval.*, llava.serve.cli) with AVC",
+        description="Run an unmodified LLaVA script with AVC (or VCD / M3ID / none) applied to every "
+        "generate call that has images.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("rest", nargs=argparse.REMAINDER, metavar="MODULE [plugin flags] -- [module args]",
+                        help="the script (e.g. llava.eval.model_vqa_loader) and, after --, its own arguments")
+    _add_plugin_arguments(parser)
+    parser.set_defaults(handler=run_command)
+    return parser
+
+
+def _split_rest(args: argparse.Namespace) -> None:
+    """Fill args.module / args.module_args from args.rest and parse plugin flags given after MODULE."""
+    rest = list(args.rest)
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    if not rest or rest[0].startswith("-"):
+        raise _UsageError(f"MODULE is missing (usage: {USAGE}).")
+    module, tail = rest[0], rest[1:]
+    if "--" in tail:
+        cut = tail.index("--")
+        plugin_flags, module_args = tail[:cut], tail[cut + 1:]
+    else:
+        plugin_flags, module_args = tail, []
+    if plugin_flags:
+        late = argparse.ArgumentParser(prog=PROG, usage=USAGE, add_help=True)
+        _add_plugin_arguments(late)
+        _, unknown = late.parse_known_args(plugin_flags, namespace=args)
+        if unknown:
+            raise _UsageError(
+                f"unrecognized arguments: {' '.join(unknown)} (the module's own arguments go after `--`: {USAGE})."
+            )
+    args.module, args.module_args = module, module_args
+
+
+def _option_value(argv: Sequence[str], flag: str) -> Optional[str]:
+    """The value of `flag` in an argv (`--flag V` or `--flag=V`; the last one wins), else None."""
+    value = None
+    for index, item in enumerate(argv):
+        if item == flag and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif item.startswith(flag + "="):
+            value = item[len(flag) + 1:]
+    return value
+
+
+def run_record_path(module_args: Sequence[str], explicit: Optional[str] = None) -> Optional[Path]:
+    """Where the run record goes: --run-json, else `<stem>.run.json` beside --answers-file, else None."""
+    if explicit:
+        return Path(explicit).expanduser()
+    answers = _option_value(module_args, "--answers-file")
+    if not answers:
+        return None
+    answers_path = Path(answers).expanduser()
+    return answers_path.with_name(answers_path.stem + RUN_RECORD_SUFFIX)
+
+
+class _Plan:
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def plan_run(args: argparse.Namespace) -> _Plan:
+    """Validate the command line; raise _UsageError / ValueError (one line) before anything runs."""
+    from .method_flags import config_from_args, method_name
+    from .patches.launcher import quantized_on_cpu_error
+
+    _split_rest(args)
+    if args.load_4bit and args.load_8bit:
+        raise _UsageError("--load-4bit and --load-8bit are exclusive; pick one.")
+    if args.max_new_tokens_cap is not None and args.max_new_tokens_cap < 1:
+        raise _UsageError(f"--max-new-tokens-cap must be >= 1, got {args.max_new_tokens_cap}.")
+    config = config_from_args(args)  # ValueError on conflicting method flags
+    import torch
+
+    quantized = args.load_4bit or args.load_8bit
+    if quantized and (args.device == "cpu" or not torch.cuda.is_available()):
+        raise quantized_on_cpu_error(args.load_4bit)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise _UsageError("--device cuda, but torch finds no CUDA GPU; pass --device cpu to run on the CPU (fp32).")
+
+    warnings = []
+    try:
+        spec = importlib.util.find_spec(args.module)
+    except (ImportError, ValueError) as error:
+        raise _UsageError(f"cannot find module {args.module!r} ({type(error).__name__}: {error}).") from None
+    if spec is None:
+        raise _UsageError(
+            f"no module named {args.module!r}; give a LLaVA script such as {', '.join(KNOWN_MODULES)}."
+        )
+    if args.module not in KNOWN_MODULES:
+        warnings.append(f"{args.module} is not one of the LLaVA scripts llava-avc is tested with "
+                        f"({', '.join(KNOWN_MODULES)}); running it anyway, untested.")
+
+    module_args = list(args.module_args)
+    own_flags = KNOWN_MODULES.get(args.module, ())
+    if "--device" in own_flags:
+        given = _option_value(module_args, "--device")
+        if given is None:
+            module_args += ["--device", args.device]
+        elif given.split(":")[0] != args.device:
+            raise _UsageError(f"the launcher's --device {args.device} contradicts the module's --device {given}; "
+                              "give it once, before `--`.")
+    for flag, wanted in (("--load-4bit", args.load_4bit), ("--load-8bit", args.load_8bit)):
+        if wanted and flag in own_flags and flag not in module_args:
+            module_args.append(flag)
+    if args.device == "cpu":
+        for flag in ("--load-4bit", "--load-8bit"):
+            if flag in module_args and flag in own_flags:
+                raise quantized_on_cpu_error(flag == "--load-4bit")
+
+    record_path = run_record_path(module_args, args.run_json)
+    answers = _option_value(module_args, "--answers-file")
+    answers_path = Path(answers).expanduser().resolve() if answers else None
+    if record_path is not None and answers_path is not None and record_path.resolve() == answers_path:
+        raise _UsageError(f"--run-json {args.run_json} is the answers file; give another path.")
+
+    return _Plan(module=args.module, module_args=module_args, config=config, method=method_name(config),
+                 device=args.device, load_4bit=args.load_4bit, load_8bit=args.load_8bit, seed=args.seed,
+                 max_new_tokens_cap=args.max_new_tokens_cap,
+                 record_path=record_path, answers_file=answers_path, warnings=warnings)
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    try:
+        import numpy
+
+        numpy.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        pass
+    torch.manual_seed(seed)
+
+
+def _version(distribution: str) -> Optional[str]:
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict:
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "llava": _version("llava-torch") or _version("llava"),
+        "llava-avc": __version__,
+    }
+
+
+def git_sha() -> Optional[str]:
+    """`git rev-parse HEAD` in the package directory, or None (not a checkout, no git)."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = result.stdout.strip()
+    return sha if result.returncode == 0 and sha else None
+
+
+def _write_json(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    os.replace(temporary, path)
+
+
+def execute(plan: _Plan, launcher_argv: Optional[Sequence[str]] = None) -> int:
+    """Run the planned module; write the run record; return the exit status."""
+    import runpy
+
+    from .patches import launcher as internals
+    from .patches.llava_patch import GENERATE_CALLS, default_method, patched
+
+    for warning in plan.warnings:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    if plan.seed is not None:
+        seed_everything(plan.seed)
+
+    record = {
+        "status": "running",
+        "error": None,
+        "exit_code": None,
+        "method": plan.method,
+        "config": plan.config.to_dict() if plan.config is not None else None,
+        "seed": plan.seed,
+        "module": plan.module,
+        "module_args": list(plan.module_args),
+        "answers_file": str(plan.answers_file) if plan.answers_file is not None else None,
+        "launcher_argv": list(launcher_argv) if launcher_argv is not None else None,
+        "device": plan.device,
+        "load_4bit": plan.load_4bit,
+        "load_8bit": plan.load_8bit,
+        "max_new_tokens_cap": plan.max_new_tokens_cap,
+        "cwd": os.getcwd(),
+        "versions": versions(),
+        "git_sha": git_sha(),
+        "loads": [],
+        "generate_calls": {},
+        "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    before = Counter(GENERATE_CALLS)
+    started = time.perf_counter()
+    exit_code = 0
+    saved_argv = sys.argv
+    try:
+        with ExitStack() as stack:
+            stack.enter_context(internals.preserved_attributes(internals.upstream_side_effect_targets()))
+            stack.enter_context(patched())
+            stack.enter_context(default_method(plan.config))
+            stack.enter_context(internals.loader_override(plan.device, plan.load_4bit, plan.load_8bit,
+                                                          records=record["loads"]))
+            if plan.max_new_tokens_cap is not None:
+                stack.enter_context(internals.max_new_tokens_cap(plan.max_new_tokens_cap))
+            if plan.device == "cpu":
+                stack.enter_context(internals.cpu_device_mapping())
+            sys.argv = [plan.module] + list(plan.module_args)
+            try:
+                runpy.run_module(plan.module, run_name="__main__", alter_sys=True)
+            finally:
+                sys.argv = saved_argv
+    except SystemExit as stop:  # the script's own sys.exit / argparse error
+        code = stop.code
+        exit_code = code if isinstance(code, int) else (0 if code is None else 1)
+        if code is not None and not isinstance(code, int):
+            print(code, file=sys.stderr)
+        if exit_code != 0:
+            record["error"] = f"SystemExit({code!r})"
+    except internals.LauncherError as error:
+        exit_code = 2
+        record["error"] = f"{type(error).__name__}: {error}"
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        exit_code = 130
+        record["error"] = "KeyboardInterrupt"
+        print(f"{PROG}: interrupted", file=sys.stderr)
+    except BaseException as error:  # noqa: BLE001 - recorded, printed, exit status 1
+        exit_code = 1
+        record["error"] = f"{type(error).__name__}: {error}"
+        traceback.print_exc()
+        print(f"{PROG}: error: {plan.module} failed: {type(error).__name__}: {error}", file=sys.stderr)
+    finally:
+        if exit_code != 0:
+            gc.collect()  # close (flush) the failed script's open answers file, held by the traceback
+        calls = Counter(GENERATE_CALLS)
+        calls.subtract(before)
+        record["generate_calls"] = {method: count for method, count in sorted(calls.items()) if count > 0}
+        record["exit_code"] = exit_code
+        record["status"] = "ok" if exit_code == 0 else "failed"
+        record["duration_s"] = round(time.perf_counter() - started, 3)
+        record["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        if plan.record_path is not None:
+            try:
+                _write_json(plan.record_path, record)
+            except OSError as error:
+                print(f"{PROG}: warning: could not write the run record {plan.record_path}: {error}",
+                      file=sys.stderr)
+                plan.record_path = None
+    summary = ", ".join(f"{method}: {count}" for method, count in record["generate_calls"].items()) or "none"
+    where = f"; run record: {plan.record_path}" if plan.record_path is not None else ""
+    print(f"{PROG}: method {plan.method}, generate calls ({summary}), status {record['status']}{where}",
+          file=sys.stderr)
+    return exit_code
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """The `run` subcommand's handler."""
+    try:
+        plan = plan_run(args)
+    except ValueError as error:  # _UsageError, LauncherError, conflicting method flags, bad config values
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    return execute(plan, launcher_argv=getattr(args, "_argv", None))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llava-avc", description="llava-avc launcher (the `run` subcommand).")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    register(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args._argv = argv
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
