@@ -58,9 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_ask(subparsers)
     _add_doctor(subparsers)
+    from .eval.cli import register as register_eval
     from .launcher import register as register_run
 
     register_run(subparsers)
+    register_eval(subparsers)
     return parser
 
 

@@ -519,3 +519,48 @@ def sample_image():
 
     with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as img:
         return img.convert("RGB")
+
+
+LORA_TARGETS = ("q_proj", "v_proj")
+
+
+def make_tiny_lora(out_dir, base_dir, *, seed: int = 0, rank: int = 8, force: bool = False) -> Path:
+    """Write a LLaVA LoRA checkpoint (as LLaVA's LoRA training saves it) on top of ``base_dir``.
+
+    The directory holds the LLaVA ``config.json`` (with the mm_* fields), a peft adapter on the
+    LLM's ``q_proj``/``v_proj`` with RANDOM non-zero B matrices (so the merge changes the model),
+    and ``non_lora_trainables.bin`` with a new random ``mm_projector``. LLaVA's loader takes it as
+    ``load_pretrained_model(out_dir, base_dir, name)`` when the name contains both 'llava' and
+    'lora'; it then loads the base, the projector, and merges the adapter through peft.
+    """
+    from llava.mm_utils import get_model_name_from_path
+    from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+    from peft import LoraConfig, get_peft_model
+
+    final = Path(out_dir).expanduser().resolve()
+    name = get_model_name_from_path(str(final)).lower()
+    if "llava" not in name or "lora" not in name:
+        raise ValueError(f"LoRA checkpoint directory name {final.name!r} must contain 'llava' and 'lora' "
+                         "(LLaVA's loader takes the LoRA path by name); use e.g. llava-tiny-lora")
+    _check_target(final, force)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LlavaLlamaForCausalLM.from_pretrained(str(base_dir), torch_dtype=torch.float32)
+            projector = {f"base_model.model.model.mm_projector.{key}": torch.randn_like(value) * 0.05
+                         for key, value in model.get_model().mm_projector.state_dict().items()}
+            lora = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, bias="none",
+                                                    target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM"))
+            for param_name, param in lora.named_parameters():
+                if "lora_B" in param_name:
+                    torch.nn.init.normal_(param, std=0.05)
+            lora.save_pretrained(str(staging))
+        model.config.save_pretrained(str(staging))
+        torch.save(projector, staging / "non_lora_trainables.bin")
+        _install(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return final

@@ -2,7 +2,11 @@
 # Idempotent set-up of llava-avc and the real LLaVA codebase.
 #
 #   bash scripts/install.sh                    # into ./.venv (created if missing)
+#   bash scripts/install.sh --profile 4.57     # the newest-4.x profile, into ./.venv-457
 #   bash scripts/install.sh --python PYTHON    # into an existing environment (its python)
+#
+# Profiles (requirements/pins-<profile>.txt): 4.37 = transformers 4.37.2, LLaVA's own pin (default);
+# 4.57 = transformers 4.57.x, which LLaVA 1.2.2 runs on only through llava-avc's patch.
 #
 # 1. torch: an existing torch >= 2.1 is kept (a user's CUDA build is never replaced); otherwise
 #    torch==2.13.0 is installed.
@@ -15,19 +19,32 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python_bin=""
-if [ "${1:-}" = "--python" ]; then
-  python_bin="${2:?--python needs a path}"
-else
-  if [ ! -x .venv/bin/python ]; then
-    echo "llava-avc: creating .venv" >&2
-    python3 -m venv .venv
+profile=4.37
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --python) python_bin="${2:?--python needs a path}"; shift 2 ;;
+    --profile) profile="${2:?--profile needs 4.37 or 4.57}"; shift 2 ;;
+    *) echo "install.sh: unknown argument $1 (use --python PATH, --profile 4.37|4.57)" >&2; exit 2 ;;
+  esac
+done
+pins="requirements/pins-$profile.txt"
+if [ ! -f "$pins" ]; then
+  echo "install.sh: unknown profile $profile (have: $(ls requirements | sed -n 's/^pins-\(.*\)\.txt$/\1/p' | tr '\n' ' '))" >&2
+  exit 2
+fi
+if [ -z "$python_bin" ]; then
+  venv=.venv
+  [ "$profile" = 4.37 ] || venv=".venv-${profile//./}"
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "llava-avc: creating $venv" >&2
+    python3 -m venv "$venv"
   fi
-  python_bin=.venv/bin/python
+  python_bin="$venv/bin/python"
 fi
 
 prefix=$("$python_bin" -c 'import sys; print(sys.prefix)')
 stamp="$prefix/.llava-avc-install-stamp"
-digest=$(cat setup.cfg pyproject.toml requirements/pins-4.37.txt scripts/install.sh | sha256sum | cut -c1-16)
+digest=$(cat setup.cfg pyproject.toml "$pins" scripts/install.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ] \
    && "$python_bin" -c 'import llava_avc, llava, torch, transformers' 2>/dev/null; then
   exit 0
@@ -49,7 +66,7 @@ else
 fi
 
 echo "llava-avc: installing llava-avc and its runtime set" >&2
-"${pip[@]}" -c requirements/pins-4.37.txt -e ".[test]"
+"${pip[@]}" -c "$pins" -e ".[test]"
 
 if "$python_bin" -c 'import llava' 2>/dev/null; then
   echo "llava-avc: keeping LLaVA from $("$python_bin" -c 'import llava, os; print(os.path.dirname(llava.__file__))')" >&2

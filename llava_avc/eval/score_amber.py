@@ -217,7 +217,8 @@ def report(result: dict) -> str:
         lines.append(f"discriminative ({dis['questions']} questions): Accuracy {_fmt(dis['Accuracy'])}  Precision "
                      f"{_fmt(dis['Precision'])}  Recall {_fmt(dis['Recall'])}  F1 {_fmt(dis['F1'])}")
         for name, values in dis["by_type"].items():
-            lines.append(f"  {name:<10} Acc {_fmt(values['Accuracy'])}  F1 {_fmt(values['F1'])}  (n={values['questions']})")
+            lines.append(f"  {name:<10} Acc {_fmt(values['Accuracy'])}  F1 {_fmt(values['F1'])}"
+                         f"  (n={values['questions']})")
     lines.append(f"AMBER score: {_fmt(result['amber_score'])}")
     lines.append(f"note: {result['noun_extractor']}")
     return "\n".join(lines)

@@ -1,0 +1,60 @@
+"""LoRA checkpoints (base + adapter + non_lora_trainables, merged through peft by LLaVA's loader)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import llava_avc
+from llava_avc import AVCConfig
+from llava_avc.loading import load_model
+from llava_avc.tiny import make_tiny_lora
+
+from helpers import LEAD, QUESTIONS, images_for, no_eos, prompt_ids
+from test_quantized import CPU_QUANTIZATION
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tiny_llava_dir, tmp_path_factory):
+    return make_tiny_lora(tmp_path_factory.mktemp("lora") / "llava-tiny-lora", tiny_llava_dir, seed=1)
+
+
+def _reference_merge(base_dir, lora_dir):
+    """Base weights + peft's own merge of the adapter + the projector from non_lora_trainables."""
+    from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+    from peft import PeftModel
+
+    model = LlavaLlamaForCausalLM.from_pretrained(str(base_dir), torch_dtype=torch.float32)
+    trainables = torch.load(lora_dir / "non_lora_trainables.bin", map_location="cpu")
+    model.load_state_dict({key[len("base_model.model."):]: value for key, value in trainables.items()}, strict=False)
+    return PeftModel.from_pretrained(model, str(lora_dir)).merge_and_unload().eval()
+
+
+def test_lora_checkpoint_loads_merged_like_peft(tiny_llava_dir, lora_dir, sample_image):
+    tokenizer, model, image_processor, _ = load_model(str(lora_dir), str(tiny_llava_dir), device="cpu")
+    reference = _reference_merge(tiny_llava_dir, lora_dir)
+    _, base, _, _ = load_model(str(tiny_llava_dir), device="cpu")
+    state, expected, before = model.state_dict(), reference.state_dict(), base.state_dict()
+    layer = "model.layers.0.self_attn.q_proj.weight"
+    torch.testing.assert_close(state[layer], expected[layer].to(state[layer].dtype), atol=2e-3, rtol=0)
+    assert not torch.allclose(state[layer], before[layer], atol=1e-3)
+    projector = "model.mm_projector.0.weight"
+    torch.testing.assert_close(state[projector], expected[projector].to(state[projector].dtype), atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("quantized", [False, True], ids=["fp32", "4bit"])
+def test_avc_runs_on_a_lora_checkpoint(tiny_llava_dir, lora_dir, sample_image, quantized):
+    if quantized and not CPU_QUANTIZATION:
+        with pytest.raises(ValueError, match="needs a CUDA GPU"):
+            load_model(str(lora_dir), str(tiny_llava_dir), device="cpu", load_4bit=True)
+        return
+    tokenizer, model, image_processor, _ = load_model(str(lora_dir), str(tiny_llava_dir), device="cpu",
+                                                      load_4bit=quantized)
+    ids = prompt_ids(tokenizer, QUESTIONS[0]).unsqueeze(0)
+    images = images_for(model, image_processor, [sample_image])
+    with llava_avc.patched():
+        out = model.generate(ids, images=images, image_sizes=[sample_image.size], do_sample=False,
+                             max_new_tokens=4, logits_processor=no_eos(tokenizer), avc=AVCConfig(),
+                             return_dict_in_generate=True)
+    assert out.sequences.shape == (1, LEAD + 4)
+    assert 0 < out.blind_tokens[0].num_blind < 576
