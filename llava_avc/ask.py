@@ -77,7 +77,7 @@ def _to_model(images, model):
 def ask(model_path: str, image: str, query: str, *, method: str = "avc", model_base: Optional[str] = None,
         conv_mode: str = "llava_v1", device: Optional[str] = None, temperature: float = 0.0,
         top_p: Optional[float] = None, max_new_tokens: int = 64, seed: int = 42, config=None,
-        loaded=None) -> AskResult:
+        loaded=None, load_4bit: bool = False, load_8bit: bool = False) -> AskResult:
     """Load (or reuse `loaded`), build the llava_v1 prompt, generate, decode the answer."""
     from llava.constants import IMAGE_TOKEN_INDEX
     from llava.mm_utils import process_images, tokenizer_image_token
@@ -87,7 +87,8 @@ def ask(model_path: str, image: str, query: str, *, method: str = "avc", model_b
 
     config = config if config is not None else method_config(method)
     pil_image = load_image(image)
-    tokenizer, model, image_processor, _ = loaded or load_model(model_path, model_base, device=device)
+    tokenizer, model, image_processor, _ = loaded or load_model(
+        model_path, model_base, device=device, load_4bit=load_4bit, load_8bit=load_8bit)
     prompt = build_prompt(query, conv_mode, model.config)
     input_ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
     input_ids = input_ids.unsqueeze(0).to(model.device)

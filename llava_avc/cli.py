@@ -31,6 +31,9 @@ def _add_ask(subparsers) -> None:
     model.add_argument("--model-path", required=True, metavar="PATH", help="LLaVA checkpoint dir or hub id")
     model.add_argument("--model-base", default=None, metavar="PATH", help="base model for LoRA checkpoints")
     model.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    quant = model.add_mutually_exclusive_group()
+    quant.add_argument("--load-4bit", action="store_true", help="bitsandbytes nf4 (LLaVA-1.5-7B on an 8 GB GPU)")
+    quant.add_argument("--load-8bit", action="store_true", help="bitsandbytes int8")
     model.add_argument("--conv-mode", default="llava_v1", help="LLaVA conversation template (default llava_v1)")
     query = parser.add_argument_group("question")
     query.add_argument("--image", required=True, metavar="FILE", help="image file")
@@ -84,6 +87,8 @@ def _run_ask(args) -> int:
         query=args.query,
         method=method_name(config),
         config=config,
+        load_4bit=args.load_4bit,
+        load_8bit=args.load_8bit,
         conv_mode=args.conv_mode,
         device=args.device,
         temperature=args.temperature,
