@@ -11,8 +11,30 @@ that ``llava-avc doctor`` still runs when LLaVA itself is broken.
 """
 
 import importlib
+import importlib.util
+import os
+import sys
 
 __version__ = "0.1.0"
+
+
+def _map_source_patches() -> None:
+    """From a source checkout that is not installed (e.g. PYTHONPATH=$PWD on a lent GPU machine),
+    map the repository's top-level `patches/` folder to `llava_avc.patches`, as setup.cfg's
+    `package_dir` does for an installed (normal or editable) llava-avc."""
+    if importlib.util.find_spec("llava_avc.patches") is not None:
+        return
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "patches")
+    spec = importlib.util.spec_from_file_location(
+        "llava_avc.patches", os.path.join(folder, "__init__.py"), submodule_search_locations=[folder])
+    if spec is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["llava_avc.patches"] = module
+    spec.loader.exec_module(module)
+
+
+_map_source_patches()
 
 _LAZY = {
     "AVCConfig": "llava_avc.config",

@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 
 from .config import AVCConfig, M3IDConfig, VCDConfig
+from .decode import find_blind_tokens
 
 
 @dataclass
@@ -26,6 +27,8 @@ class AskResult:
                 f"blind tokens: {record.num_blind} of {len(record.blind)} image tokens "
                 f"(span {record.image_span[0]}..{record.image_span[1]}), selected layers {record.layers}"
             )
+        if "heatmap" in self.details:
+            lines.append(f"heatmap: {self.details['heatmap']}")
         return lines
 
 
@@ -77,7 +80,8 @@ def _to_model(images, model):
 def ask(model_path: str, image: str, query: str, *, method: str = "avc", model_base: Optional[str] = None,
         conv_mode: str = "llava_v1", device: Optional[str] = None, temperature: float = 0.0,
         top_p: Optional[float] = None, max_new_tokens: int = 64, seed: int = 42, config=None,
-        loaded=None, load_4bit: bool = False, load_8bit: bool = False) -> AskResult:
+        loaded=None, load_4bit: bool = False, load_8bit: bool = False,
+        heatmap: Optional[str] = None) -> AskResult:
     """Load (or reuse `loaded`), build the llava_v1 prompt, generate, decode the answer."""
     from llava.constants import IMAGE_TOKEN_INDEX
     from llava.mm_utils import process_images, tokenizer_image_token
@@ -104,4 +108,18 @@ def ask(model_path: str, image: str, query: str, *, method: str = "avc", model_b
     with patched():
         output = model.generate(input_ids, **kwargs)
     answer = tokenizer.batch_decode(output.sequences, skip_special_tokens=True)[0].strip()
-    return AskResult(answer, method if config is not None else "none", getattr(output, "blind_tokens", None))
+    records = getattr(output, "blind_tokens", None)
+    details = {}
+    if heatmap:
+        records = records or find_blind_tokens(model, input_ids, images, [pil_image.size], AVCConfig())
+        details["heatmap"] = draw_heatmap(model, pil_image, records[0], heatmap)
+    return AskResult(answer, method if config is not None else "none", records, details)
+
+
+def draw_heatmap(model, pil_image, record, out_path: str) -> str:
+    """Save the blind-token picture of one record (LLaVA-1.6 anyres: the base image's grid)."""
+    from .heatmap import draw_blind_tokens
+
+    draw_blind_tokens(pil_image, record, grid=model.get_vision_tower().num_patches_per_side, out_path=out_path,
+                      image_aspect_ratio=getattr(model.config, "image_aspect_ratio", None))
+    return str(out_path)

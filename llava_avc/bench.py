@@ -250,21 +250,9 @@ def build_inputs(tokenizer, model, image_processor, batch: int, prompt_tokens: i
 # --------------------------------------------------------------------------------------- methods
 
 
-class SuppressEOS:
-    """Logits processor: EOS gets -inf, so every call generates exactly max_new_tokens tokens."""
-
-    def __init__(self, eos_token_id: int):
-        self.eos_token_id = eos_token_id
-
-    def __call__(self, input_ids, scores):
-        scores = scores.clone()
-        scores[:, self.eos_token_id] = -float("inf")
-        return scores
-
-
 def method_call(method: str, model, inputs: BenchInputs, eos_token_id: int) -> Callable[[int], torch.Tensor]:
     """``max_new_tokens -> output ids`` for one method, greedy, EOS suppressed, patched LLaVA."""
-    from transformers.generation import LogitsProcessorList
+    from transformers.generation import LogitsProcessorList, SuppressTokensLogitsProcessor
 
     from .config import AVCConfig, M3IDConfig, VCDConfig
     from .decode import contrastive_generate, lean_generate
@@ -275,7 +263,7 @@ def method_call(method: str, model, inputs: BenchInputs, eos_token_id: int) -> C
     def kwargs(n: int) -> dict:
         return dict(images=inputs.images, image_sizes=inputs.image_sizes, do_sample=False,
                     max_new_tokens=n, use_cache=True,
-                    logits_processor=LogitsProcessorList([SuppressEOS(eos_token_id)]))
+                    logits_processor=LogitsProcessorList([SuppressTokensLogitsProcessor([eos_token_id])]))
 
     ids = inputs.input_ids
     calls = {

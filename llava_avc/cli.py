@@ -44,6 +44,8 @@ def _add_ask(subparsers) -> None:
     decoding.add_argument("--top-p", type=float, default=None)
     decoding.add_argument("--max-new-tokens", type=int, default=64)
     decoding.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--heatmap", metavar="PNG", default=None,
+                        help="save the image with the blind tokens and their attention scores drawn over it")
     parser.set_defaults(handler=_run_ask)
 
 
@@ -89,6 +91,7 @@ def _run_ask(args) -> int:
         config=config,
         load_4bit=args.load_4bit,
         load_8bit=args.load_8bit,
+        heatmap=args.heatmap,
         conv_mode=args.conv_mode,
         device=args.device,
         temperature=args.temperature,

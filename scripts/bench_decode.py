@@ -12,7 +12,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -21,25 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _import_from_working_tree() -> None:
-    """Make `llava_avc` (and its `llava_avc.patches`, which lives in the repository's top-level
-    `patches/` folder) importable when the package is not installed, e.g. with PYTHONPATH=$PWD on a
-    lent GPU machine."""
+    """Make `llava_avc` importable when the package is not installed (the package itself maps
+    the repository's `patches/` folder to `llava_avc.patches`)."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    try:
-        import llava_avc.patches  # noqa: F401  (installed, or editable install)
-        return
-    except ImportError:
-        pass
-    spec = importlib.util.spec_from_file_location(
-        "llava_avc.patches", ROOT / "patches" / "__init__.py", submodule_search_locations=[str(ROOT / "patches")]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["llava_avc.patches"] = module
-    spec.loader.exec_module(module)
-    import llava_avc
-
-    llava_avc.patches = module
 
 
 def _csv(kind):

@@ -29,4 +29,8 @@ fi
 if ! has --query; then
   args+=(--query "What is the person in the image wearing?")
 fi
+if ! has --heatmap; then
+  mkdir -p .cache
+  args+=(--heatmap .cache/demo-blind-tokens.png)
+fi
 exec .venv/bin/llava-avc ask "${args[@]}"

@@ -6,7 +6,7 @@ import torch
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.mm_utils import process_images, tokenizer_image_token
 from PIL import Image
-from transformers.generation import LogitsProcessor, LogitsProcessorList
+from transformers.generation import LogitsProcessor, LogitsProcessorList, SuppressTokensLogitsProcessor
 
 from llava_avc.ask import build_prompt
 from llava_avc.patches.compat import generate_returns_leading_bos
@@ -56,18 +56,6 @@ def variant_images(base: Image.Image) -> list:
     ]
 
 
-class NoEOS(LogitsProcessor):
-    """Forbid the EOS token so every run generates exactly max_new_tokens tokens."""
-
-    def __init__(self, eos_token_id: int):
-        self.eos_token_id = eos_token_id
-
-    def __call__(self, input_ids, scores):
-        scores = scores.clone()
-        scores[:, self.eos_token_id] = -float("inf")
-        return scores
-
-
 class ForceTokens(LogitsProcessor):
     """Make greedy decoding emit the given tokens, one per step (replays a generated answer)."""
 
@@ -83,4 +71,5 @@ class ForceTokens(LogitsProcessor):
 
 
 def no_eos(tokenizer) -> LogitsProcessorList:
-    return LogitsProcessorList([NoEOS(tokenizer.eos_token_id)])
+    """Forbid EOS so every run generates exactly max_new_tokens tokens."""
+    return LogitsProcessorList([SuppressTokensLogitsProcessor([tokenizer.eos_token_id])])

@@ -80,3 +80,22 @@ def test_ask_on_a_path_that_is_not_a_llava_checkpoint(tmp_path, sample_image):
     sample_image.save(image)
     proc = run_cli("ask", "--model-path", str(tmp_path), "--image", str(image), "--query", "q")
     assert proc.returncode == 2 and "config.json is missing" in proc.stderr
+
+
+def test_ask_heatmap_writes_a_png_of_the_image_size_with_blind_tokens_marked(tiny_llava_dir, tmp_path,
+                                                                              sample_image):
+    from PIL import Image
+
+    image, picture = tmp_path / "photo.jpg", tmp_path / "blind.png"
+    sample_image.save(image)
+    proc = run_cli("ask", "--model-path", str(tiny_llava_dir), "--image", str(image), "--query",
+                   "What is in the image?", "--max-new-tokens", "2", "--device", "cpu", "--method", "vcd",
+                   "--heatmap", str(picture))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"heatmap: {picture}" in proc.stderr and "selected layers" in proc.stderr
+    drawn = Image.open(picture).convert("RGB")
+    assert drawn.size == sample_image.size
+    pixels = drawn.load()
+    magenta = sum(1 for x in range(0, drawn.width, 2) for y in range(0, drawn.height, 2)
+                  if pixels[x, y][0] > 200 and pixels[x, y][2] > 200 and pixels[x, y][1] < 80)
+    assert magenta > 50  # blind cells are outlined in magenta (llava_avc.heatmap.OUTLINE)
