@@ -292,19 +292,9 @@ def _write_json(path: Path, record: dict) -> None:
     os.replace(temporary, path)
 
 
-def execute(plan: _Plan, launcher_argv: Optional[Sequence[str]] = None) -> int:
-    """Run the planned module; write the run record; return the exit status."""
-    import runpy
-
-    from .patches import launcher as internals
-    from .patches.llava_patch import GENERATE_CALLS, default_method, patched
-
-    for warning in plan.warnings:
-        print(f"{PROG}: warning: {warning}", file=sys.stderr)
-    if plan.seed is not None:
-        seed_everything(plan.seed)
-
-    record = {
+def _initial_record(plan: _Plan, launcher_argv: Optional[Sequence[str]]) -> dict:
+    """The run record before the module runs (status "running")."""
+    return {
         "status": "running",
         "error": None,
         "exit_code": None,
@@ -326,33 +316,77 @@ def execute(plan: _Plan, launcher_argv: Optional[Sequence[str]] = None) -> int:
         "generate_calls": {},
         "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _run_module_wrapped(plan: _Plan, record: dict) -> None:
+    """Run the module under the patch, the default method and the launcher's reversible wrappers."""
+    import runpy
+
+    from .patches import launcher as internals
+    from .patches.llava_patch import default_method, patched
+
+    saved_argv = sys.argv
+    with ExitStack() as stack:
+        stack.enter_context(internals.preserved_attributes(internals.upstream_side_effect_targets()))
+        stack.enter_context(patched())
+        stack.enter_context(default_method(plan.config))
+        stack.enter_context(internals.loader_override(plan.device, plan.load_4bit, plan.load_8bit,
+                                                      records=record["loads"]))
+        if plan.max_new_tokens_cap is not None:
+            stack.enter_context(internals.max_new_tokens_cap(plan.max_new_tokens_cap))
+        if plan.device == "cpu":
+            stack.enter_context(internals.cpu_device_mapping())
+        sys.argv = [plan.module] + list(plan.module_args)
+        try:
+            runpy.run_module(plan.module, run_name="__main__", alter_sys=True)
+        finally:
+            sys.argv = saved_argv
+
+
+def _exit_code_of(stop: SystemExit, record: dict) -> int:
+    """The exit status of a script's own sys.exit / argparse error."""
+    code = stop.code
+    exit_code = code if isinstance(code, int) else (0 if code is None else 1)
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+    if exit_code != 0:
+        record["error"] = f"SystemExit({code!r})"
+    return exit_code
+
+
+def _finish_record(plan: _Plan, record: dict, exit_code: int, calls: Counter, started: float) -> None:
+    """Complete the run record and write it (a failure to write only warns)."""
+    record["generate_calls"] = {method: count for method, count in sorted(calls.items()) if count > 0}
+    record["exit_code"] = exit_code
+    record["status"] = "ok" if exit_code == 0 else "failed"
+    record["duration_s"] = round(time.perf_counter() - started, 3)
+    record["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    if plan.record_path is None:
+        return
+    try:
+        _write_json(plan.record_path, record)
+    except OSError as error:
+        print(f"{PROG}: warning: could not write the run record {plan.record_path}: {error}", file=sys.stderr)
+        plan.record_path = None
+
+
+def execute(plan: _Plan, launcher_argv: Optional[Sequence[str]] = None) -> int:
+    """Run the planned module; write the run record; return the exit status."""
+    from .patches import launcher as internals
+    from .patches.llava_patch import GENERATE_CALLS
+
+    for warning in plan.warnings:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    if plan.seed is not None:
+        seed_everything(plan.seed)
+    record = _initial_record(plan, launcher_argv)
     before = Counter(GENERATE_CALLS)
     started = time.perf_counter()
     exit_code = 0
-    saved_argv = sys.argv
     try:
-        with ExitStack() as stack:
-            stack.enter_context(internals.preserved_attributes(internals.upstream_side_effect_targets()))
-            stack.enter_context(patched())
-            stack.enter_context(default_method(plan.config))
-            stack.enter_context(internals.loader_override(plan.device, plan.load_4bit, plan.load_8bit,
-                                                          records=record["loads"]))
-            if plan.max_new_tokens_cap is not None:
-                stack.enter_context(internals.max_new_tokens_cap(plan.max_new_tokens_cap))
-            if plan.device == "cpu":
-                stack.enter_context(internals.cpu_device_mapping())
-            sys.argv = [plan.module] + list(plan.module_args)
-            try:
-                runpy.run_module(plan.module, run_name="__main__", alter_sys=True)
-            finally:
-                sys.argv = saved_argv
-    except SystemExit as stop:  # the script's own sys.exit / argparse error
-        code = stop.code
-        exit_code = code if isinstance(code, int) else (0 if code is None else 1)
-        if code is not None and not isinstance(code, int):
-            print(code, file=sys.stderr)
-        if exit_code != 0:
-            record["error"] = f"SystemExit({code!r})"
+        _run_module_wrapped(plan, record)
+    except SystemExit as stop:
+        exit_code = _exit_code_of(stop, record)
     except internals.LauncherError as error:
         exit_code = 2
         record["error"] = f"{type(error).__name__}: {error}"
@@ -371,18 +405,7 @@ def execute(plan: _Plan, launcher_argv: Optional[Sequence[str]] = None) -> int:
             gc.collect()  # close (flush) the failed script's open answers file, held by the traceback
         calls = Counter(GENERATE_CALLS)
         calls.subtract(before)
-        record["generate_calls"] = {method: count for method, count in sorted(calls.items()) if count > 0}
-        record["exit_code"] = exit_code
-        record["status"] = "ok" if exit_code == 0 else "failed"
-        record["duration_s"] = round(time.perf_counter() - started, 3)
-        record["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        if plan.record_path is not None:
-            try:
-                _write_json(plan.record_path, record)
-            except OSError as error:
-                print(f"{PROG}: warning: could not write the run record {plan.record_path}: {error}",
-                      file=sys.stderr)
-                plan.record_path = None
+        _finish_record(plan, record, exit_code, calls, started)
     summary = ", ".join(f"{method}: {count}" for method, count in record["generate_calls"].items()) or "none"
     where = f"; run record: {plan.record_path}" if plan.record_path is not None else ""
     print(f"{PROG}: method {plan.method}, generate calls ({summary}), status {record['status']}{where}",

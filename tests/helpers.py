@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.mm_utils import process_images, tokenizer_image_token
@@ -10,6 +13,13 @@ from transformers.generation import LogitsProcessor, LogitsProcessorList, Suppre
 
 from llava_avc.ask import build_prompt
 from llava_avc.patches.compat import generate_returns_leading_bos
+
+#: The benchmarks' reference files (POPE, AMBER with their licences): the project's shared folder,
+#: which lies beside the repository (../shared/benchmarks) on the team's machines and in CI;
+#: LLAVA_AVC_BENCHMARKS points elsewhere.
+BENCHMARKS = Path(os.environ.get("LLAVA_AVC_BENCHMARKS",
+                                 Path(__file__).resolve().parents[2] / "shared" / "benchmarks"))
+
 
 #: columns before the new tokens in generate's output (transformers 4.37: a BOS column; 4.38+: none)
 LEAD = 1 if generate_returns_leading_bos() else 0

@@ -21,8 +21,12 @@ from llava_avc.eval.cli import main as eval_main
 from llava_avc.eval.runner import EvalOptions, merge_chunks, run_eval
 from llava_avc.eval.score_mme import score_mme
 
-POPE_RANDOM = Path("/work/shared/benchmarks/pope/coco_pope_random.json")
-AMBER_QUERIES = Path("/work/shared/benchmarks/amber/query_all.json")
+from helpers import BENCHMARKS
+
+POPE_RANDOM = BENCHMARKS / "pope" / "coco_pope_random.json"
+AMBER_QUERIES = BENCHMARKS / "amber" / "query_all.json"
+pytestmark = pytest.mark.skipif(not (POPE_RANDOM.exists() and AMBER_QUERIES.exists()), reason=f"benchmark "
+                                f"reference files not found in {BENCHMARKS}; set LLAVA_AVC_BENCHMARKS")
 TOKENS = 4
 
 
@@ -296,3 +300,21 @@ def test_a_second_writer_and_a_non_llava_checkpoint_are_refused(setup, tmp_path,
                       str(tmp_path / "out"), "--image-folder", str(setup["images"]), "--question-file",
                       str(setup["questions"]), "--limit", "1", "--device", "cpu"])
     assert code == 2 and "is not a LLaVA checkpoint: config.json is missing" in capsys.readouterr().err
+
+
+def test_out_of_memory_says_which_batch_size_to_try_and_keeps_answers(setup, tiny_llava):
+    """Fault injection on the real model: the 2nd batch's forward raises CUDA's OOM error."""
+    out = setup["tmp"] / "oom"
+    run_eval(_options(setup, out, limit=2, batch_size=2), loaded=tiny_llava)
+    language_model = tiny_llava[1].get_model()
+
+    def out_of_memory(module, args, kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    handle = language_model.register_forward_pre_hook(out_of_memory, with_kwargs=True)
+    try:
+        with pytest.raises(ValueError, match=r"out of GPU memory at batch size 4; try --batch-size 2"):
+            run_eval(_options(setup, out, limit=6, batch_size=4), loaded=tiny_llava)
+    finally:
+        handle.remove()
+    assert len(_lines(out / "answers.jsonl")) == 2

@@ -15,13 +15,18 @@ from pathlib import Path
 import pytest
 
 from llava_avc.eval.cli import main as eval_main
+
 from llava_avc.eval.rules import llava_rule, mme_answer, paper_rule, parse_pred_ans
 from llava_avc.eval.score_amber import extract_objects, load_references, score_amber
 from llava_avc.eval.score_mme import score_mme
 from llava_avc.eval.score_pope import public, score_pope
 
-POPE = Path("/work/shared/benchmarks/pope")
-AMBER = Path("/work/shared/benchmarks/amber")
+from helpers import BENCHMARKS
+
+POPE = BENCHMARKS / "pope"
+AMBER = BENCHMARKS / "amber"
+pytestmark = pytest.mark.skipif(not (POPE.is_dir() and AMBER.is_dir()), reason=f"benchmark reference files not "
+                                f"found in {BENCHMARKS}; set LLAVA_AVC_BENCHMARKS (the project's shared/benchmarks)")
 CATEGORIES = ("adversarial", "popular", "random")
 TEXTS = ["Yes, there is.", "No.", "There is not a dog.", "Yes", "no", "NO", "I don't think so.",
          "Yes, no doubt. There is one.", "Not sure.", "Yes. But not really.", "There isn't one", "yes no"]
