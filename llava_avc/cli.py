@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from .method_flags import add_method_arguments
+from .method_flags import add_method_arguments, add_model_arguments
 
 
 class CLIError(Exception):
@@ -27,14 +27,8 @@ def _add_ask(subparsers) -> None:
         epilog="example:\n  llava-avc ask --model-path liuhaotian/llava-v1.5-7b --image photo.jpg "
         "--query 'Is there a dog in the image?'",
     )
-    model = parser.add_argument_group("model")
-    model.add_argument("--model-path", required=True, metavar="PATH", help="LLaVA checkpoint dir or hub id")
-    model.add_argument("--model-base", default=None, metavar="PATH", help="base model for LoRA checkpoints")
-    model.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    quant = model.add_mutually_exclusive_group()
-    quant.add_argument("--load-4bit", action="store_true", help="bitsandbytes nf4 (LLaVA-1.5-7B on an 8 GB GPU)")
-    quant.add_argument("--load-8bit", action="store_true", help="bitsandbytes int8")
-    model.add_argument("--conv-mode", default="llava_v1", help="LLaVA conversation template (default llava_v1)")
+    add_model_arguments(parser)
+    parser.add_argument("--conv-mode", default="llava_v1", help="LLaVA conversation template (default llava_v1)")
     query = parser.add_argument_group("question")
     query.add_argument("--image", required=True, metavar="FILE", help="image file")
     query.add_argument("--query", required=True, help="the question")

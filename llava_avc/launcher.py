@@ -172,10 +172,19 @@ class _Plan:
         self.__dict__.update(fields)
 
 
+def _check_quantization(load_4bit: bool, load_8bit: bool, device: str) -> None:
+    """llava_avc.loading's check (CUDA, or CPU with transformers >= 4.53), as a usage error."""
+    from .loading import check_quantization_supported
+
+    try:
+        check_quantization_supported(load_4bit, load_8bit, device)
+    except ValueError as error:
+        raise _UsageError(str(error)) from None
+
+
 def plan_run(args: argparse.Namespace) -> _Plan:
     """Validate the command line; raise _UsageError / ValueError (one line) before anything runs."""
     from .method_flags import config_from_args, method_name
-    from .patches.launcher import quantized_on_cpu_error
 
     _split_rest(args)
     if args.load_4bit and args.load_8bit:
@@ -185,9 +194,7 @@ def plan_run(args: argparse.Namespace) -> _Plan:
     config = config_from_args(args)  # ValueError on conflicting method flags
     import torch
 
-    quantized = args.load_4bit or args.load_8bit
-    if quantized and (args.device == "cpu" or not torch.cuda.is_available()):
-        raise quantized_on_cpu_error(args.load_4bit)
+    _check_quantization(args.load_4bit, args.load_8bit, args.device)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise _UsageError("--device cuda, but torch finds no CUDA GPU; pass --device cpu to run on the CPU (fp32).")
 
@@ -219,7 +226,7 @@ def plan_run(args: argparse.Namespace) -> _Plan:
     if args.device == "cpu":
         for flag in ("--load-4bit", "--load-8bit"):
             if flag in module_args and flag in own_flags:
-                raise quantized_on_cpu_error(flag == "--load-4bit")
+                _check_quantization(flag == "--load-4bit", flag == "--load-8bit", "cpu")
 
     record_path = run_record_path(module_args, args.run_json)
     answers = _option_value(module_args, "--answers-file")
@@ -230,6 +237,7 @@ def plan_run(args: argparse.Namespace) -> _Plan:
     return _Plan(module=args.module, module_args=module_args, config=config, method=method_name(config),
                  device=args.device, load_4bit=args.load_4bit, load_8bit=args.load_8bit, seed=args.seed,
                  max_new_tokens_cap=args.max_new_tokens_cap,
+                 quantized=args.load_4bit or args.load_8bit or bool({"--load-4bit", "--load-8bit"} & set(module_args)),
                  record_path=record_path, answers_file=answers_path, warnings=warnings)
 
 
@@ -335,7 +343,7 @@ def _run_module_wrapped(plan: _Plan, record: dict) -> None:
         if plan.max_new_tokens_cap is not None:
             stack.enter_context(internals.max_new_tokens_cap(plan.max_new_tokens_cap))
         if plan.device == "cpu":
-            stack.enter_context(internals.cpu_device_mapping())
+            stack.enter_context(internals.cpu_device_mapping(map_half=not plan.quantized))
         sys.argv = [plan.module] + list(plan.module_args)
         try:
             runpy.run_module(plan.module, run_name="__main__", alter_sys=True)

@@ -1,4 +1,4 @@
-"""Command-line flags that choose the decoding method and its hyperparameters.
+"""Command-line flags that choose the model and the decoding method with its hyperparameters.
 
 Shared by `llava-avc ask`, `llava-avc run` and `llava-avc eval`. Besides our own spellings it
 accepts the flags of the official AvisC and VCD scripts as aliases (`--use_avisc`, `--cd_alpha`,
@@ -37,6 +37,18 @@ _VALUE_FLAGS = [
      ("avc", "vcd", "m3id"), "beta"),
 ]
 _METHOD_SWITCHES = [("use_avisc", "avc"), ("use_cd", "vcd"), ("use_m3id", "m3id")]
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model-path, --model-base, --device and the exclusive --load-4bit / --load-8bit."""
+    model = parser.add_argument_group("model")
+    model.add_argument("--model-path", required=True, metavar="PATH", help="LLaVA checkpoint dir or hub id")
+    model.add_argument("--model-base", default=None, metavar="PATH", help="base model for LoRA checkpoints")
+    model.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    quantization = model.add_mutually_exclusive_group()
+    quantization.add_argument("--load-4bit", action="store_true",
+                              help="bitsandbytes nf4 weights (LLaVA-1.5-7B on an 8 GB GPU)")
+    quantization.add_argument("--load-8bit", action="store_true", help="bitsandbytes int8 weights")
 
 
 def add_method_arguments(parser: argparse.ArgumentParser, default_method: str = "avc") -> None:

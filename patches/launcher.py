@@ -47,17 +47,18 @@ import torch
 _MARKER_ATTR = "__llava_avc_launcher__"
 _MISSING = object()
 
-#: Error messages for quantized loading without a CUDA GPU (also used by the launcher's own checks).
-QUANT_ON_CPU_MESSAGE = "{bits} loading needs a CUDA GPU; found none; drop {flag} to run in fp32 on the CPU"
-
-
 class LauncherError(ValueError):
     """A user error detected by the launcher or its loader wrapper (one line, exit status 2)."""
 
 
-def quantized_on_cpu_error(load_4bit: bool) -> LauncherError:
-    bits, flag = ("4-bit", "--load-4bit") if load_4bit else ("8-bit", "--load-8bit")
-    return LauncherError(QUANT_ON_CPU_MESSAGE.format(bits=bits, flag=flag))
+def _check_quantization(load_4bit: bool, load_8bit: bool) -> None:
+    """4/8-bit on the CPU: llava_avc.loading's check (transformers >= 4.53 and bitsandbytes >= 0.48)."""
+    from llava_avc.loading import check_quantization_supported
+
+    try:
+        check_quantization_supported(load_4bit, load_8bit, "cpu")
+    except ValueError as error:
+        raise LauncherError(str(error)) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,11 +228,16 @@ CPU_MAPPED_ATTRIBUTES = (
 
 
 @contextmanager
-def cpu_device_mapping() -> Iterator[None]:
-    """Run code that hard-codes `.cuda()` / `device="cuda"` / `.half()` on the CPU in float32."""
+def cpu_device_mapping(map_half: bool = True) -> Iterator[None]:
+    """Run code that hard-codes `.cuda()` / `device="cuda"` / `.half()` on the CPU.
+
+    Args:
+        map_half: also turn float16 into float32 (an unquantized model runs in float32 on the
+            CPU); False for a quantized model, whose unquantized modules stay float16.
+    """
     swaps = _Swaps(_cpu_plan())
     swaps.apply()
-    _STATE.map_half = True
+    _STATE.map_half = map_half
     try:
         yield
     finally:
@@ -303,12 +309,14 @@ def loader_override(device: str, load_4bit: bool = False, load_8bit: bool = Fals
             raise LauncherError("--load-4bit and --load-8bit are exclusive; pick one.")
         arguments["load_4bit"], arguments["load_8bit"] = want_4bit, want_8bit
         if on_cpu:
-            if want_4bit or want_8bit:
-                raise quantized_on_cpu_error(want_4bit)
+            quantized = want_4bit or want_8bit
+            if quantized:
+                _check_quantization(want_4bit, want_8bit)
             arguments["device_map"], arguments["device"] = "cpu", "cpu"
             with _half_mapping_suspended():
                 loaded = original(*bound.args, **bound.kwargs)
-                _cast_to_float32(loaded[1])
+                if not quantized:  # never .to() a quantized model
+                    _cast_to_float32(loaded[1])
         else:
             # Under patch_llava(), `original` is its loader wrapper, which routes 4/8-bit loads
             # through llava_avc.loading.load_quantized; outside it, LLaVA's own loader.

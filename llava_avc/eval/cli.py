@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from ..method_flags import add_method_arguments
+from ..method_flags import add_method_arguments, add_model_arguments
 
 BENCHMARK_HELP = "pope, mme or amber"
 
@@ -24,12 +24,7 @@ def _add_eval(subparsers) -> None:
                "      --question-file coco_pope_random.json --out runs/pope-avc --method avc\n"
                "multi-GPU: one process per GPU, see `python -c 'import llava_avc.eval; help(llava_avc.eval)'`.")
     parser.add_argument("benchmark", help=BENCHMARK_HELP)
-    model = parser.add_argument_group("model")
-    model.add_argument("--model-path", required=True, metavar="PATH", help="LLaVA checkpoint dir or hub id")
-    model.add_argument("--model-base", default=None, metavar="PATH", help="base model for LoRA checkpoints")
-    model.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    model.add_argument("--load-4bit", action="store_true", help="bitsandbytes 4-bit weights (CUDA)")
-    model.add_argument("--load-8bit", action="store_true", help="bitsandbytes 8-bit weights (CUDA)")
+    add_model_arguments(parser)
     data = parser.add_argument_group("data")
     data.add_argument("--question-file", default=None, metavar="F",
                       help="the benchmark's original question file (MME: the MME_Benchmark_release_version folder)")
