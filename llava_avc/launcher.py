@@ -182,6 +182,18 @@ def _check_quantization(load_4bit: bool, load_8bit: bool, device: str) -> None:
         raise _UsageError(str(error)) from None
 
 
+def _check_model_path(model_path: Optional[str]) -> None:
+    """A local --model-path that is not a LLaVA checkpoint is a usage error, before anything runs."""
+    from .loading import check_local_checkpoint
+
+    if model_path is None:
+        return
+    try:
+        check_local_checkpoint(model_path)
+    except ValueError as error:
+        raise _UsageError(str(error)) from None
+
+
 def plan_run(args: argparse.Namespace) -> _Plan:
     """Validate the command line; raise _UsageError / ValueError (one line) before anything runs."""
     from .method_flags import config_from_args, method_name
@@ -228,6 +240,7 @@ def plan_run(args: argparse.Namespace) -> _Plan:
             if flag in module_args and flag in own_flags:
                 _check_quantization(flag == "--load-4bit", flag == "--load-8bit", "cpu")
 
+    _check_model_path(_option_value(module_args, "--model-path"))
     record_path = run_record_path(module_args, args.run_json)
     answers = _option_value(module_args, "--answers-file")
     answers_path = Path(answers).expanduser().resolve() if answers else None

@@ -287,6 +287,8 @@ def test_usage_errors_exit_2(capsys, tmp_path):
         (["run", "llava.eval.no_such_script", "--device", "cpu"], "no module named 'llava.eval.no_such_script'"),
         (["run", "llava.eval.run_llava", "--device", "cpu", "--model-path", "P"], "go after `--`"),
         (["run", "--device", "cpu"], "MODULE is missing"),
+        (["run", "llava.eval.run_llava", "--device", "cpu", "--", "--model-path", str(tmp_path / "llava-none"),
+          "--image-file", "x.jpg", "--query", "q"], "does not exist"),
     ]
     if not CPU_QUANTIZATION:
         cases.append((["run", "llava.serve.cli", "--device", "cpu", "--", "--load-4bit", "--model-path", "P"],
