@@ -211,12 +211,28 @@ def layer_keys(cache, layer_idx: int) -> torch.Tensor:
 def stack_caches(first, second) -> DynamicCache:
     """A NEW cache whose rows are `first`'s rows then `second`'s rows (batch concatenation).
 
-    Both caches must cover the same number of positions; the result shares no storage with them.
+    Both caches must cover the same number of positions. The inputs are CONSUMED: each layer of
+    theirs is released as soon as it is copied, so the peak memory of the join stays near one
+    stacked cache instead of two (the prompt cache of LLaVA-1.5-7B is ~0.3 GiB per branch in fp16).
     """
     stacked = DynamicCache()
-    for layer, ((k1, v1), (k2, v2)) in enumerate(zip(cache_layers(first), cache_layers(second))):
+    layers = len(cache_layers(first))
+    for layer in range(layers):
+        (k1, v1), (k2, v2) = cache_layers(first)[layer], cache_layers(second)[layer]
         stacked.update(torch.cat([k1, k2], 0), torch.cat([v1, v2], 0), layer)
+        del k1, v1, k2, v2
+        _release_layer(first, layer)
+        _release_layer(second, layer)
     return stacked
+
+
+def _release_layer(cache, layer: int) -> None:
+    """Drop one layer's tensors from a cache that is no longer used (see stack_caches)."""
+    empty = torch.empty(0)
+    if hasattr(cache, "layers"):
+        cache.layers[layer].keys = cache.layers[layer].values = empty
+    else:
+        cache.key_cache[layer] = cache.value_cache[layer] = empty
 
 
 def cache_rows(cache, rows: Sequence[int] | slice) -> list[tuple[torch.Tensor, torch.Tensor]]:
