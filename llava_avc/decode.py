@@ -22,7 +22,7 @@ from .config import AVCConfig, M3IDConfig, VCDConfig
 from .contrast import avc_logits, check_finite, m3id_logits, vcd_logits
 from .noise import add_diffusion_noise
 from .patches import lm
-from .patches.generation import GenerationSetup, prepare_generation, stopping_rows
+from .patches.generation import GenerationSetup, bind_prompt_length, prepare_generation, stopping_rows
 from .patches.probe import last_query_probe
 
 ContrastiveConfig = Union[AVCConfig, VCDConfig, M3IDConfig]
@@ -106,6 +106,11 @@ class BranchState:
         per_stream = [stream.step(model, tokens) for stream in self.streams]
         logits = torch.cat(per_stream) if len(per_stream) > 1 else per_stream[0]
         self.logits, self.biased_logits = logits[: self.batch_size], logits[self.batch_size :]
+
+    @property
+    def prompt_length(self) -> int:
+        """Positions of the original branch's (left-padded) merged prompt, as upstream's inputs_embeds."""
+        return int(self.streams[0].attention_mask.shape[1])
 
     def original_cache_rows(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The original branch's keys/values per layer (copies)."""
@@ -315,6 +320,7 @@ def _generate(model, input_ids, images, image_sizes, config, sequential, generat
     setup = prepare_generation(model, input_ids.shape[0], input_ids.device, generate_kwargs, name)
     method = config.method if config is not None else None
     state, records = _PREFILL[method](model, input_ids, setup.attention_mask, images, image_sizes, config, sequential)
+    bind_prompt_length(model, setup, state.prompt_length)
     sequences, scores = _decode(model, state, config, setup)
     if not setup.return_dict:
         return sequences

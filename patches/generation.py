@@ -26,13 +26,15 @@ class GenerationSetup:
     """What the decode loop needs from one `generate(**kwargs)` call."""
 
     config: Any  # transformers.GenerationConfig (a private deep copy)
-    logits_processor: LogitsProcessorList
+    logits_processor: LogitsProcessorList  # the user's until bind_prompt_length builds the full list
     logits_warper: Optional[LogitsProcessorList]  # None for greedy, and when processors include them
-    stopping_criteria: StoppingCriteriaList
+    stopping_criteria: StoppingCriteriaList  # likewise
     initial_ids: torch.Tensor  # (B, 0) or (B, 1) BOS column, as upstream's output starts
     eos_token_ids: Optional[torch.Tensor]  # (E,) long
     attention_mask: Optional[torch.Tensor]
     streamer: Any
+    has_default_max_length: bool = True
+    has_default_min_length: bool = True
 
     @property
     def do_sample(self) -> bool:
@@ -52,7 +54,8 @@ class GenerationSetup:
 
 
 def prepare_generation(model, batch_size: int, device, kwargs: dict, method: str) -> GenerationSetup:
-    """Interpret `generate` kwargs the way HF's `generate` does, for a contrastive method.
+    """Interpret and validate `generate` kwargs the way HF's `generate` does, for a contrastive
+    method, before any forward pass; `bind_prompt_length` completes the setup after the prefill.
 
     Raises:
         ValueError: beam search, contrastive search, assisted generation, several return
@@ -73,31 +76,53 @@ def prepare_generation(model, batch_size: int, device, kwargs: dict, method: str
         config.pad_token_id = eos[0] if isinstance(eos, list) else eos
     if hasattr(model, "_prepare_special_tokens"):  # transformers >= 4.41: tensors the processors read
         model._prepare_special_tokens(config, "attention_mask" in model_kwargs, device=device)
-    initial_ids = _initial_ids(config, batch_size, device)
-    if config.max_new_tokens is not None:
-        config.max_length = config.max_new_tokens + initial_ids.shape[1]
-    processor = model._get_logits_processor(
-        generation_config=config,
-        input_ids_seq_length=initial_ids.shape[1],
-        encoder_input_ids=initial_ids,
-        prefix_allowed_tokens_fn=None,
-        logits_processor=user_processor,
-    )
-    # transformers <= 4.44 keeps the sampling warpers (temperature, top-k, top-p) apart; newer
-    # releases append them to the processors when do_sample is set.
-    has_warpers = hasattr(model, "_get_logits_warper")
-    warper = model._get_logits_warper(config) if config.do_sample and has_warpers else None
-    stopping = model._get_stopping_criteria(generation_config=config, stopping_criteria=user_stopping)
     return GenerationSetup(
         config=config,
-        logits_processor=processor,
-        logits_warper=warper,
-        stopping_criteria=stopping,
-        initial_ids=initial_ids,
+        logits_processor=user_processor,
+        logits_warper=None,
+        stopping_criteria=user_stopping,
+        initial_ids=_initial_ids(config, batch_size, device),
         eos_token_ids=_eos_tensor(config.eos_token_id, device),
         attention_mask=model_kwargs.get("attention_mask"),
         streamer=streamer,
+        has_default_max_length=kwargs.get("max_length") is None and config.max_length is not None,
+        has_default_min_length=kwargs.get("min_length") is None and config.min_length is not None,
     )
+
+
+def bind_prompt_length(model, setup: GenerationSetup, prompt_length: int) -> None:
+    """Settle max/min length as upstream's generate would for this merged prompt, then build the
+    logits processors, warpers and stopping criteria (called after the prefill, which knows L).
+
+    transformers 4.37 counts only the output (BOS + new tokens) in `max_length` when generating
+    from `inputs_embeds`; from 4.38 the prompt embeddings count too (huggingface/transformers#28994),
+    so a `max_length` shorter than the prompt is an error there, as in upstream LLaVA generate.
+    """
+    config, initial_length = setup.config, setup.initial_ids.shape[1]
+    if hasattr(model, "_prepare_generated_length"):
+        prompt_shape = torch.empty((setup.initial_ids.shape[0], prompt_length), device="meta")
+        model._prepare_generated_length(config, setup.has_default_max_length, setup.has_default_min_length,
+                                        "inputs_embeds", initial_length, prompt_shape)
+        if config.max_length <= initial_length:
+            raise ValueError(
+                f"`max_length` leaves no room for new tokens: with transformers >= 4.38 it counts the "
+                f"{prompt_length} prompt positions (text and image embeddings). Set max_new_tokens instead."
+            )
+    elif config.max_new_tokens is not None:
+        config.max_length = config.max_new_tokens + initial_length
+    setup.logits_processor = model._get_logits_processor(
+        generation_config=config,
+        input_ids_seq_length=initial_length,
+        encoder_input_ids=setup.initial_ids,
+        prefix_allowed_tokens_fn=None,
+        logits_processor=setup.logits_processor,
+    )
+    # transformers <= 4.44 keeps the sampling warpers (temperature, top-k, top-p) apart; newer
+    # releases append them to the processors when do_sample is set.
+    if config.do_sample and hasattr(model, "_get_logits_warper"):
+        setup.logits_warper = model._get_logits_warper(config)
+    setup.stopping_criteria = model._get_stopping_criteria(generation_config=config,
+                                                           stopping_criteria=setup.stopping_criteria)
 
 
 def _reject_unsupported(kwargs: dict, method: str) -> None:

@@ -83,6 +83,23 @@ def test_default_method_applies_to_calls_that_name_none(tiny_llava, single):
     assert generate(model, tokenizer, ids, images, sizes).tolist() != explicit.tolist()
 
 
+def test_max_length_means_what_upstream_generate_means(tiny_llava, single):
+    """transformers 4.37 counts BOS + new tokens in max_length; 4.38+ counts the prompt embeddings too."""
+    from llava_avc.patches.compat import generate_returns_leading_bos
+
+    tokenizer, model, _, _ = tiny_llava
+    ids, images, sizes = single
+    prompt_length = ids.shape[1] - 1 + 576
+    max_length = 7 if generate_returns_leading_bos() else prompt_length + 6
+    upstream = generate(model, tokenizer, ids, images, sizes, max_new_tokens=None, max_length=max_length)
+    ours = generate(model, tokenizer, ids, images, sizes, max_new_tokens=None, max_length=max_length,
+                    avc=AVCConfig(alpha=0.0))
+    assert ours.tolist() == upstream.tolist() and ours.shape[1] == LEAD + 6
+    if not generate_returns_leading_bos():
+        with pytest.raises(ValueError, match="counts the .* prompt positions"):
+            generate(model, tokenizer, ids, images, sizes, max_new_tokens=None, max_length=30, avc=AVCConfig())
+
+
 def test_zero_alpha_scores_match_upstream_on_plausible_tokens(tiny_llava, single):
     tokenizer, model, _, _ = tiny_llava
     ids, images, sizes = single
