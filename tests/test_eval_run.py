@@ -126,7 +126,7 @@ def test_batch_of_three_equals_one_at_a_time(setup, tiny_llava, config):
 
 def test_killed_run_resumes_with_every_question_exactly_once(setup, tiny_llava):
     out = setup["tmp"] / "killed"
-    command = [sys.executable, "-m", "llava_avc.eval.cli", "eval", "pope", "--model-path", str(setup["model_path"]),
+    command = [sys.executable, "-m", "llava_avc", "eval", "pope", "--model-path", str(setup["model_path"]),
                "--image-folder", str(setup["images"]), "--question-file", str(setup["questions"]),
                "--out", str(out), "--method", "none", "--protocol", "llava", "--max-new-tokens", "24",
                "--device", "cpu"]

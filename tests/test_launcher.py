@@ -64,7 +64,7 @@ def workspace(tmp_path_factory, sample_image):
 def _launch(*argv, cwd, stdin=None, timeout=240):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env.setdefault("OMP_NUM_THREADS", "1")  # tiny model: threads only add spin-waiting on a shared 2-core box
-    return subprocess.run([sys.executable, "-m", "llava_avc.launcher", "run", *map(str, argv)], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "llava_avc", "run", *map(str, argv)], cwd=cwd,
                           env=env, input=stdin, capture_output=True, text=True, timeout=timeout)
 
 
