@@ -26,13 +26,19 @@ def image_feature_count(model, images, sizes, row):
     return embeds.shape[1] - 1
 
 
-def test_anyres_spans_are_what_the_merge_produced_per_sample(tiny_anyres, sample_image):
+@pytest.fixture(scope="module")
+def batch(tiny_anyres, sample_image):
+    """Three questions about three photos of different aspect ratios, left-padded."""
     tokenizer, model, image_processor, _ = tiny_anyres
     pil_images = variant_images(sample_image)
-    images = images_for(model, image_processor, pil_images)
-    sizes = [image.size for image in pil_images]
     rows = [prompt_ids(tokenizer, question) for question in QUESTIONS]
     ids, mask = left_padded(rows)
+    return (tokenizer, model, images_for(model, image_processor, pil_images), [im.size for im in pil_images],
+            rows, ids, mask)
+
+
+def test_anyres_spans_are_what_the_merge_produced_per_sample(batch):
+    tokenizer, model, images, sizes, rows, ids, mask = batch
     records = llava_avc.find_blind_tokens(model, ids, images, sizes, AVCConfig(), attention_mask=mask)
     counts = [image_feature_count(model, images, sizes, row) for row in range(3)]
     assert len(set(counts)) > 1, "the three photos must give different numbers of anyres features"
@@ -48,13 +54,8 @@ def test_anyres_spans_are_what_the_merge_produced_per_sample(tiny_anyres, sample
 
 
 @pytest.mark.parametrize("config", [AVCConfig(), VCDConfig(), M3IDConfig(lam=0.5)], ids=["avc", "vcd", "m3id"])
-def test_anyres_batch_matches_one_prompt_at_a_time(tiny_anyres, sample_image, config):
-    tokenizer, model, image_processor, _ = tiny_anyres
-    pil_images = variant_images(sample_image)
-    images = images_for(model, image_processor, pil_images)
-    sizes = [image.size for image in pil_images]
-    rows = [prompt_ids(tokenizer, question) for question in QUESTIONS]
-    ids, mask = left_padded(rows)
+def test_anyres_batch_matches_one_prompt_at_a_time(batch, config):
+    tokenizer, model, images, sizes, rows, ids, mask = batch
     common = dict(do_sample=False, max_new_tokens=5, logits_processor=no_eos(tokenizer))
     batch = model.generate(ids, attention_mask=mask, images=images, image_sizes=sizes, **common,
                            **{config.method: config})
