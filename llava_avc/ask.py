@@ -8,8 +8,9 @@ from typing import Optional
 
 import torch
 
-from .config import AVCConfig, M3IDConfig, VCDConfig
+from .config import AVCConfig
 from .decode import find_blind_tokens
+from .method_flags import default_config
 
 
 @dataclass
@@ -30,16 +31,6 @@ class AskResult:
         if "heatmap" in self.details:
             lines.append(f"heatmap: {self.details['heatmap']}")
         return lines
-
-
-def method_config(method: str):
-    """The default config object of a method name (None for plain decoding)."""
-    configs = {"avc": AVCConfig, "vcd": VCDConfig, "m3id": M3IDConfig}
-    if method == "none":
-        return None
-    if method not in configs:
-        raise ValueError(f"unknown method {method!r}; choose one of avc, vcd, m3id, none.")
-    return configs[method]()
 
 
 def load_image(path: str):
@@ -70,8 +61,15 @@ def build_prompt(query: str, conv_mode: str, model_config) -> str:
     return conv.get_prompt()
 
 
-def _to_model(images, model):
-    """process_images returns a tensor, or a list of tensors for anyres images of different sizes."""
+def prepare_images(pil_images: list, image_processor, model, model_config=None):
+    """LLaVA's `process_images` on the model's device and dtype.
+
+    Returns a tensor, or a list of tensors for anyres images of different sizes. `model_config`
+    overrides the config whose `image_aspect_ratio` decides the preprocessing.
+    """
+    from llava.mm_utils import process_images
+
+    images = process_images(pil_images, image_processor, model_config or model.config)
     if torch.is_tensor(images):
         return images.to(model.device, dtype=model.dtype)
     return [image.to(model.device, dtype=model.dtype) for image in images]
@@ -84,20 +82,19 @@ def ask(model_path: str, image: str, query: str, *, method: str = "avc", model_b
         heatmap: Optional[str] = None) -> AskResult:
     """Load (or reuse `loaded`), build the llava_v1 prompt, generate, decode the answer."""
     from llava.constants import IMAGE_TOKEN_INDEX
-    from llava.mm_utils import process_images, tokenizer_image_token
+    from llava.mm_utils import tokenizer_image_token
 
     from .loading import load_model
     from .patches.llava_patch import patched
 
-    config = config if config is not None else method_config(method)
+    config = config if config is not None else default_config(method)
     pil_image = load_image(image)
     tokenizer, model, image_processor, _ = loaded or load_model(
         model_path, model_base, device=device, load_4bit=load_4bit, load_8bit=load_8bit)
     prompt = build_prompt(query, conv_mode, model.config)
     input_ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
     input_ids = input_ids.unsqueeze(0).to(model.device)
-    images = process_images([pil_image], image_processor, model.config)
-    images = _to_model(images, model)
+    images = prepare_images([pil_image], image_processor, model)
     torch.manual_seed(seed)
     kwargs = dict(images=images, image_sizes=[pil_image.size], max_new_tokens=max_new_tokens,
                   do_sample=temperature > 0, use_cache=True, return_dict_in_generate=True)

@@ -95,5 +95,14 @@ def config_from_args(args: argparse.Namespace):
     return _CONFIG_CLASSES[method](**values)
 
 
+def default_config(method: str):
+    """The default AVCConfig / VCDConfig / M3IDConfig of a method name; None for "none"."""
+    if method == "none":
+        return None
+    if method not in _CONFIG_CLASSES:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+    return _CONFIG_CLASSES[method]()
+
+
 def method_name(config: Optional[object]) -> str:
     return "none" if config is None else config.method

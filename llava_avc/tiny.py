@@ -499,17 +499,9 @@ def load_tiny(path, dtype=torch.float32):
     LLaVA's loader always loads fp16; on CPU fp32 is several times faster. Returns
     ``(tokenizer, model, image_processor, context_len)`` with the model in eval mode.
     """
-    from llava.mm_utils import get_model_name_from_path
-    from llava.model.builder import load_pretrained_model
+    from .loading import load_model
 
-    path = str(Path(path).expanduser().resolve())
-    tokenizer, model, image_processor, context_len = load_pretrained_model(
-        path, None, get_model_name_from_path(path), device_map="cpu", device="cpu"
-    )
-    model.to(dtype=dtype)
-    model.get_vision_tower().to(dtype=dtype)
-    model.eval()
-    return tokenizer, model, image_processor, context_len
+    return load_model(str(Path(path).expanduser().resolve()), device="cpu", dtype=dtype)
 
 
 def sample_image():

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.mm_utils import process_images, tokenizer_image_token
+from llava.mm_utils import tokenizer_image_token
 from PIL import Image
 from transformers.generation import LogitsProcessor, LogitsProcessorList, SuppressTokensLogitsProcessor
 
-from llava_avc.ask import build_prompt
+from llava_avc.ask import build_prompt, prepare_images
 from llava_avc.patches.compat import generate_returns_leading_bos
 
 #: The benchmarks' reference files (POPE, AMBER with their licences): the project's shared folder,
@@ -48,12 +48,9 @@ def left_padded(rows: list[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tensor
     return ids, mask
 
 
-def images_for(model, image_processor, pil_images: list) -> torch.Tensor:
-    """process_images as LLaVA's scripts do, cast to the model's dtype."""
-    images = process_images(pil_images, image_processor, model.config)
-    if torch.is_tensor(images):
-        return images.to(model.dtype)
-    return [image.to(model.dtype) for image in images]
+def images_for(model, image_processor, pil_images: list):
+    """process_images as LLaVA's scripts do, on the model's device and dtype."""
+    return prepare_images(pil_images, image_processor, model)
 
 
 def variant_images(base: Image.Image) -> list:

@@ -170,14 +170,12 @@ def _left_padding(model):
 
 
 def _pixel_values(pil_images: list, image_processor, model, center_crop: bool):
-    from llava.mm_utils import process_images
-
-    from ..ask import _to_model
+    from ..ask import prepare_images
 
     model_config = model.config
     if center_crop and getattr(model_config, "image_aspect_ratio", None) == "pad":
         model_config = SimpleNamespace(image_aspect_ratio="center-crop")  # CLIP resize + center crop
-    return _to_model(process_images(pil_images, image_processor, model_config), model)
+    return prepare_images(pil_images, image_processor, model, model_config)
 
 
 def _left_padded_ids(prompts: list, tokenizer, device):
