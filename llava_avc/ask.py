@@ -61,6 +61,25 @@ def build_prompt(query: str, conv_mode: str, model_config) -> str:
     return conv.get_prompt()
 
 
+def prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
+    """(T,) ids of a LLaVA prompt; its '<image>' becomes the IMAGE_TOKEN_INDEX placeholder."""
+    from llava.constants import IMAGE_TOKEN_INDEX
+    from llava.mm_utils import tokenizer_image_token
+
+    return tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+
+
+def left_padded_ids(rows: list, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad 1-D id tensors into (B, T) ids and the (B, T) long attention mask generate takes."""
+    length = max(len(row) for row in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for index, row in enumerate(rows):
+        ids[index, length - len(row):] = row
+        mask[index, length - len(row):] = 1
+    return ids, mask
+
+
 def prepare_images(pil_images: list, image_processor, model, model_config=None):
     """LLaVA's `process_images` on the model's device and dtype.
 
@@ -81,9 +100,6 @@ def ask(model_path: str, image: str, query: str, *, method: str = "avc", model_b
         loaded=None, load_4bit: bool = False, load_8bit: bool = False,
         heatmap: Optional[str] = None) -> AskResult:
     """Load (or reuse `loaded`), build the llava_v1 prompt, generate, decode the answer."""
-    from llava.constants import IMAGE_TOKEN_INDEX
-    from llava.mm_utils import tokenizer_image_token
-
     from .loading import load_model
     from .patches.llava_patch import patched
 
@@ -92,7 +108,7 @@ def ask(model_path: str, image: str, query: str, *, method: str = "avc", model_b
     tokenizer, model, image_processor, _ = loaded or load_model(
         model_path, model_base, device=device, load_4bit=load_4bit, load_8bit=load_8bit)
     prompt = build_prompt(query, conv_mode, model.config)
-    input_ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+    input_ids = prompt_ids(tokenizer, prompt)
     input_ids = input_ids.unsqueeze(0).to(model.device)
     images = prepare_images([pil_image], image_processor, model)
     torch.manual_seed(seed)

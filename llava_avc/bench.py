@@ -182,13 +182,9 @@ def bench_image():
 
 
 def _prompt_ids(tokenizer, question: str, model_config) -> torch.Tensor:
-    from llava.constants import IMAGE_TOKEN_INDEX
-    from llava.mm_utils import tokenizer_image_token
+    from .ask import build_prompt, prompt_ids
 
-    from .ask import build_prompt
-
-    prompt = build_prompt(question, "llava_v1", model_config)
-    return tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+    return prompt_ids(tokenizer, build_prompt(question, "llava_v1", model_config))
 
 
 def fit_question(tokenizer, model_config, num_ids: int, base: str = QUESTION) -> tuple[str, torch.Tensor]:

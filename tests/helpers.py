@@ -6,12 +6,10 @@ import os
 from pathlib import Path
 
 import torch
-from llava.constants import IMAGE_TOKEN_INDEX
-from llava.mm_utils import tokenizer_image_token
 from PIL import Image
 from transformers.generation import LogitsProcessor, LogitsProcessorList, SuppressTokensLogitsProcessor
 
-from llava_avc.ask import build_prompt, prepare_images
+from llava_avc import ask
 from llava_avc.patches.compat import generate_returns_leading_bos
 
 #: The benchmarks' reference files (POPE, AMBER with their licences): the project's shared folder,
@@ -33,24 +31,17 @@ QUESTIONS = [
 
 def prompt_ids(tokenizer, question: str, conv_mode: str = "llava_v1") -> torch.Tensor:
     """(T,) llava_v1 prompt ids with one IMAGE_TOKEN_INDEX placeholder."""
-    prompt = build_prompt(question, conv_mode, model_config=None)
-    return tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+    return ask.prompt_ids(tokenizer, ask.build_prompt(question, conv_mode, model_config=None))
 
 
 def left_padded(rows: list[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad 1-D id tensors into (B, T) ids and a (B, T) attention mask."""
-    length = max(len(row) for row in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for index, row in enumerate(rows):
-        ids[index, length - len(row):] = row
-        mask[index, length - len(row):] = 1
-    return ids, mask
+    return ask.left_padded_ids(rows, pad_id)
 
 
 def images_for(model, image_processor, pil_images: list):
     """process_images as LLaVA's scripts do, on the model's device and dtype."""
-    return prepare_images(pil_images, image_processor, model)
+    return ask.prepare_images(pil_images, image_processor, model)
 
 
 def variant_images(base: Image.Image) -> list:

@@ -179,18 +179,10 @@ def _pixel_values(pil_images: list, image_processor, model, center_crop: bool):
 
 
 def _left_padded_ids(prompts: list, tokenizer, device):
-    import torch
-    from llava.constants import IMAGE_TOKEN_INDEX
-    from llava.mm_utils import tokenizer_image_token
+    from ..ask import left_padded_ids, prompt_ids
 
-    rows = [tokenizer_image_token(p, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt") for p in prompts]
-    length = max(len(row) for row in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(rows), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for index, row in enumerate(rows):
-        ids[index, length - len(row):] = row
-        mask[index, length - len(row):] = 1
+    ids, mask = left_padded_ids([prompt_ids(tokenizer, prompt) for prompt in prompts], pad)
     return ids.to(device), mask.to(device)
 
 
