@@ -128,21 +128,17 @@ def classify_transformers(version: str) -> Verdict:
         release = _release(version)
     except Exception as exc:  # noqa: BLE001
         return Verdict("fatal", f"{version}: unparseable version ({_err(exc)}); {SUPPORTED_TRANSFORMERS}")
-    major_minor = (release + (0, 0))[:2]
-    if major_minor >= (5, 0) or major_minor < (4, 36):
+    from .patches.versions import FIRST_NEEDING_PATCH, MAX_TRANSFORMERS_EXCLUSIVE, MIN_TRANSFORMERS
+
+    release = (tuple(release) + (0, 0, 0))[:3]
+    if not MIN_TRANSFORMERS <= release < MAX_TRANSFORMERS_EXCLUSIVE:  # the range patch_llava() accepts
         return Verdict("fatal", f"{version} is untested/unsupported; {SUPPORTED_TRANSFORMERS}")
-    if major_minor < (4, 38):
-        note = "" if release[:3] == (4, 37, 2) else " (4.37.2 recommended)"
+    if release < FIRST_NEEDING_PATCH:
+        note = "" if release == (4, 37, 2) else " (4.37.2 recommended)"
         return Verdict("ok", f"{version}: LLaVA 1.2.2 runs unpatched{note}")
-    if major_minor < (4, 58):
-        return Verdict(
-            "warn",
-            f"{version}: supported through llava-avc's compatibility patch; "
-            "upstream LLaVA alone fails with cache_position",
-        )
     return Verdict(
         "warn",
-        f"{version}: newer than 4.57.x, untested (llava-avc's patch is verified through 4.57.x); "
+        f"{version}: supported through llava-avc's compatibility patch; "
         "upstream LLaVA alone fails with cache_position",
     )
 

@@ -71,7 +71,7 @@ def check_local_checkpoint(model_path: str) -> None:
 def _version(distribution: str) -> Optional[tuple[int, int, int]]:
     from importlib import metadata
 
-    from .patches.compat import version_tuple
+    from .patches.versions import version_tuple
 
     try:
         return version_tuple(metadata.version(distribution))

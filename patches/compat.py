@@ -6,22 +6,9 @@ it (see ../shared/llava-environment-notes.md in the project workspace).
 
 from __future__ import annotations
 
-import re
-
 import transformers
 
-#: Oldest transformers release llava-avc is tested with (LLaVA 1.2.2's own pin).
-MIN_TRANSFORMERS = (4, 37, 0)
-#: First transformers release that is NOT supported (5.x changed the tokenizer and cache APIs).
-MAX_TRANSFORMERS_EXCLUSIVE = (4, 58, 0)
-
-
-def version_tuple(version: str) -> tuple[int, int, int]:
-    """'4.37.2' -> (4, 37, 2); pre-release suffixes ('4.38.0.dev0', '4.57.1rc1') are ignored."""
-    numbers = [int(part) for part in re.findall(r"\d+", version)[:3]]
-    while len(numbers) < 3:
-        numbers.append(0)
-    return tuple(numbers)  # type: ignore[return-value]
+from .versions import FIRST_NEEDING_PATCH, MAX_TRANSFORMERS_EXCLUSIVE, MIN_TRANSFORMERS, version_tuple  # noqa: F401
 
 
 TRANSFORMERS_VERSION = version_tuple(transformers.__version__)
