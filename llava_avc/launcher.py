@@ -172,16 +172,6 @@ class _Plan:
         self.__dict__.update(fields)
 
 
-def _check_quantization(load_4bit: bool, load_8bit: bool, device: str) -> None:
-    """llava_avc.loading's check (CUDA, or CPU with transformers >= 4.53), as a usage error."""
-    from .loading import check_quantization_supported
-
-    try:
-        check_quantization_supported(load_4bit, load_8bit, device)
-    except ValueError as error:
-        raise _UsageError(str(error)) from None
-
-
 def _check_model_path(model_path: Optional[str]) -> None:
     """A local --model-path that is not a LLaVA checkpoint is a usage error, before anything runs."""
     from .loading import check_local_checkpoint
@@ -197,6 +187,7 @@ def _check_model_path(model_path: Optional[str]) -> None:
 def plan_run(args: argparse.Namespace) -> _Plan:
     """Validate the command line; raise _UsageError / ValueError (one line) before anything runs."""
     from .method_flags import config_from_args, method_name
+    from .patches.launcher import check_quantization
 
     _split_rest(args)
     if args.load_4bit and args.load_8bit:
@@ -206,7 +197,7 @@ def plan_run(args: argparse.Namespace) -> _Plan:
     config = config_from_args(args)  # ValueError on conflicting method flags
     import torch
 
-    _check_quantization(args.load_4bit, args.load_8bit, args.device)
+    check_quantization(args.load_4bit, args.load_8bit, args.device)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise _UsageError("--device cuda, but torch finds no CUDA GPU; pass --device cpu to run on the CPU (fp32).")
 
@@ -238,7 +229,7 @@ def plan_run(args: argparse.Namespace) -> _Plan:
     if args.device == "cpu":
         for flag in ("--load-4bit", "--load-8bit"):
             if flag in module_args and flag in own_flags:
-                _check_quantization(flag == "--load-4bit", flag == "--load-8bit", "cpu")
+                check_quantization(flag == "--load-4bit", flag == "--load-8bit", "cpu")
 
     _check_model_path(_option_value(module_args, "--model-path"))
     record_path = run_record_path(module_args, args.run_json)

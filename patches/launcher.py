@@ -51,12 +51,13 @@ class LauncherError(ValueError):
     """A user error detected by the launcher or its loader wrapper (one line, exit status 2)."""
 
 
-def _check_quantization(load_4bit: bool, load_8bit: bool) -> None:
-    """4/8-bit on the CPU: llava_avc.loading's check (transformers >= 4.53 and bitsandbytes >= 0.48)."""
+def check_quantization(load_4bit: bool, load_8bit: bool, device: str) -> None:
+    """llava_avc.loading's check (CUDA; on the CPU transformers >= 4.53 and bitsandbytes >= 0.48),
+    raised as a LauncherError (one line, exit status 2)."""
     from llava_avc.loading import check_quantization_supported
 
     try:
-        check_quantization_supported(load_4bit, load_8bit, "cpu")
+        check_quantization_supported(load_4bit, load_8bit, device)
     except ValueError as error:
         raise LauncherError(str(error)) from None
 
@@ -311,7 +312,7 @@ def loader_override(device: str, load_4bit: bool = False, load_8bit: bool = Fals
         if on_cpu:
             quantized = want_4bit or want_8bit
             if quantized:
-                _check_quantization(want_4bit, want_8bit)
+                check_quantization(want_4bit, want_8bit, "cpu")
             arguments["device_map"], arguments["device"] = "cpu", "cpu"
             with _half_mapping_suspended():
                 loaded = original(*bound.args, **bound.kwargs)
