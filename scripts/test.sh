@@ -11,10 +11,9 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 python_of() { if [ "$1" = 4.37 ]; then echo .venv/bin/python; else echo ".venv-${1//./}/bin/python"; fi; }
 for profile in $profiles; do bash scripts/install.sh --profile "$profile"; done
 # Each profile's run compares its greedy tokens with the other profile's (tests/test_profiles.py).
-set -- $profiles
 for profile in $profiles; do
   other=$profile
   for candidate in $profiles; do [ "$candidate" = "$profile" ] || other=$candidate; done
   echo "== transformers profile $profile ==" >&2
-  LLAVA_AVC_OTHER_PYTHON="$(python_of "$other")" "$(python_of "$profile")" -m pytest -q "${@:$#+1}" ${PYTEST_ARGS:-}
+  LLAVA_AVC_OTHER_PYTHON="$(python_of "$other")" "$(python_of "$profile")" -m pytest -q "$@" ${PYTEST_ARGS:-}
 done
