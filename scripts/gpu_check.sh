@@ -1,19 +1,64 @@
 #!/usr/bin/env bash
-# The one prepared script for a lent GPU (see docs/benchmarks.md, "GPU recipe").
-#   locally, once:   bash ../shared/gpu/fetch_wheels.sh protobuf (wheels into .whl/, ignored by git)
-#   device tool:     command "bash scripts/gpu_check.sh", carry [".whl"], timeout_s 600
-# Installs the carried wheels, then measures the 7B-shape speed targets (fp16, nf4; batch 1, 8;
-# 64 new tokens) and the nf4 memory target (batch 1, 256 new tokens). Everything is tee'd to $OUT,
-# JSON rows as they are measured, so a run cut short still returns what it finished.
+# The one prepared script for a lent GPU (docs/benchmarks.md, "GPU recipe").
+#   bash scripts/gpu_check.sh [PRESET [DEVICE]]      PRESET 7b-shape (default) or tiny; DEVICE cuda (default) or cpu
+#
+#   locally, once:  bash scripts/fetch_gpu_wheels.sh                            (wheels into .whl/, ~19 MB)
+#   dry run here:   PYTHON=.venv/bin/python bash scripts/gpu_check.sh tiny cpu   (the same steps, tiny;
+#                   WHEELS=DIR PYTHON=... installs a cp311 copy of the wheel set over another environment)
+#   device tool:    command "bash scripts/gpu_check.sh", carry [".whl"], timeout_s 600 (it plans ~9 min)
+#
+# Steps, the targets' measurements first; each step's log and JSON rows go to $OUT as they are
+# made (rows after every measurement), so a run cut short still returns what it finished:
+#   1. install the carried wheels into /tmp/site (when .whl/ exists), GPU name, `llava_avc.doctor`
+#   2. the CUDA tests (`pytest -m gpu`: fp16 / 4-bit / 8-bit loading, AVC / VCD / M3ID on the GPU)
+#   3. batch 1, 64 new tokens, all six methods, median of 5: decode, end-to-end and prefill targets
+#   4. nf4, batch 1, 256 new tokens, plain / lean / avc, one run: the peak-memory target
+#   5. batch 8, 64 new tokens, plain / lean / avc, median of 5 (reported), cut off at 540 s
 set -uo pipefail
-out=${OUT:-.cache/gpu-check}
+cd "$(dirname "$0")/.."
+preset=${1:-7b-shape}
+device=${2:-cuda}
+python=${PYTHON:-python3}
+out=${OUT:-.cache/gpu-check-$preset-$device}
 mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || { echo "gpu_check: carry .whl (bash ../shared/gpu/fetch_wheels.sh protobuf)" >&2; exit 1; }
-export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-python3 -m llava_avc.doctor | tee "$out/doctor.txt"
-python3 scripts/bench_decode.py --preset 7b-shape --device cuda --dtypes fp16,nf4 --batches 1,8 --new-tokens 64 \
-  --runs 3 --warmup 1 --time-budget 300 --json "$out/bench-7b-64.json" 2>&1 | tee "$out/bench-7b-64.log"
-python3 scripts/bench_decode.py --preset 7b-shape --device cuda --dtypes nf4 --batches 1 --new-tokens 256 \
-  --methods plain,lean,avc --runs 3 --warmup 1 --json "$out/bench-7b-256.json" 2>&1 | tee "$out/bench-7b-256.log"
+if [ "$device" = cuda ]; then dtypes=fp16,nf4; else dtypes=fp32,nf4; fi
+
+# the carried wheels: .whl/ on a GPU; WHEELS=DIR for a dry run against a wheel set (a CPU run
+# without WHEELS uses the environment of $PYTHON as it is)
+if [ -n "${WHEELS:-}" ]; then wheels=$WHEELS; elif [ "$device" = cuda ]; then wheels=.whl; else wheels=; fi
+if [ -n "$wheels" ]; then
+  [ -d "$wheels" ] || { echo "gpu_check: no $wheels/ here; carry it (bash scripts/fetch_gpu_wheels.sh)" >&2; exit 1; }
+  rm -rf /tmp/site
+  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$wheels"/*.whl \
+    || { echo "gpu_check: installing $wheels/ failed" >&2; exit 1; }
+  export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+start=$(date +%s)
+left() { echo $(( ${1} - ($(date +%s) - start) )); }
+
+step() { echo "== gpu_check: $* ($(date -u +%H:%M:%S), $(( $(date +%s) - start )) s in)" | tee -a "$out/steps.txt"; }
+
+step "1 machine and doctor"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || echo "no nvidia-smi"; } | tee "$out/gpu.txt"
+"$python" -m llava_avc.doctor 2>&1 | tee "$out/doctor.txt"
+
+step "2 CUDA tests"
+timeout 150 "$python" -m pytest -q -m gpu -rs -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -40 | tee "$out/pytest-gpu.txt"
+
+bench() {  # bench NAME SECONDS ARGS...: one bench_decode.py run, ended SECONDS into the script at the latest
+  local name=$1 seconds; seconds=$(left "$2"); shift 2
+  if [ "$seconds" -lt 10 ]; then echo "gpu_check: no time left for $name" | tee -a "$out/steps.txt"; return; fi
+  timeout "$seconds" "$python" scripts/bench_decode.py --preset "$preset" --device "$device" --json "$out/$name.json" "$@" 2>&1 \
+    | tee "$out/$name.log"
+}
+step "3 batch 1, 64 new tokens, all methods"
+bench b1-64 420 --dtypes "$dtypes" --batches 1 --new-tokens 64 --runs 5 --warmup 1 --time-budget "$(left 300)"
+
+step "4 nf4 peak memory, batch 1, 256 new tokens"
+bench nf4-b1-256 480 --dtypes nf4 --batches 1 --new-tokens 256 --methods plain,lean,avc --runs 1 --warmup 0
+
+step "5 batch 8, 64 new tokens"
+bench b8-64 540 --dtypes "$dtypes" --batches 8 --new-tokens 64 --methods plain,lean,avc --runs 5 --warmup 1 \
+  --time-budget "$(left 420)"
+step "done"

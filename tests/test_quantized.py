@@ -2,7 +2,7 @@
 
 transformers >= 4.53 with bitsandbytes >= 0.48 quantize on the CPU, so on the 4.57 profile the
 quantized path runs for real here; on 4.37.2 transformers refuses quantization without a GPU, so
-that profile checks the error. CUDA-only checks are marked `gpu`.
+that profile checks the error. The CUDA path is tested in test_gpu.py (marked `gpu`).
 """
 
 from __future__ import annotations
@@ -149,15 +149,3 @@ def test_quantized_batch_runs_row_by_row(quantized, sample_image):
     assert out.sequences.shape == (3, LEAD + 3)
     assert [record.image_span[1] - record.image_span[0] for record in out.blind_tokens] == [576] * 3
 
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
-def test_4bit_on_cuda_generates_with_avc(tiny_llava_dir, sample_image):
-    tokenizer, model, image_processor, _ = load_model(str(tiny_llava_dir), load_4bit=True, device="cuda")
-    assert model.get_vision_tower().vision_tower.dtype == torch.float16
-    images = images_for(model, image_processor, [sample_image]).to("cuda")
-    ids = prompt_ids(tokenizer, QUESTIONS[0]).unsqueeze(0).to("cuda")
-    with llava_avc.patched():
-        out = model.generate(ids, images=images, image_sizes=[sample_image.size], max_new_tokens=4,
-                             logits_processor=no_eos(tokenizer), avc=AVCConfig())
-    assert out.shape == (1, LEAD + 4)
