@@ -511,6 +511,101 @@ def add_ratios(rows: list[dict]) -> list[dict]:
     return records
 
 
+# ------------------------------------------------------------------------------------- targets
+
+#: The project's targets (issue 4), as limits on the ratios above, measured in one run:
+GPU_DECODE_LIMIT = 1.10  # AVC decode ms/token <= 1.10 x lean, fp16 and nf4, batch 1
+GPU_PREFILL_LIMIT = 2.3  # AVC prefill <= 2.3 x plain prefill
+GPU_E2E_LIMIT = 1.0  # AVC end to end (64 new tokens) faster than upstream generate: ratio < 1
+E2E_NEW_TOKENS = 64
+PEAK_NEW_TOKENS = 256  # nf4, batch 1: AVC peak <= 7.0 GiB and <= plain + 0.6 GiB
+PEAK_LIMIT_GIB = 7.0
+PEAK_OVER_PLAIN_GIB = 0.6
+CPU_DECODE_LIMIT = 1.5  # tiny preset on a CPU: AVC decode ms/token <= 1.5 x lean
+
+
+@dataclass(frozen=True)
+class TargetVerdict:
+    target: str
+    verdict: str  # "met", "not met" or "not measured"
+    detail: str
+
+
+def _measured(row: Optional[dict], key: str) -> bool:
+    return bool(row) and row.get(key) is not None and not row.get("skipped") and not row.get("error")
+
+
+def _verdict(target: str, ok: Optional[bool], detail: str) -> TargetVerdict:
+    verdict = "not measured" if ok is None else ("met" if ok else "not met")
+    return TargetVerdict(target, verdict, detail)
+
+
+def check_targets(rows: list[dict]) -> list[TargetVerdict]:
+    """Judge the benchmark targets on ``rows`` (one or several runs' rows, e.g. gpu_check's JSON files).
+
+    GPU targets read rows whose device is CUDA; the CPU target fp32 rows of the ``tiny`` preset. A
+    target without the rows it needs is "not measured", never guessed. Of rows with the same
+    (method, dtype, batch, new_tokens) the last one counts.
+    """
+    add_ratios(rows)
+    gpu = {(r["method"], r["dtype"], r["batch"], r["new_tokens"]): r for r in rows if str(r["device"]).startswith("cuda")}
+    verdicts = []
+    for dtype in ("fp16", "nf4"):
+        avc = gpu.get(("avc", dtype, 1, E2E_NEW_TOKENS))
+        ratio = avc.get("avc_over_lean_decode") if _measured(avc, "decode_ms_per_token") else None
+        verdicts.append(_verdict(
+            f"GPU {dtype}, batch 1: AVC decode <= {GPU_DECODE_LIMIT:.2f} x lean", None if ratio is None
+            else ratio <= GPU_DECODE_LIMIT, "-" if ratio is None else f"{ratio:.3f} x"))
+        e2e = avc.get("avc_over_plain_e2e") if _measured(avc, "e2e_ms") else None
+        verdicts.append(_verdict(
+            f"GPU {dtype}, batch 1, {E2E_NEW_TOKENS} new tokens: AVC end to end faster than upstream generate",
+            None if e2e is None else e2e < GPU_E2E_LIMIT, "-" if e2e is None else f"{e2e:.3f} x upstream's time"))
+        prefill = avc.get("avc_over_plain_prefill") if _measured(avc, "prefill_ms") else None
+        verdicts.append(_verdict(
+            f"GPU {dtype}, batch 1: AVC prefill <= {GPU_PREFILL_LIMIT} x plain prefill",
+            None if prefill is None else prefill <= GPU_PREFILL_LIMIT, "-" if prefill is None else f"{prefill:.3f} x"))
+    avc_peak = gpu.get(("avc", "nf4", 1, PEAK_NEW_TOKENS))
+    plain_peak = gpu.get(("plain", "nf4", 1, PEAK_NEW_TOKENS))
+    peak_ok, peak_detail = None, "-"
+    if _measured(avc_peak, "peak_mem_gib") and _measured(plain_peak, "peak_mem_gib"):
+        avc_gib, plain_gib = avc_peak["peak_mem_gib"], plain_peak["peak_mem_gib"]
+        peak_ok = avc_gib <= PEAK_LIMIT_GIB and avc_gib <= plain_gib + PEAK_OVER_PLAIN_GIB
+        peak_detail = f"AVC {avc_gib:.2f} GiB, plain {plain_gib:.2f} GiB"
+    verdicts.append(_verdict(
+        f"GPU nf4, batch 1, {PEAK_NEW_TOKENS} new tokens: AVC peak <= {PEAK_LIMIT_GIB} GiB and <= plain + "
+        f"{PEAK_OVER_PLAIN_GIB} GiB", peak_ok, peak_detail))
+    cpu = [r for r in rows if r["method"] == "avc" and r["device"] == "cpu" and r.get("preset") == "tiny"
+           and r["dtype"] == "fp32" and r["batch"] == 1 and r.get("avc_over_lean_decode") is not None]
+    ratios = [r["avc_over_lean_decode"] for r in cpu]
+    verdicts.append(_verdict(
+        f"CPU, tiny, fp32, batch 1: AVC decode <= {CPU_DECODE_LIMIT} x lean", None if not ratios
+        else max(ratios) <= CPU_DECODE_LIMIT,
+        ", ".join(f"{r['avc_over_lean_decode']:.2f} x ({r['new_tokens']} tokens)" for r in cpu) or "-"))
+    return verdicts
+
+
+def format_targets(verdicts: Iterable[TargetVerdict]) -> str:
+    lines = ["| target | verdict | measured |", "|---|---|---|"]
+    lines += [f"| {v.target} | {v.verdict} | {v.detail} |" for v in verdicts]
+    return "\n".join(lines)
+
+
+def read_rows(paths: Iterable) -> list[dict]:
+    """The rows of one or more ``--json`` files (a folder: every ``*.json`` in it), in order."""
+    rows = []
+    for path in map(Path, paths):
+        files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+        for file in files:
+            try:
+                loaded = json.loads(file.read_text())
+            except (OSError, ValueError) as error:
+                raise ValueError(f"{file}: not a benchmark JSON file ({error}).") from error
+            if not isinstance(loaded, list) or not all(isinstance(r, dict) and set(ROW_KEYS) <= set(r) for r in loaded):
+                raise ValueError(f"{file}: not a list of benchmark rows (keys {', '.join(ROW_KEYS)}).")
+            rows += loaded
+    return rows
+
+
 # -------------------------------------------------------------------------------------- output
 
 

@@ -7,6 +7,7 @@ Examples:
     python scripts/bench_decode.py                                    # tiny, CPU, fp32, the full grid
     python scripts/bench_decode.py --batches 1 --new-tokens 16 --runs 1 --methods plain,lean,avc
     python scripts/bench_decode.py --preset 7b-shape --device cuda --dtypes fp16,nf4 --json $OUT/bench.json
+    python scripts/bench_decode.py --report .cache/gpu-check/                 # tables + target verdicts of saved rows
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="merged prompt length, text + image tokens (default: 626)")
     out = parser.add_argument_group("output")
     out.add_argument("--json", metavar="OUT", default=None, help="write the rows as a JSON list (after every row)")
+    out.add_argument("--report", nargs="+", metavar="JSON", default=None,
+                     help="measure nothing: print the tables and the target verdicts of saved --json files "
+                          "(or folders of them)")
     out.add_argument("--time-budget", type=float, metavar="S", default=None,
                      help="(dtype, batch) groups not started after S seconds are recorded as skipped")
     return parser
@@ -73,6 +77,14 @@ def main(argv=None) -> int:
     _import_from_working_tree()
     from llava_avc import bench
 
+    if args.report:
+        try:
+            rows = bench.read_rows(args.report)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(bench.format_table(rows) + "\n\n" + bench.format_targets(bench.check_targets(rows)))
+        return 0
     info = bench.machine_info(args.device)
     print(f"machine: {info['machine']}; torch {info['torch']}, transformers {info['transformers']}; {info['date']}",
           flush=True)
@@ -103,6 +115,7 @@ def main(argv=None) -> int:
     print(f"\ncommand: {command}\nprompt: {rows[0].get('prompt_tokens', '-') if rows else '-'} tokens "
           f"(576 image tokens for LLaVA-1.5 shapes), greedy, EOS suppressed, median of {args.runs}\n")
     print(bench.format_table(rows, info))
+    print("\n" + bench.format_targets(bench.check_targets(rows)))
     return 1 if any(row.get("error") for row in rows) else 0
 
 

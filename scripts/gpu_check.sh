@@ -14,6 +14,7 @@
 #   3. batch 1, 64 new tokens, all six methods, median of 5: decode, end-to-end and prefill targets
 #   4. nf4, batch 1, 256 new tokens, plain / lean / avc, one run: the peak-memory target
 #   5. batch 8, 64 new tokens, plain / lean / avc, median of 5 (reported), cut off at 540 s
+#   6. all rows in one table with the ratios, and each target's verdict ($OUT/report.md)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 preset=${1:-7b-shape}
@@ -61,4 +62,6 @@ bench nf4-b1-256 480 --dtypes nf4 --batches 1 --new-tokens 256 --methods plain,l
 step "5 batch 8, 64 new tokens"
 bench b8-64 540 --dtypes "$dtypes" --batches 8 --new-tokens 64 --methods plain,lean,avc --runs 5 --warmup 1 \
   --time-budget "$(left 420)"
+step "6 report"
+"$python" scripts/bench_decode.py --report "$out" 2>&1 | tee "$out/report.md"
 step "done"

@@ -26,6 +26,12 @@ def tiny_anyres_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_lora_dir(tiny_llava_dir, tmp_path_factory):
+    """Path of a LoRA checkpoint (seed 1) on top of ``tiny_llava_dir`` (llava_avc.tiny.make_tiny_lora)."""
+    return tiny.make_tiny_lora(tmp_path_factory.mktemp("lora") / "llava-tiny-lora", tiny_llava_dir, seed=1)
+
+
+@pytest.fixture(scope="session")
 def tiny_llava(tiny_llava_dir):
     """``(tokenizer, model, image_processor, context_len)`` of the tiny checkpoint, fp32, eval."""
     return tiny.load_tiny(tiny_llava_dir)

@@ -1,4 +1,5 @@
-"""The CUDA path: fp16, 4-bit and 8-bit loading onto the GPU, and AVC / VCD / M3ID generation there.
+"""The CUDA path: fp16, 4-bit and 8-bit loading onto the GPU (LoRA checkpoints too), and AVC / VCD /
+M3ID generation there.
 
 Marked `gpu` and skipped, with the reason, where torch finds no CUDA GPU. On a lent GPU
 `scripts/gpu_check.sh` runs them first (`pytest -m gpu`), before the 7B-shape benchmark. The photo
@@ -102,3 +103,19 @@ def test_zero_strength_avc_reproduces_upstream_greedy_on_the_gpu(on_cuda, photo)
         upstream = model.generate(ids, **kwargs)
         ours = model.generate(ids, avc=AVCConfig(alpha=0.0), **kwargs)
     assert ours.tolist() == upstream.tolist(), kind
+
+
+@pytest.mark.parametrize("loading", ["fp16", "4bit"])
+def test_avc_runs_on_a_lora_checkpoint_on_the_gpu(tiny_llava_dir, tiny_lora_dir, photo, loading):
+    tokenizer, model, image_processor, _ = load_model(str(tiny_lora_dir), str(tiny_llava_dir), device=DEVICE,
+                                                      **LOADINGS[loading])
+    assert {parameter.device.type for parameter in model.parameters()} == {DEVICE}
+    assert len(_quantized_linears(model)["4bit"]) == (7 * model.config.num_hidden_layers if loading == "4bit" else 0)
+    ids = prompt_ids(tokenizer, QUESTIONS[0]).unsqueeze(0).to(DEVICE)
+    images = images_for(model, image_processor, [photo])
+    with llava_avc.patched():
+        out = model.generate(ids, images=images, image_sizes=[photo.size], do_sample=False,
+                             max_new_tokens=4, logits_processor=no_eos(tokenizer), avc=AVCConfig(),
+                             return_dict_in_generate=True)
+    assert out.sequences.shape == (1, LEAD + 4)
+    assert 0 < out.blind_tokens[0].num_blind < 576

@@ -8,15 +8,9 @@ import torch
 import llava_avc
 from llava_avc import AVCConfig
 from llava_avc.loading import load_model
-from llava_avc.tiny import make_tiny_lora
 
 from helpers import LEAD, QUESTIONS, images_for, no_eos, prompt_ids
 from test_quantized import CPU_QUANTIZATION
-
-
-@pytest.fixture(scope="module")
-def lora_dir(tiny_llava_dir, tmp_path_factory):
-    return make_tiny_lora(tmp_path_factory.mktemp("lora") / "llava-tiny-lora", tiny_llava_dir, seed=1)
 
 
 def _reference_merge(base_dir, lora_dir):
@@ -30,9 +24,9 @@ def _reference_merge(base_dir, lora_dir):
     return PeftModel.from_pretrained(model, str(lora_dir)).merge_and_unload().eval()
 
 
-def test_lora_checkpoint_loads_merged_like_peft(tiny_llava_dir, lora_dir, sample_image):
-    tokenizer, model, image_processor, _ = load_model(str(lora_dir), str(tiny_llava_dir), device="cpu")
-    reference = _reference_merge(tiny_llava_dir, lora_dir)
+def test_lora_checkpoint_loads_merged_like_peft(tiny_llava_dir, tiny_lora_dir, sample_image):
+    tokenizer, model, image_processor, _ = load_model(str(tiny_lora_dir), str(tiny_llava_dir), device="cpu")
+    reference = _reference_merge(tiny_llava_dir, tiny_lora_dir)
     _, base, _, _ = load_model(str(tiny_llava_dir), device="cpu")
     state, expected, before = model.state_dict(), reference.state_dict(), base.state_dict()
     layer = "model.layers.0.self_attn.q_proj.weight"
@@ -42,14 +36,21 @@ def test_lora_checkpoint_loads_merged_like_peft(tiny_llava_dir, lora_dir, sample
     torch.testing.assert_close(state[projector], expected[projector].to(state[projector].dtype), atol=2e-3, rtol=0)
 
 
-@pytest.mark.parametrize("quantized", [False, True], ids=["fp32", "4bit"])
-def test_avc_runs_on_a_lora_checkpoint(tiny_llava_dir, lora_dir, sample_image, quantized):
+@pytest.mark.parametrize("loading", ["fp32", "fp16", "4bit"])
+def test_avc_runs_on_a_lora_checkpoint(tiny_llava_dir, tiny_lora_dir, sample_image, loading):
+    quantized = loading == "4bit"
     if quantized and not CPU_QUANTIZATION:
         with pytest.raises(ValueError, match="needs a CUDA GPU"):
-            load_model(str(lora_dir), str(tiny_llava_dir), device="cpu", load_4bit=True)
+            load_model(str(tiny_lora_dir), str(tiny_llava_dir), device="cpu", load_4bit=True)
         return
-    tokenizer, model, image_processor, _ = load_model(str(lora_dir), str(tiny_llava_dir), device="cpu",
-                                                      load_4bit=quantized)
+    dtype = torch.float16 if loading == "fp16" else None
+    tokenizer, model, image_processor, _ = load_model(str(tiny_lora_dir), str(tiny_llava_dir), device="cpu",
+                                                      load_4bit=quantized, dtype=dtype)
+    if loading == "fp16":
+        assert {parameter.dtype for parameter in model.parameters()} == {torch.float16}
+        reference = _reference_merge(tiny_llava_dir, tiny_lora_dir).state_dict()
+        layer = "model.layers.0.self_attn.q_proj.weight"
+        torch.testing.assert_close(model.state_dict()[layer], reference[layer].half(), atol=2e-3, rtol=0)
     ids = prompt_ids(tokenizer, QUESTIONS[0]).unsqueeze(0)
     images = images_for(model, image_processor, [sample_image])
     with llava_avc.patched():
