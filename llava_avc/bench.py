@@ -543,7 +543,8 @@ def _verdict(target: str, ok: Optional[bool], detail: str) -> TargetVerdict:
 def check_targets(rows: list[dict]) -> list[TargetVerdict]:
     """Judge the benchmark targets on ``rows`` (one or several runs' rows, e.g. gpu_check's JSON files).
 
-    GPU targets read rows whose device is CUDA; the CPU target fp32 rows of the ``tiny`` preset. A
+    GPU targets read rows whose device is CUDA; the CPU target every fp32 row of the ``tiny`` preset
+    (the issue names no batch size for it, so every batch measured must meet it). A
     target without the rows it needs is "not measured", never guessed. Of rows with the same
     (method, dtype, batch, new_tokens) the last one counts.
     """
@@ -575,12 +576,13 @@ def check_targets(rows: list[dict]) -> list[TargetVerdict]:
         f"GPU nf4, batch 1, {PEAK_NEW_TOKENS} new tokens: AVC peak <= {PEAK_LIMIT_GIB} GiB and <= plain + "
         f"{PEAK_OVER_PLAIN_GIB} GiB", peak_ok, peak_detail))
     cpu = [r for r in rows if r["method"] == "avc" and r["device"] == "cpu" and r.get("preset") == "tiny"
-           and r["dtype"] == "fp32" and r["batch"] == 1 and r.get("avc_over_lean_decode") is not None]
+           and r["dtype"] == "fp32" and r.get("avc_over_lean_decode") is not None]
     ratios = [r["avc_over_lean_decode"] for r in cpu]
     verdicts.append(_verdict(
-        f"CPU, tiny, fp32, batch 1: AVC decode <= {CPU_DECODE_LIMIT} x lean", None if not ratios
+        f"CPU, tiny, fp32, every batch: AVC decode <= {CPU_DECODE_LIMIT} x lean", None if not ratios
         else max(ratios) <= CPU_DECODE_LIMIT,
-        ", ".join(f"{r['avc_over_lean_decode']:.2f} x ({r['new_tokens']} tokens)" for r in cpu) or "-"))
+        ", ".join(f"{r['avc_over_lean_decode']:.2f} x (batch {r['batch']}, {r['new_tokens']} tokens)" for r in cpu)
+        or "-"))
     return verdicts
 
 
