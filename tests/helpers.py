@@ -71,3 +71,16 @@ class ForceTokens(LogitsProcessor):
 def no_eos(tokenizer) -> LogitsProcessorList:
     """Forbid EOS so every run generates exactly max_new_tokens tokens."""
     return LogitsProcessorList([SuppressTokensLogitsProcessor([tokenizer.eos_token_id])])
+
+
+def avc_generate(loaded, image, new_tokens: int = 4):
+    """Greedy AVC (default config, EOS forbidden) on QUESTIONS[0] about one image, on the model's
+    device; `loaded` is load_model's 4-tuple. Returns generate's dict output (with blind_tokens)."""
+    import llava_avc
+
+    tokenizer, model, image_processor, _ = loaded
+    ids = prompt_ids(tokenizer, QUESTIONS[0]).unsqueeze(0).to(model.device)
+    with llava_avc.patched():
+        return model.generate(ids, images=images_for(model, image_processor, [image]), image_sizes=[image.size],
+                              do_sample=False, max_new_tokens=new_tokens, logits_processor=no_eos(tokenizer),
+                              avc=llava_avc.AVCConfig(), return_dict_in_generate=True)

@@ -17,7 +17,7 @@ from llava_avc import AVCConfig, M3IDConfig, VCDConfig
 from llava_avc.bench import bench_image
 from llava_avc.loading import load_model
 
-from helpers import LEAD, QUESTIONS, images_for, left_padded, no_eos, prompt_ids
+from helpers import LEAD, QUESTIONS, avc_generate, images_for, left_padded, no_eos, prompt_ids
 
 pytestmark = [
     pytest.mark.gpu,
@@ -107,15 +107,10 @@ def test_zero_strength_avc_reproduces_upstream_greedy_on_the_gpu(on_cuda, photo)
 
 @pytest.mark.parametrize("loading", ["fp16", "4bit"])
 def test_avc_runs_on_a_lora_checkpoint_on_the_gpu(tiny_llava_dir, tiny_lora_dir, photo, loading):
-    tokenizer, model, image_processor, _ = load_model(str(tiny_lora_dir), str(tiny_llava_dir), device=DEVICE,
-                                                      **LOADINGS[loading])
+    loaded = load_model(str(tiny_lora_dir), str(tiny_llava_dir), device=DEVICE, **LOADINGS[loading])
+    model = loaded[1]
     assert {parameter.device.type for parameter in model.parameters()} == {DEVICE}
     assert len(_quantized_linears(model)["4bit"]) == (7 * model.config.num_hidden_layers if loading == "4bit" else 0)
-    ids = prompt_ids(tokenizer, QUESTIONS[0]).unsqueeze(0).to(DEVICE)
-    images = images_for(model, image_processor, [photo])
-    with llava_avc.patched():
-        out = model.generate(ids, images=images, image_sizes=[photo.size], do_sample=False,
-                             max_new_tokens=4, logits_processor=no_eos(tokenizer), avc=AVCConfig(),
-                             return_dict_in_generate=True)
+    out = avc_generate(loaded, photo)
     assert out.sequences.shape == (1, LEAD + 4)
     assert 0 < out.blind_tokens[0].num_blind < 576

@@ -5,11 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import llava_avc
-from llava_avc import AVCConfig
 from llava_avc.loading import load_model
 
-from helpers import LEAD, QUESTIONS, images_for, no_eos, prompt_ids
+from helpers import LEAD, avc_generate
 from test_quantized import CPU_QUANTIZATION
 
 
@@ -44,18 +42,13 @@ def test_avc_runs_on_a_lora_checkpoint(tiny_llava_dir, tiny_lora_dir, sample_ima
             load_model(str(tiny_lora_dir), str(tiny_llava_dir), device="cpu", load_4bit=True)
         return
     dtype = torch.float16 if loading == "fp16" else None
-    tokenizer, model, image_processor, _ = load_model(str(tiny_lora_dir), str(tiny_llava_dir), device="cpu",
-                                                      load_4bit=quantized, dtype=dtype)
+    loaded = load_model(str(tiny_lora_dir), str(tiny_llava_dir), device="cpu", load_4bit=quantized, dtype=dtype)
+    model = loaded[1]
     if loading == "fp16":
         assert {parameter.dtype for parameter in model.parameters()} == {torch.float16}
         reference = _reference_merge(tiny_llava_dir, tiny_lora_dir).state_dict()
         layer = "model.layers.0.self_attn.q_proj.weight"
         torch.testing.assert_close(model.state_dict()[layer], reference[layer].half(), atol=2e-3, rtol=0)
-    ids = prompt_ids(tokenizer, QUESTIONS[0]).unsqueeze(0)
-    images = images_for(model, image_processor, [sample_image])
-    with llava_avc.patched():
-        out = model.generate(ids, images=images, image_sizes=[sample_image.size], do_sample=False,
-                             max_new_tokens=4, logits_processor=no_eos(tokenizer), avc=AVCConfig(),
-                             return_dict_in_generate=True)
+    out = avc_generate(loaded, sample_image)
     assert out.sequences.shape == (1, LEAD + 4)
     assert 0 < out.blind_tokens[0].num_blind < 576
