@@ -15,6 +15,8 @@
 #   4. nf4, batch 1, 256 new tokens, plain / lean / avc, one run: the peak-memory target
 #   5. batch 8, 64 new tokens, plain / lean / avc, median of 5 (reported), cut off at 540 s
 #   6. all rows in one table with the ratios, and each target's verdict ($OUT/report.md)
+# GPU_CHECK_RUNS / GPU_CHECK_TOKENS / GPU_CHECK_LONG_TOKENS (default 5 / 64 / 256) shrink the grid for
+# the smoke test that keeps this script working (tests/test_gpu_check_script.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 preset=${1:-7b-shape}
@@ -23,6 +25,9 @@ python=${PYTHON:-python3}
 out=${OUT:-.cache/gpu-check-$preset-$device}
 mkdir -p "$out"
 if [ "$device" = cuda ]; then dtypes=fp16,nf4; else dtypes=fp32,nf4; fi
+runs=${GPU_CHECK_RUNS:-5}
+tokens=${GPU_CHECK_TOKENS:-64}
+long_tokens=${GPU_CHECK_LONG_TOKENS:-256}
 
 # the carried wheels: .whl/ on a GPU; WHEELS=DIR for a dry run against a wheel set (a CPU run
 # without WHEELS uses the environment of $PYTHON as it is)
@@ -53,14 +58,14 @@ bench() {  # bench NAME SECONDS ARGS...: one bench_decode.py run, ended SECONDS 
   timeout "$seconds" "$python" scripts/bench_decode.py --preset "$preset" --device "$device" --json "$out/$name.json" "$@" 2>&1 \
     | tee "$out/$name.log"
 }
-step "3 batch 1, 64 new tokens, all methods"
-bench b1-64 420 --dtypes "$dtypes" --batches 1 --new-tokens 64 --runs 5 --warmup 1 --time-budget "$(left 300)"
+step "3 batch 1, $tokens new tokens, all methods"
+bench b1 420 --dtypes "$dtypes" --batches 1 --new-tokens "$tokens" --runs "$runs" --warmup 1 --time-budget "$(left 300)"
 
-step "4 nf4 peak memory, batch 1, 256 new tokens"
-bench nf4-b1-256 480 --dtypes nf4 --batches 1 --new-tokens 256 --methods plain,lean,avc --runs 1 --warmup 0
+step "4 nf4 peak memory, batch 1, $long_tokens new tokens"
+bench nf4-b1-long 480 --dtypes nf4 --batches 1 --new-tokens "$long_tokens" --methods plain,lean,avc --runs 1 --warmup 0
 
-step "5 batch 8, 64 new tokens"
-bench b8-64 540 --dtypes "$dtypes" --batches 8 --new-tokens 64 --methods plain,lean,avc --runs 5 --warmup 1 \
+step "5 batch 8, $tokens new tokens"
+bench b8 540 --dtypes "$dtypes" --batches 8 --new-tokens "$tokens" --methods plain,lean,avc --runs "$runs" --warmup 1 \
   --time-budget "$(left 420)"
 step "6 report"
 "$python" scripts/bench_decode.py --report "$out" 2>&1 | tee "$out/report.md"
