@@ -67,7 +67,8 @@ def check_quantization(load_4bit: bool, load_8bit: bool, device: str) -> None:
 
 
 class _Swaps:
-    """A list of (owner, name, replacement) applied all at once and undone in reverse order."""
+    """A list of (owner, name, replacement) applied all at once and undone in reverse order;
+    as a context manager: applied on entry, undone on exit."""
 
     def __init__(self, plan: Sequence[Tuple[Any, str, Any]]):
         self.plan = list(plan)
@@ -102,6 +103,13 @@ class _Swaps:
                     delattr(owner, name)
             else:
                 setattr(owner, name, own)
+
+    def __enter__(self) -> "_Swaps":
+        self.apply()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.restore()
 
 
 def _qualname(owner: Any) -> str:
@@ -236,14 +244,12 @@ def cpu_device_mapping(map_half: bool = True) -> Iterator[None]:
         map_half: also turn float16 into float32 (an unquantized model runs in float32 on the
             CPU); False for a quantized model, whose unquantized modules stay float16.
     """
-    swaps = _Swaps(_cpu_plan())
-    swaps.apply()
-    _STATE.map_half = map_half
-    try:
-        yield
-    finally:
-        swaps.restore()
-        _STATE.map_half = True
+    with _Swaps(_cpu_plan()):
+        _STATE.map_half = map_half
+        try:
+            yield
+        finally:
+            _STATE.map_half = True
 
 
 @contextmanager
@@ -334,12 +340,8 @@ def loader_override(device: str, load_4bit: bool = False, load_8bit: bool = Fals
             })
         return loaded
 
-    swaps = _Swaps([(builder, "load_pretrained_model", _mark(load_pretrained_model))])
-    swaps.apply()
-    try:
+    with _Swaps([(builder, "load_pretrained_model", _mark(load_pretrained_model))]):
         yield
-    finally:
-        swaps.restore()
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,9 +373,5 @@ def max_new_tokens_cap(cap: int) -> Iterator[None]:
             kwargs["max_new_tokens"] = cap
         return current(self, *args, **kwargs)
 
-    swaps = _Swaps([(cls, "generate", _mark(generate))])
-    swaps.apply()
-    try:
+    with _Swaps([(cls, "generate", _mark(generate))]):
         yield
-    finally:
-        swaps.restore()
