@@ -263,18 +263,16 @@ def test_llava_keywords_stopping_criteria_stops_generation(tiny_llava, single):
     assert out[0].tolist() == free[0, : out.shape[1]].tolist()
 
 
-def test_beam_search_with_a_contrastive_method_is_an_error(tiny_llava, single):
+@pytest.mark.parametrize("extra, message", [
+    ({"num_beams": 2}, "num_beams"),  # beam search is not combined with contrastive decoding
+    ({"vcd": VCDConfig()}, "at most one"),  # two methods at once
+    ({"bogus_option": 1}, "not used by the model"),  # an unknown generate keyword
+], ids=["beam-search", "two-methods", "unknown-kwarg"])
+def test_bad_generate_arguments_with_a_contrastive_method_are_errors(tiny_llava, single, extra, message):
     tokenizer, model, _, _ = tiny_llava
     ids, images, sizes = single
-    with pytest.raises(ValueError, match="num_beams"):
-        generate(model, tokenizer, ids, images, sizes, avc=AVCConfig(), num_beams=2)
-
-
-def test_two_methods_at_once_is_an_error(tiny_llava, single):
-    tokenizer, model, _, _ = tiny_llava
-    ids, images, sizes = single
-    with pytest.raises(ValueError, match="at most one"):
-        generate(model, tokenizer, ids, images, sizes, avc=AVCConfig(), vcd=VCDConfig())
+    with pytest.raises(ValueError, match=message):
+        generate(model, tokenizer, ids, images, sizes, avc=AVCConfig(), **extra)
 
 
 def test_contrastive_method_without_image_is_an_error(tiny_llava, single):
@@ -282,13 +280,6 @@ def test_contrastive_method_without_image_is_an_error(tiny_llava, single):
     ids, _, _ = single
     with pytest.raises(ValueError, match="needs an image"):
         model.generate(ids, avc=AVCConfig(), max_new_tokens=2)
-
-
-def test_unknown_generate_kwarg_is_an_error(tiny_llava, single):
-    tokenizer, model, _, _ = tiny_llava
-    ids, images, sizes = single
-    with pytest.raises(ValueError, match="not used by the model"):
-        generate(model, tokenizer, ids, images, sizes, avc=AVCConfig(), bogus_option=1)
 
 
 def test_non_finite_biased_logits_raise_with_step_and_row(tiny_llava, single):
