@@ -540,6 +540,13 @@ def _verdict(target: str, ok: Optional[bool], detail: str) -> TargetVerdict:
     return TargetVerdict(target, verdict, detail)
 
 
+def _ratio_verdict(target: str, row: Optional[dict], ratio_key: str, measured_key: str,
+                   passes: Callable[[float], bool], unit: str = " x") -> TargetVerdict:
+    """The verdict on one ratio of an avc row (add_ratios' keys); "not measured" without the row."""
+    value = row.get(ratio_key) if _measured(row, measured_key) else None
+    return _verdict(target, None if value is None else passes(value), "-" if value is None else f"{value:.3f}{unit}")
+
+
 def check_targets(rows: list[dict]) -> list[TargetVerdict]:
     """Judge the benchmark targets on ``rows`` (one or several runs' rows, e.g. gpu_check's JSON files).
 
@@ -553,18 +560,15 @@ def check_targets(rows: list[dict]) -> list[TargetVerdict]:
     verdicts = []
     for dtype in ("fp16", "nf4"):
         avc = gpu.get(("avc", dtype, 1, E2E_NEW_TOKENS))
-        ratio = avc.get("avc_over_lean_decode") if _measured(avc, "decode_ms_per_token") else None
-        verdicts.append(_verdict(
-            f"GPU {dtype}, batch 1: AVC decode <= {GPU_DECODE_LIMIT:.2f} x lean", None if ratio is None
-            else ratio <= GPU_DECODE_LIMIT, "-" if ratio is None else f"{ratio:.3f} x"))
-        e2e = avc.get("avc_over_plain_e2e") if _measured(avc, "e2e_ms") else None
-        verdicts.append(_verdict(
-            f"GPU {dtype}, batch 1, {E2E_NEW_TOKENS} new tokens: AVC end to end faster than upstream generate",
-            None if e2e is None else e2e < GPU_E2E_LIMIT, "-" if e2e is None else f"{e2e:.3f} x upstream's time"))
-        prefill = avc.get("avc_over_plain_prefill") if _measured(avc, "prefill_ms") else None
-        verdicts.append(_verdict(
-            f"GPU {dtype}, batch 1: AVC prefill <= {GPU_PREFILL_LIMIT} x plain prefill",
-            None if prefill is None else prefill <= GPU_PREFILL_LIMIT, "-" if prefill is None else f"{prefill:.3f} x"))
+        verdicts += [
+            _ratio_verdict(f"GPU {dtype}, batch 1: AVC decode <= {GPU_DECODE_LIMIT:.2f} x lean",
+                           avc, "avc_over_lean_decode", "decode_ms_per_token", lambda r: r <= GPU_DECODE_LIMIT),
+            _ratio_verdict(f"GPU {dtype}, batch 1, {E2E_NEW_TOKENS} new tokens: AVC end to end faster than "
+                           "upstream generate", avc, "avc_over_plain_e2e", "e2e_ms", lambda r: r < GPU_E2E_LIMIT,
+                           unit=" x upstream's time"),
+            _ratio_verdict(f"GPU {dtype}, batch 1: AVC prefill <= {GPU_PREFILL_LIMIT} x plain prefill",
+                           avc, "avc_over_plain_prefill", "prefill_ms", lambda r: r <= GPU_PREFILL_LIMIT),
+        ]
     avc_peak = gpu.get(("avc", "nf4", 1, PEAK_NEW_TOKENS))
     plain_peak = gpu.get(("plain", "nf4", 1, PEAK_NEW_TOKENS))
     peak_ok, peak_detail = None, "-"
