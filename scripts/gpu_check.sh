@@ -21,6 +21,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 preset=${1:-7b-shape}
 device=${2:-cuda}
+case "$preset" in tiny|7b-shape) ;; *) echo "gpu_check: PRESET must be tiny or 7b-shape, got '$preset'" >&2; exit 2;; esac
+case "$device" in cuda|cpu) ;; *) echo "gpu_check: DEVICE must be cuda or cpu, got '$device'" >&2; exit 2;; esac
 python=${PYTHON:-python3}
 out=${OUT:-.cache/gpu-check-$preset-$device}
 mkdir -p "$out"
