@@ -4,10 +4,12 @@
     llava_avc.patch_llava()
     model.generate(input_ids, images=..., image_sizes=..., avc=llava_avc.AVCConfig())
 
-The pure algorithm (``config``, ``blind``, ``contrast``, ``noise``) imports neither ``llava`` nor
-``transformers``; everything that reaches into LLaVA or transformers internals lives in
-``llava_avc.patches`` (the repository's ``patches/`` folder). Public names are imported lazily so
-that ``llava-avc doctor`` still runs when LLaVA itself is broken.
+Rooms (docs/architecture.md): ``algorithm`` (pure tensors: configs, blind tokens, contrast, noise)
+<- ``decode`` (the two-branch loop and the model-adapter interface) <- ``backends`` (adapters;
+``backends.llava`` with the repository's ``patches/``, installed as ``llava_avc.patches``) <- ``eval``
+(benchmarks) <- ``interfaces`` (the Python API and the ``llava-avc`` command); ``testing`` builds tiny
+checkpoints. Public names are imported lazily so that ``llava-avc doctor`` still runs when LLaVA
+itself is broken.
 """
 
 import importlib
@@ -37,18 +39,19 @@ def _map_source_patches() -> None:
 _map_source_patches()
 
 _LAZY = {
-    "AVCConfig": "llava_avc.config",
-    "VCDConfig": "llava_avc.config",
-    "M3IDConfig": "llava_avc.config",
-    "BlindTokens": "llava_avc.blind",
-    "NonFiniteLogitsError": "llava_avc.contrast",
+    "AVCConfig": "llava_avc.algorithm.config",
+    "VCDConfig": "llava_avc.algorithm.config",
+    "M3IDConfig": "llava_avc.algorithm.config",
+    "BlindTokens": "llava_avc.algorithm.blind",
+    "NonFiniteLogitsError": "llava_avc.algorithm.contrast",
     "patch_llava": "llava_avc.patches.llava_patch",
     "unpatch_llava": "llava_avc.patches.llava_patch",
     "patched": "llava_avc.patches.llava_patch",
     "is_patched": "llava_avc.patches.llava_patch",
-    "find_blind_tokens": "llava_avc.decode",
-    "contrastive_generate": "llava_avc.decode",
-    "make_tiny_llava": "llava_avc.tiny",
+    "default_method": "llava_avc.patches.llava_patch",
+    "generate": "llava_avc.interfaces.api",
+    "find_blind_tokens": "llava_avc.interfaces.api",
+    "contrastive_generate": "llava_avc.interfaces.api",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

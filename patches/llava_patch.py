@@ -5,7 +5,7 @@ contrastively; without those keywords the ORIGINAL upstream `generate` runs, unt
 is wrapped only to drop the keyword arguments newer transformers pass and LLaVA 1.2.2 rejects
 (`cache_position`, `logits_to_keep`, `num_logits_to_keep`); every other call reaches the original.
 `llava.model.builder.load_pretrained_model` is wrapped so that `load_4bit` / `load_8bit` take the
-fixed quantized path of llava_avc.loading (one BitsAndBytesConfig, mm_projector and lm_head kept
+fixed quantized path of llava_avc.backends.llava.loading (one BitsAndBytesConfig, mm_projector and lm_head kept
 unquantized, fp16 vision tower); unquantized loads reach the original unchanged.
 
 Everything is checked before anything is mutated (peft's `inject_adapter` rule), the original
@@ -22,7 +22,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from .compat import check_transformers_supported, needs_explicit_attention_mask
+from llava_avc.backends.llava.compat import check_transformers_supported, needs_explicit_attention_mask
 
 _ORIGINALS_ATTR = "_llava_avc_originals"
 _MARKER_ATTR = "__llava_avc_patch__"
@@ -63,7 +63,7 @@ def _check_patchable(cls) -> None:
 def _patched_generate(original):
     @functools.wraps(original)
     def generate(self, inputs=None, images=None, image_sizes=None, avc=None, vcd=None, m3id=None, **kwargs):
-        from llava_avc.config import resolve_method
+        from llava_avc.algorithm.config import resolve_method
 
         config = resolve_method(avc=avc, vcd=vcd, m3id=m3id)
         if config is None and images is not None:
@@ -74,9 +74,11 @@ def _patched_generate(original):
                 # transformers >= 4.38 cannot derive position ids for LLaVA's inputs_embeds without it.
                 kwargs["attention_mask"] = torch.ones_like(inputs, dtype=torch.long)
             return original(self, inputs, images, image_sizes, **kwargs)
-        from llava_avc.decode import contrastive_generate
+        from llava_avc.backends.llava.adapter import LlavaAdapter
+        from llava_avc.decode.loop import contrastive_generate
 
-        return contrastive_generate(self, inputs, images=images, image_sizes=image_sizes, config=config, **kwargs)
+        return contrastive_generate(LlavaAdapter(self), inputs, images=images, image_sizes=image_sizes,
+                                    config=config, **kwargs)
 
     setattr(generate, _MARKER_ATTR, True)
     return generate
@@ -94,7 +96,7 @@ def _patched_forward(original):
 
 
 def _patched_loader(original):
-    """LLaVA's `load_pretrained_model`, with 4/8-bit loading routed through llava_avc.loading."""
+    """LLaVA's `load_pretrained_model`, with 4/8-bit loading routed through llava_avc.backends.llava.loading."""
 
     @functools.wraps(original)
     def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, load_4bit=False,
@@ -102,7 +104,7 @@ def _patched_loader(original):
         if not (load_4bit or load_8bit):
             return original(model_path, model_base, model_name, load_8bit=False, load_4bit=False,
                             device_map=device_map, device=device, use_flash_attn=use_flash_attn, **kwargs)
-        from llava_avc.loading import load_quantized
+        from llava_avc.backends.llava.loading import load_quantized
 
         return load_quantized(original, model_path, model_base, model_name, load_4bit=load_4bit,
                               load_8bit=load_8bit, device_map=device_map, device=device,

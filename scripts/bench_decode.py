@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Decode-speed benchmark of upstream LLaVA generate, the lean loop, AVC, VCD and M3ID.
 
-Thin command line over `llava_avc.bench.run_benchmark` (see there for what is measured).
+Thin command line over `decode_benchmark.run_benchmark` (the module beside this script; see there
+for what is measured).
 
 Examples:
     python scripts/bench_decode.py                                    # tiny, CPU, fp32, the full grid
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     _import_from_working_tree()
-    from llava_avc import bench
+    import decode_benchmark as bench
 
     if args.report:
         try:

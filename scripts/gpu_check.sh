@@ -9,7 +9,7 @@
 #
 # Steps, the targets' measurements first; each step's log and JSON rows go to $OUT as they are
 # made (rows after every measurement), so a run cut short still returns what it finished:
-#   1. install the carried wheels into /tmp/site (when .whl/ exists), GPU name, `llava_avc.doctor`
+#   1. install the carried wheels into /tmp/site (when .whl/ exists), GPU name, `llava-avc doctor`
 #   2. the CUDA tests (`pytest -m gpu`: fp16 / 4-bit / 8-bit loading, AVC / VCD / M3ID on the GPU)
 #   3. batch 1, 64 new tokens, all six methods, median of 5: decode, end-to-end and prefill targets
 #   4. nf4, batch 1, 256 new tokens, plain / lean / avc, one run: the peak-memory target
@@ -49,7 +49,7 @@ step() { echo "== gpu_check: $* ($(date -u +%H:%M:%S), $(( $(date +%s) - start )
 
 step "1 machine and doctor"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || echo "no nvidia-smi"; } | tee "$out/gpu.txt"
-"$python" -m llava_avc.doctor 2>&1 | tee "$out/doctor.txt"
+"$python" -m llava_avc doctor 2>&1 | tee "$out/doctor.txt"
 
 step "2 CUDA tests"
 timeout 150 "$python" -m pytest -q -m gpu -rs -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -40 | tee "$out/pytest-gpu.txt"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write a random, offline LLaVA checkpoint (see llava_avc.tiny) and print its path.
+"""Write a random, offline LLaVA checkpoint (see llava_avc.testing.tiny) and print its path.
 
     python scripts/make_tiny_llava.py --out /tmp/llava-tiny [--seed 0] [--preset tiny] [--force]
 
@@ -17,7 +17,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 def parse_args(argv=None):
     """Parse the command line."""
-    from llava_avc.tiny import PRESETS
+    from llava_avc.testing.tiny import PRESETS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True,
@@ -31,7 +31,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     """Build the checkpoint; return the process exit status."""
-    from llava_avc.tiny import make_tiny_llava
+    from llava_avc.testing.tiny import make_tiny_llava
 
     args = parse_args(argv)
     try:

@@ -1,13 +1,18 @@
-"""Shared fixtures: offline tiny LLaVA checkpoints built once per test session (llava_avc.tiny)."""
+"""Shared fixtures: offline tiny LLaVA checkpoints built once per test session (llava_avc.testing.tiny)."""
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from llava_avc import tiny  # noqa: E402
+# The decode benchmark's logic lives beside its script (scripts/decode_benchmark.py), not in the package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+from llava_avc.testing import tiny  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +32,7 @@ def tiny_anyres_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_lora_dir(tiny_llava_dir, tmp_path_factory):
-    """Path of a LoRA checkpoint (seed 1) on top of ``tiny_llava_dir`` (llava_avc.tiny.make_tiny_lora)."""
+    """Path of a LoRA checkpoint (seed 1) on top of ``tiny_llava_dir`` (llava_avc.testing.tiny.make_tiny_lora)."""
     return tiny.make_tiny_lora(tmp_path_factory.mktemp("lora") / "llava-tiny-lora", tiny_llava_dir, seed=1)
 
 

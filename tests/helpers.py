@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from transformers.generation import LogitsProcessor, LogitsProcessorList, SuppressTokensLogitsProcessor
 
-from llava_avc import ask
-from llava_avc.patches.compat import generate_returns_leading_bos
+from llava_avc.backends.llava import prompts
+from llava_avc.backends.llava.compat import generate_returns_leading_bos
 
 #: The benchmarks' reference files (POPE, AMBER with their licences): the project's shared folder,
 #: which lies beside the repository (../shared/benchmarks) on the team's machines and in CI;
@@ -31,17 +31,17 @@ QUESTIONS = [
 
 def prompt_ids(tokenizer, question: str, conv_mode: str = "llava_v1") -> torch.Tensor:
     """(T,) llava_v1 prompt ids with one IMAGE_TOKEN_INDEX placeholder."""
-    return ask.prompt_ids(tokenizer, ask.build_prompt(question, conv_mode, model_config=None))
+    return prompts.prompt_ids(tokenizer, prompts.build_prompt(question, conv_mode, model_config=None))
 
 
 def left_padded(rows: list[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad 1-D id tensors into (B, T) ids and a (B, T) attention mask."""
-    return ask.left_padded_ids(rows, pad_id)
+    return prompts.left_padded_ids(rows, pad_id)
 
 
 def images_for(model, image_processor, pil_images: list):
     """process_images as LLaVA's scripts do, on the model's device and dtype."""
-    return ask.prepare_images(pil_images, image_processor, model)
+    return prompts.prepare_images(pil_images, image_processor, model)
 
 
 def variant_images(base: Image.Image) -> list:

@@ -16,7 +16,7 @@ import transformers  # noqa: E402
 import llava_avc  # noqa: E402
 from helpers import LEAD, QUESTIONS, images_for, left_padded, no_eos, prompt_ids, variant_images  # noqa: E402
 from llava_avc import AVCConfig, M3IDConfig, VCDConfig  # noqa: E402
-from llava_avc.tiny import load_tiny, make_tiny_llava, sample_image  # noqa: E402
+from llava_avc.testing.tiny import load_tiny, make_tiny_llava, sample_image  # noqa: E402
 
 
 def main(workdir: str) -> None:

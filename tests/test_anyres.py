@@ -7,7 +7,7 @@ import torch
 
 import llava_avc
 from llava_avc import AVCConfig, M3IDConfig, VCDConfig
-from llava_avc.patches import lm
+from llava_avc.backends.llava.adapter import LlavaAdapter
 
 from helpers import QUESTIONS, images_for, left_padded, no_eos, prompt_ids, variant_images
 
@@ -45,7 +45,7 @@ def test_anyres_spans_are_what_the_merge_produced_per_sample(batch):
     for row, record in enumerate(records):
         start, end = record.image_span
         assert end - start == counts[row] == len(record.scores)
-    merged = lm.merge_multimodal(model, ids, mask, images, sizes)
+    merged = LlavaAdapter(model).merge_image(ids, mask, images, sizes)
     # the newline embedding appears inside each span, never outside it
     newline = model.get_model().image_newline
     for row, (start, end) in enumerate(merged.image_spans):

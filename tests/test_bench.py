@@ -1,4 +1,4 @@
-"""Smoke tests of the decode benchmark (llava_avc.bench, scripts/bench_decode.py) at tiny size, CPU.
+"""Smoke tests of the decode benchmark (scripts/decode_benchmark.py, scripts/bench_decode.py) at tiny size, CPU.
 
 They check that every method runs and reports the asked shape; they never assert a time.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llava_avc import bench
+import decode_benchmark as bench
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,8 +40,8 @@ def test_every_method_runs_with_the_asked_batch_and_token_count(tiny_llava_dir):
 
 def test_nf4_rows_are_measured_where_possible_and_skipped_with_a_reason_otherwise(tiny_llava_dir):
     """transformers >= 4.53 quantizes on the CPU (measured rows); 4.37 needs a GPU (skipped rows)."""
-    from llava_avc import loading
-    from llava_avc.patches import compat
+    from llava_avc.backends.llava import loading
+    from llava_avc.backends.llava import compat
 
     rows = bench.run_benchmark(checkpoint=tiny_llava_dir, methods=["plain", "avc"], dtypes=["nf4"], batches=[1],
                                new_tokens=[4, 8], runs=1, warmup=0, log=quiet)

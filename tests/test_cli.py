@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from llava_avc import AVCConfig, M3IDConfig, VCDConfig
-from llava_avc.method_flags import add_method_arguments, config_from_args
+from llava_avc.interfaces.flags import add_method_arguments, config_from_args
 
 
 def parse(*argv, default="avc"):
@@ -98,4 +98,4 @@ def test_ask_heatmap_writes_a_png_of_the_image_size_with_blind_tokens_marked(tin
     pixels = drawn.load()
     magenta = sum(1 for x in range(0, drawn.width, 2) for y in range(0, drawn.height, 2)
                   if pixels[x, y][0] > 200 and pixels[x, y][2] > 200 and pixels[x, y][1] < 80)
-    assert magenta > 50  # blind cells are outlined in magenta (llava_avc.heatmap.OUTLINE)
+    assert magenta > 50  # blind cells are outlined in magenta (llava_avc.interfaces.heatmap.OUTLINE)

@@ -9,11 +9,12 @@ from transformers.generation import LogitsProcessorList, StoppingCriteriaList
 
 import llava_avc
 from llava_avc import AVCConfig, M3IDConfig, VCDConfig
-from llava_avc.contrast import NonFiniteLogitsError, avc_logits, m3id_logits, vcd_logits
-from llava_avc.decode import biased_embeds, contrastive_generate
-from llava_avc.blind import noise_generator
-from llava_avc.noise import add_diffusion_noise
-from llava_avc.patches import lm
+from llava_avc.algorithm.contrast import NonFiniteLogitsError, avc_logits, m3id_logits, vcd_logits
+from llava_avc.decode.loop import biased_embeds
+from llava_avc.interfaces.api import contrastive_generate
+from llava_avc.algorithm.blind import noise_generator
+from llava_avc.algorithm.noise import add_diffusion_noise
+from llava_avc.backends.llava.adapter import LlavaAdapter
 
 from helpers import LEAD, QUESTIONS, ForceTokens, images_for, left_padded, no_eos, prompt_ids, variant_images
 
@@ -56,7 +57,7 @@ def test_zero_strength_reproduces_upstream_greedy(tiny_llava, single, config):
 
 
 def test_lean_loop_reproduces_upstream_greedy_and_scores(tiny_llava, single):
-    from llava_avc.decode import lean_generate
+    from llava_avc.interfaces.api import lean_generate
 
     tokenizer, model, _, _ = tiny_llava
     ids, images, sizes = single
@@ -85,7 +86,7 @@ def test_default_method_applies_to_calls_that_name_none(tiny_llava, single):
 
 def test_max_length_means_what_upstream_generate_means(tiny_llava, single):
     """transformers 4.37 counts BOS + new tokens in max_length; 4.38+ counts the prompt embeddings too."""
-    from llava_avc.patches.compat import generate_returns_leading_bos
+    from llava_avc.backends.llava.compat import generate_returns_leading_bos
 
     tokenizer, model, _, _ = tiny_llava
     ids, images, sizes = single
@@ -131,7 +132,7 @@ def test_first_step_scores_equal_hand_computed_contrasts(tiny_llava, single):
     # AVC: the biased branch is LLaVA's forward on the masked merged embeddings.
     config = AVCConfig()
     records = llava_avc.find_blind_tokens(model, ids, images, sizes, config)
-    merged = lm.merge_multimodal(model, ids, None, images, sizes)
+    merged = LlavaAdapter(model).merge_image(ids, None, images, sizes)
     biased = model(inputs_embeds=biased_embeds(merged.embeds, records, config)).logits[:, -1].float()
     got = generate(model, tokenizer, ids, images, sizes, avc=config, **kwargs).scores[0]
     torch.testing.assert_close(got, avc_logits(logits, biased, config.alpha, config.beta), atol=1e-4, rtol=1e-4)
@@ -376,7 +377,7 @@ def test_find_blind_tokens_agrees_with_what_the_decoder_used(tiny_llava, single)
 
 def test_uniform_attention_makes_avc_a_no_op(tiny_llava_dir, sample_image):
     """Zero query weights give uniform attention: every image token is blind, AVC equals plain."""
-    from llava_avc.tiny import load_tiny
+    from llava_avc.testing.tiny import load_tiny
 
     tokenizer, model, image_processor, _ = load_tiny(tiny_llava_dir)
     for layer in model.get_model().layers:
@@ -396,7 +397,7 @@ def test_biased_input_replaces_only_non_blind_image_rows(tiny_llava, single, mas
     tokenizer, model, _, _ = tiny_llava
     ids, images, sizes = single
     config = AVCConfig(masking=masking)
-    merged = lm.merge_multimodal(model, ids, None, images, sizes)
+    merged = LlavaAdapter(model).merge_image(ids, None, images, sizes)
     records = llava_avc.find_blind_tokens(model, ids, images, sizes, config)
     biased = biased_embeds(merged.embeds, records, config)
     start, end = records[0].image_span

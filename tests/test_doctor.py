@@ -9,7 +9,7 @@ import sys
 import pytest
 import transformers
 
-from llava_avc.doctor import Check, classify_transformers, is_healthy, unhealthy_reason
+from llava_avc.interfaces.doctor import Check, classify_transformers, is_healthy, unhealthy_reason
 
 LLAVA_LLAMA = "llava.model.language_model.llava_llama"
 MISSING = "llava_avc_test_missing_module_xyz"
@@ -26,7 +26,7 @@ def run_doctor(*args, pythonpath=None):
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     return subprocess.run(
-        [sys.executable, "-m", "llava_avc.doctor", *args],
+        [sys.executable, "-m", "llava_avc", "doctor", *args],
         capture_output=True,
         text=True,
         env=env,

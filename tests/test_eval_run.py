@@ -14,10 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from llava_avc.config import AVCConfig, VCDConfig
+from llava_avc.algorithm.config import AVCConfig, VCDConfig
 from llava_avc.eval import answers as ans
 from llava_avc.eval.benchmarks import get_benchmark
-from llava_avc.eval.cli import main as eval_main
+from llava_avc.backends.llava.pipeline import LlavaPipeline
+from llava_avc.interfaces.cli import main as eval_main
 from llava_avc.eval.runner import EvalOptions, merge_chunks, run_eval
 from llava_avc.eval.score_mme import score_mme
 
@@ -78,7 +79,7 @@ def _lines(path) -> list:
 
 def test_pope_run_writes_answers_and_run_json_then_resumes(setup, tiny_llava):
     out = setup["tmp"] / "run"
-    summary = run_eval(_options(setup, out), loaded=tiny_llava)
+    summary = run_eval(_options(setup, out), pipeline=LlavaPipeline(*tiny_llava))
     assert (summary.new, summary.total) == (6, 6)
     records = _lines(out / "answers.jsonl")
     assert [r["question_id"] for r in records] == [1, 2, 3, 4, 5, 6]
@@ -92,20 +93,20 @@ def test_pope_run_writes_answers_and_run_json_then_resumes(setup, tiny_llava):
     assert run["config"]["alpha"] == 2.5 and run["device"] == "cpu"
     assert set(run["versions"]) >= {"torch", "transformers", "llava"} and "git_sha" in run
     assert run["settings"]["generation"]["do_sample"] is True
-    again = run_eval(_options(setup, out), loaded=tiny_llava)
+    again = run_eval(_options(setup, out), pipeline=LlavaPipeline(*tiny_llava))
     assert (again.new, again.skipped) == (0, 6)
     assert len(_lines(out / "answers.jsonl")) == 6
 
 
 def test_rerun_with_another_method_is_refused(setup, tiny_llava):
     out = setup["tmp"] / "run"
-    run_eval(_options(setup, out, limit=2), loaded=tiny_llava)
+    run_eval(_options(setup, out, limit=2), pipeline=LlavaPipeline(*tiny_llava))
     with pytest.raises(ValueError, match=r"made with a different configuration \(hash \w+ != \w+\); use a new "
                                          r"--out or delete the file") as error:
-        run_eval(_options(setup, out, limit=2, config=VCDConfig()), loaded=tiny_llava)
+        run_eval(_options(setup, out, limit=2, config=VCDConfig()), pipeline=LlavaPipeline(*tiny_llava))
     assert "method" in str(error.value)
     with pytest.raises(ValueError, match="different configuration"):
-        run_eval(_options(setup, out, limit=2, seed=7), loaded=tiny_llava)
+        run_eval(_options(setup, out, limit=2, seed=7), pipeline=LlavaPipeline(*tiny_llava))
     assert len(_lines(out / "answers.jsonl")) == 2
 
 
@@ -117,7 +118,7 @@ def test_batch_of_three_equals_one_at_a_time(setup, tiny_llava, config):
     texts = {}
     for batch in (1, 3):
         out = setup["tmp"] / f"batch{batch}"
-        run_eval(_options(setup, out, batch_size=batch, question_file=str(questions), **kwargs), loaded=tiny_llava)
+        run_eval(_options(setup, out, batch_size=batch, question_file=str(questions), **kwargs), pipeline=LlavaPipeline(*tiny_llava))
         texts[batch] = [(r["question_id"], r["text"]) for r in _lines(out / "answers.jsonl")]
     assert len(texts[1]) == 6 and texts[3] == texts[1]
     assert _lines(setup["tmp"] / "batch1" / "answers.jsonl")[0]["prompt"].endswith(
@@ -144,7 +145,7 @@ def test_killed_run_resumes_with_every_question_exactly_once(setup, tiny_llava):
     assert 1 <= before < 12
     options = EvalOptions("pope", str(setup["model_path"]), str(out), str(setup["images"]),
                           str(setup["questions"]), None, "llava", max_new_tokens=24, progress=False)
-    summary = run_eval(options, loaded=tiny_llava)
+    summary = run_eval(options, pipeline=LlavaPipeline(*tiny_llava))
     assert summary.skipped == before and summary.new == 12 - before
     ids = [r["question_id"] for r in _lines(answers)]
     assert sorted(ids) == list(range(1, 13)) and len(ids) == 12
@@ -152,21 +153,21 @@ def test_killed_run_resumes_with_every_question_exactly_once(setup, tiny_llava):
 
 def test_partial_last_line_is_dropped_on_resume(setup, tiny_llava):
     out = setup["tmp"] / "partial"
-    run_eval(_options(setup, out, limit=3), loaded=tiny_llava)
+    run_eval(_options(setup, out, limit=3), pipeline=LlavaPipeline(*tiny_llava))
     with open(out / "answers.jsonl", "ab") as handle:
         handle.write(b'{"question_id": 4, "prompt": "Is there a sandw')  # a write cut by a kill
-    run_eval(_options(setup, out), loaded=tiny_llava)
+    run_eval(_options(setup, out), pipeline=LlavaPipeline(*tiny_llava))
     ids = [r["question_id"] for r in _lines(out / "answers.jsonl")]
     assert ids == [1, 2, 3, 4, 5, 6]
 
 
 def test_missing_image_names_question_and_path_and_keeps_answers(setup, tiny_llava):
     out = setup["tmp"] / "missing"
-    run_eval(_options(setup, out), loaded=tiny_llava)
+    run_eval(_options(setup, out), pipeline=LlavaPipeline(*tiny_llava))
     missing = setup["images"] / setup["names"][1]
     missing.unlink()
     with pytest.raises(FileNotFoundError, match=r"question 7: image .*COCO_val2014_000000210789\.jpg") as error:
-        run_eval(_options(setup, out, limit=None), loaded=tiny_llava)
+        run_eval(_options(setup, out, limit=None), pipeline=LlavaPipeline(*tiny_llava))
     assert str(missing) in str(error.value)
     assert len(_lines(out / "answers.jsonl")) == 6
 
@@ -175,7 +176,7 @@ def test_unreadable_image_midway_keeps_the_answers_before_it(setup, tiny_llava):
     out = setup["tmp"] / "corrupt"
     (setup["images"] / setup["names"][1]).write_bytes(b"not a jpeg")
     with pytest.raises(ValueError, match=r"question 7: image .*210789\.jpg' cannot be read"):
-        run_eval(_options(setup, out, limit=None), loaded=tiny_llava)
+        run_eval(_options(setup, out, limit=None), pipeline=LlavaPipeline(*tiny_llava))
     assert [r["question_id"] for r in _lines(out / "answers.jsonl")] == [1, 2, 3, 4, 5, 6]
 
 
@@ -218,10 +219,10 @@ def test_chunks_follow_llava_get_chunk_and_merge_in_question_order(setup, tiny_l
             assert ans.get_chunk(items, count, index) == expected
     out = setup["tmp"] / "chunks"
     for index in (2, 0, 3):  # 6 questions in 4 chunks: sizes 2, 2, 2, 0
-        run_eval(_options(setup, out, num_chunks=4, chunk_idx=index), loaded=tiny_llava)
+        run_eval(_options(setup, out, num_chunks=4, chunk_idx=index), pipeline=LlavaPipeline(*tiny_llava))
     with pytest.raises(FileNotFoundError, match=r"chunk\(s\) \[1\] of 4 missing"):
         merge_chunks(out)
-    run_eval(_options(setup, out, num_chunks=4, chunk_idx=1), loaded=tiny_llava)
+    run_eval(_options(setup, out, num_chunks=4, chunk_idx=1), pipeline=LlavaPipeline(*tiny_llava))
     chunk1 = out / "answers.chunk1of4.jsonl"
     saved = chunk1.read_text()
     chunk1.write_text(saved.splitlines()[0] + "\n")
@@ -260,7 +261,7 @@ def test_mme_folder_run_and_score(tmp_path, sample_image, tiny_llava_dir, tiny_l
     folder = _mme_folder(tmp_path, sample_image)
     options = EvalOptions("mme", str(tiny_llava_dir), str(tmp_path / "mme"), question_file=str(folder),
                           config=None, protocol="paper", max_new_tokens=TOKENS, progress=False)
-    summary = run_eval(options, loaded=tiny_llava)
+    summary = run_eval(options, pipeline=LlavaPipeline(*tiny_llava))
     records = _lines(summary.answers_file)
     assert [r["question_id"] for r in records] == [
         "artwork/10002.jpg", "artwork/10002.jpg#1", "count/0001.png", "count/0001.png#1",
@@ -284,7 +285,7 @@ def test_amber_suffix_only_on_yes_no_questions(tmp_path, sample_image, tiny_llav
     sample_image.save(tmp_path / "image" / "AMBER_1.jpg")
     options = EvalOptions("amber", str(tiny_llava_dir), str(tmp_path / "amber"), str(tmp_path / "image"),
                           str(tmp_path / "query.json"), None, "llava", max_new_tokens=TOKENS, progress=False)
-    records = _lines(run_eval(options, loaded=tiny_llava).answers_file)
+    records = _lines(run_eval(options, pipeline=LlavaPipeline(*tiny_llava)).answers_file)
     assert records[0]["prompt"] == "Describe this image."
     assert records[1]["prompt"] == "Is the sky sunny in this image?\nAnswer the question using a single word or phrase."
     assert Image.open(tmp_path / "image" / "AMBER_1.jpg").size == sample_image.size
@@ -305,7 +306,7 @@ def test_a_second_writer_and_a_non_llava_checkpoint_are_refused(setup, tmp_path,
 def test_out_of_memory_says_which_batch_size_to_try_and_keeps_answers(setup, tiny_llava):
     """Fault injection on the real model: the 2nd batch's forward raises CUDA's OOM error."""
     out = setup["tmp"] / "oom"
-    run_eval(_options(setup, out, limit=2, batch_size=2), loaded=tiny_llava)
+    run_eval(_options(setup, out, limit=2, batch_size=2), pipeline=LlavaPipeline(*tiny_llava))
     language_model = tiny_llava[1].get_model()
 
     def out_of_memory(module, args, kwargs):
@@ -314,7 +315,7 @@ def test_out_of_memory_says_which_batch_size_to_try_and_keeps_answers(setup, tin
     handle = language_model.register_forward_pre_hook(out_of_memory, with_kwargs=True)
     try:
         with pytest.raises(ValueError, match=r"out of GPU memory at batch size 4; try --batch-size 2"):
-            run_eval(_options(setup, out, limit=6, batch_size=4), loaded=tiny_llava)
+            run_eval(_options(setup, out, limit=6, batch_size=4), pipeline=LlavaPipeline(*tiny_llava))
     finally:
         handle.remove()
     assert len(_lines(out / "answers.jsonl")) == 2

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from llava_avc.eval.cli import main as eval_main
+from llava_avc.interfaces.cli import main as eval_main
 
 from llava_avc.eval.rules import llava_rule, mme_answer, paper_rule, parse_pred_ans
 from llava_avc.eval.score_amber import extract_objects, load_references, score_amber

@@ -14,8 +14,8 @@ from PIL import Image
 
 import llava_avc
 from llava_avc import AVCConfig, M3IDConfig, VCDConfig
-from llava_avc.bench import bench_image
-from llava_avc.loading import load_model
+from decode_benchmark import bench_image
+from llava_avc.backends.llava.loading import load_model
 
 from helpers import LEAD, QUESTIONS, avc_generate, images_for, left_padded, no_eos, prompt_ids
 

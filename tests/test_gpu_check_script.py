@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llava_avc import bench
-from llava_avc.loading import MIN_TRANSFORMERS_CPU_QUANT
-from llava_avc.patches.compat import TRANSFORMERS_VERSION
+import decode_benchmark as bench
+from llava_avc.backends.llava.loading import MIN_TRANSFORMERS_CPU_QUANT
+from llava_avc.backends.llava.compat import TRANSFORMERS_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Blind-token heatmaps (llava_avc.heatmap): size, mapping onto the original image, outlines."""
+"""Blind-token heatmaps (llava_avc.interfaces.heatmap): size, mapping onto the original image, outlines."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from llava_avc import AVCConfig, find_blind_tokens
-from llava_avc.blind import BlindTokens
-from llava_avc.heatmap import draw_blind_tokens
+from llava_avc.algorithm.blind import BlindTokens
+from llava_avc.interfaces.heatmap import draw_blind_tokens
 
 from helpers import QUESTIONS, images_for, prompt_ids
 

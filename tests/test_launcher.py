@@ -1,5 +1,5 @@
 """`llava-avc run`: unmodified LLaVA scripts on the CPU with AVC, on the real llava-torch and the tiny
-checkpoint (no mocks). Subprocess runs use `python -m llava_avc.launcher run ...`; the restoration
+checkpoint (no mocks). Subprocess runs use `python -m llava_avc run ...`; the restoration
 tests run the launcher in-process so they can inspect torch and LLaVA afterwards."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from llava_avc import launcher, loading
-from llava_avc.patches import compat
-from llava_avc.patches import launcher as internals
+from llava_avc.backends.llava import loading
+from llava_avc.interfaces import cli
+from llava_avc.backends.llava import compat
+from llava_avc.patches import script_overrides
 
 QUESTIONS = [
     ("a.jpg", "Is there a person in the image?"),
@@ -206,7 +207,7 @@ def test_everything_is_restored_after_a_run_and_after_a_failing_module(tiny_llav
 
     before = _snapshot()
     assert not is_patched() and "cuda" not in vars(torch.Tensor)
-    status = launcher.main(["run", "llava.eval.run_llava", "--device", "cpu", "--max-new-tokens-cap", "4",
+    status = cli.main(["run", "llava.eval.run_llava", "--device", "cpu", "--max-new-tokens-cap", "4",
                             "--avc-alpha", "5", "--", "--model-path", str(tiny_llava_dir),
                             "--image-file", str(workspace / "images" / "a.jpg"), "--query", "Who?",
                             "--temperature", "0"])
@@ -223,7 +224,7 @@ def test_everything_is_restored_after_a_run_and_after_a_failing_module(tiny_llav
     questions.write_text(json.dumps({"question_id": 0, "image": "a.jpg", "text": "Who?"}) + "\n"
                          + json.dumps({"question_id": 1, "image": "missing.jpg", "text": "Who?"}) + "\n")
     answers = workspace / "broken" / "answers.jsonl"
-    status = launcher.main(["run", "llava.eval.model_vqa", "--device", "cpu", "--max-new-tokens-cap", "4", "--",
+    status = cli.main(["run", "llava.eval.model_vqa", "--device", "cpu", "--max-new-tokens-cap", "4", "--",
                             "--model-path", str(tiny_llava_dir), "--question-file", str(questions),
                             "--image-folder", str(workspace / "images"), "--answers-file", str(answers),
                             "--temperature", "0"])
@@ -240,7 +241,7 @@ def test_everything_is_restored_after_a_run_and_after_a_failing_module(tiny_llav
 
 def test_cpu_mapping_maps_and_restores_and_refuses_nesting():
     before = _snapshot()
-    with internals.cpu_device_mapping():
+    with script_overrides.cpu_device_mapping():
         x = torch.ones(2, 3)
         assert x.cuda().device.type == "cpu"
         y = x.to(device="cuda", dtype=torch.float16, non_blocking=True)
@@ -251,17 +252,17 @@ def test_cpu_mapping_maps_and_restores_and_refuses_nesting():
         layer = torch.nn.Linear(3, 2).cuda().half().to("cuda", dtype=torch.float16)
         assert layer.weight.dtype == torch.float32 and layer.weight.device.type == "cpu"
         with pytest.raises(RuntimeError, match="already wrapped"):
-            with internals.cpu_device_mapping():
+            with script_overrides.cpu_device_mapping():
                 pass  # pragma: no cover
-        assert internals.is_cpu_mapping_active()
+        assert script_overrides.is_cpu_mapping_active()
     _assert_same(before, _snapshot())
     assert torch.ones(1).half().dtype == torch.float16
 
     with pytest.raises(ZeroDivisionError):
-        with internals.cpu_device_mapping():
+        with script_overrides.cpu_device_mapping():
             1 / 0
     _assert_same(before, _snapshot())
-    assert not internals.is_cpu_mapping_active()
+    assert not script_overrides.is_cpu_mapping_active()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,7 +276,7 @@ def test_cpu_mapping_maps_and_restores_and_refuses_nesting():
     (["--method", "vcd", "--avc-gamma", "0.3", "--device", "cpu"], "--avc-gamma applies to avc"),
 ] + CPU_4BIT_REFUSED)
 def test_conflicting_flags_exit_2_with_one_line(argv, message, capsys, tiny_llava_dir):
-    status = launcher.main(["run", "llava.eval.run_llava", *argv, "--", "--model-path", str(tiny_llava_dir),
+    status = cli.main(["run", "llava.eval.run_llava", *argv, "--", "--model-path", str(tiny_llava_dir),
                             "--image-file", "x.jpg", "--query", "q"])
     err = capsys.readouterr().err
     assert status == 2
@@ -294,7 +295,7 @@ def test_usage_errors_exit_2(capsys, tmp_path):
         cases.append((["run", "llava.serve.cli", "--device", "cpu", "--", "--load-4bit", "--model-path", "P"],
                       CPU_4BIT_MESSAGE))
     for argv, message in cases:
-        assert launcher.main(argv) == 2, argv
+        assert cli.main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llava_avc.loading import load_model
+from llava_avc.backends.llava.loading import load_model
 
 from helpers import LEAD, avc_generate
 from test_quantized import CPU_QUANTIZATION

@@ -8,7 +8,7 @@ from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 
 import llava_avc
 from llava_avc import AVCConfig
-from llava_avc.patches import compat
+from llava_avc.backends.llava import compat
 
 from helpers import LEAD, QUESTIONS, images_for, no_eos, prompt_ids
 
@@ -80,7 +80,7 @@ def _upstream_kwargs(model, tokenizer, image_processor, sample_image):
 def test_without_method_keywords_the_upstream_path_runs(tiny_llava, sample_image):
     """transformers 4.37: the upstream path runs bit for bit. 4.38+: LLaVA 1.2.2 alone fails
     (forward rejects cache_position) and the patch makes it run, equal to our lean loop."""
-    from llava_avc.decode import lean_generate
+    from llava_avc.interfaces.api import lean_generate
 
     tokenizer, model, image_processor, _ = tiny_llava
     ids, kwargs = _upstream_kwargs(model, tokenizer, image_processor, sample_image)

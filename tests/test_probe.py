@@ -5,16 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llava_avc.patches import compat, lm
-from llava_avc.patches.probe import last_query_probe
+from llava_avc.backends.llava import compat
+from llava_avc.backends.llava.adapter import LlavaAdapter
 
 from helpers import QUESTIONS, images_for, left_padded, prompt_ids, variant_images
 
 
 def probe_and_eager(model, merged):
     """Probe rows (n_layers, B, H, L) and eager attention's last rows from LLaVA's own forward."""
-    with last_query_probe(model, merged.attention_mask) as probe:
-        lm.forward_last_logits(model, merged.embeds, merged.attention_mask, merged.position_ids, lm.new_cache())
+    adapter = LlavaAdapter(model)
+    with adapter.last_query_probe(merged.attention_mask) as probe:
+        adapter.forward_last_logits(merged.embeds, merged.attention_mask, merged.position_ids, adapter.new_cache())
     previous = compat.set_attention_implementation(model, "eager")  # sdpa returns no attentions on >= 4.53
     try:
         eager = model(inputs_embeds=merged.embeds, attention_mask=merged.attention_mask.long(),
@@ -28,7 +29,7 @@ def probe_and_eager(model, merged):
 def test_probe_equals_eager_last_row_at_several_prompt_lengths(tiny_llava, sample_image, question):
     tokenizer, model, image_processor, _ = tiny_llava
     ids = prompt_ids(tokenizer, question).unsqueeze(0)
-    merged = lm.merge_multimodal(model, ids, None, images_for(model, image_processor, [sample_image]),
+    merged = LlavaAdapter(model).merge_image(ids, None, images_for(model, image_processor, [sample_image]),
                                  [sample_image.size])
     probe, eager = probe_and_eager(model, merged)
     assert probe.shape == eager.shape == (model.config.num_hidden_layers, 1, model.config.num_attention_heads,
@@ -40,7 +41,7 @@ def test_probe_equals_eager_in_a_left_padded_batch(tiny_llava, sample_image):
     tokenizer, model, image_processor, _ = tiny_llava
     ids, mask = left_padded([prompt_ids(tokenizer, question) for question in QUESTIONS])
     pil_images = variant_images(sample_image)
-    merged = lm.merge_multimodal(model, ids, mask, images_for(model, image_processor, pil_images),
+    merged = LlavaAdapter(model).merge_image(ids, mask, images_for(model, image_processor, pil_images),
                                  [image.size for image in pil_images])
     probe, eager = probe_and_eager(model, merged)
     assert float((probe - eager).abs().max()) <= 1e-5
@@ -50,12 +51,12 @@ def test_probe_equals_eager_in_a_left_padded_batch(tiny_llava, sample_image):
 
 
 def test_probe_equals_eager_with_grouped_query_attention(tmp_path_factory, sample_image):
-    from llava_avc.tiny import load_tiny, make_tiny_llava
+    from llava_avc.testing.tiny import load_tiny, make_tiny_llava
 
     path = make_tiny_llava(tmp_path_factory.mktemp("gqa") / "llava-tiny-gqa", num_key_value_heads=2)
     tokenizer, model, image_processor, _ = load_tiny(path)
     ids = prompt_ids(tokenizer, QUESTIONS[0]).unsqueeze(0)
-    merged = lm.merge_multimodal(model, ids, None, images_for(model, image_processor, [sample_image]),
+    merged = LlavaAdapter(model).merge_image(ids, None, images_for(model, image_processor, [sample_image]),
                                  [sample_image.size])
     probe, eager = probe_and_eager(model, merged)
     assert float((probe - eager).abs().max()) <= 1e-5

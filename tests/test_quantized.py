@@ -15,9 +15,9 @@ import torch
 
 import llava_avc
 from llava_avc import AVCConfig, M3IDConfig, VCDConfig
-from llava_avc import loading
-from llava_avc.loading import NotALlavaCheckpointError, load_model
-from llava_avc.patches import compat
+from llava_avc.backends.llava import loading
+from llava_avc.backends.llava.loading import NotALlavaCheckpointError, load_model
+from llava_avc.backends.llava import compat
 
 from helpers import LEAD, QUESTIONS, images_for, left_padded, no_eos, prompt_ids, variant_images
 

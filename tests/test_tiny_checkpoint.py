@@ -1,4 +1,4 @@
-"""The offline tiny-checkpoint factory (llava_avc.tiny) against the real llava-torch code."""
+"""The offline tiny-checkpoint factory (llava_avc.testing.tiny) against the real llava-torch code."""
 
 import hashlib
 import json
@@ -14,8 +14,8 @@ from llava.mm_utils import KeywordsStoppingCriteria, process_images, tokenizer_i
 from safetensors.torch import load_file
 
 import llava_avc
-from llava_avc import tiny
-from llava_avc.patches import compat
+from llava_avc.testing import tiny
+from llava_avc.backends.llava import compat
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTION = "Describe this image in detail."

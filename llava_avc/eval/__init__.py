@@ -14,7 +14,7 @@ Workflow::
         --image-folder AMBER/image --out runs/amber-avc
     llava-avc score amber --answers-file runs/amber-avc --annotation-dir AMBER/data
 
-(``python -m llava_avc.eval.cli`` takes the same subcommands.) Question files are the benchmarks'
+Question files are the benchmarks'
 original files, unchanged; images are the user's own copies and are never downloaded.
 
 Output of a run (``--out DIR``): ``answers.jsonl`` in LLaVA's format (``question_id, prompt, text,

@@ -1,6 +1,6 @@
 """Decoding protocols of the benchmark runner: the AvisC paper's and LLaVA's own.
 
-``paper`` (paper-notes 2.3-2.5, the official AvisC scripts):
+``paper`` (the official AvisC scripts; sources in docs/evaluation.md):
     conversation ``llava_v1``, the question as given (MME: its first line only,
     ``text.split('\\n')[0]``), multinomial sampling with temperature 1, top-p 1 and no top-k,
     at most 64 new tokens, ``torch.manual_seed(seed)`` once at the start, and the image

@@ -4,11 +4,11 @@
 ``.``, delete ``,``, split on single spaces; the answer is "no" when one of the words is exactly
 ``No``, ``not`` or ``no``, otherwise "yes".
 
-``paper`` (the AvisC scripts' ``recorder``, paper-notes 6.1): delete ``.`` and ``,`` in the WHOLE
+``paper`` (the AvisC scripts' ``recorder``; docs/evaluation.md): delete ``.`` and ``,`` in the WHOLE
 answer, split on single spaces; "no" when a word is ``No``, ``not``, ``no`` or ``NO`` or ends with
 ``n't``, otherwise "yes".
 
-MME's ``calculation.py`` ``parse_pred_ans`` (paper-notes 6.2) then reads the lower-cased answer:
+MME's ``calculation.py`` ``parse_pred_ans`` then reads the lower-cased answer:
 exactly "yes"/"no", else "yes"/"no" found in its first 4 characters, else "other".
 """
 

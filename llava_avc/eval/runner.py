@@ -1,33 +1,32 @@
 """Run a benchmark: questions -> LLaVA (with AVC / VCD / M3ID or plain) -> a resumable answers file.
 
-The model is the real LLaVA: `llava_avc.loading.load_model` (or an already loaded
-``(tokenizer, model, image_processor, context_len)``), prompts from `llava_avc.ask.build_prompt`,
-`llava.mm_utils.tokenizer_image_token` and `process_images`, and `model.generate` inside
-`llava_avc.patches.llava_patch.patched()` with ``**{config.method: config}``.
+The model is a backend's pipeline (`llava_avc.backends.llava.pipeline.LlavaPipeline`: the real
+LLaVA loader, LLaVA's prompts and image processing, `model.generate` under llava-avc's patch with
+``**{config.method: config}``), loaded here or passed in.
 """
 
 from __future__ import annotations
 
 import os
-import platform
-import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Optional
 
 from . import answers as ans
+from . import provenance
 from .benchmarks import get_benchmark
 from .protocols import generation_kwargs, get_protocol, question_text
 from .questions import fingerprint
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalOptions:
-    """What `llava-avc eval` was asked to do (see `llava_avc.eval.cli` for the flags)."""
+    """What `llava-avc eval` was asked to do (see `llava_avc.interfaces.eval_commands` for the flags).
+
+    Validated on creation: a bad value raises ValueError naming the flag, the value and the fix.
+    """
 
     benchmark: str
     model_path: str
@@ -48,6 +47,17 @@ class EvalOptions:
     load_4bit: bool = False
     load_8bit: bool = False
     progress: Optional[bool] = None  # None: a progress bar when stderr is a terminal
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size (={self.batch_size}) must be at least 1.")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"--limit (={self.limit}) must be >= 0.")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens (={self.max_new_tokens}) must be at least 1.")
+        ans.get_chunk([], self.num_chunks, self.chunk_idx)  # validates the chunk flags
+        get_benchmark(self.benchmark)  # unknown names raise with the nearest one
+        get_protocol(self.protocol)
 
 
 @dataclass
@@ -84,16 +94,6 @@ def run_settings(options: EvalOptions, protocol, question_set: str) -> dict:
     }
 
 
-def _check_options(options: EvalOptions) -> None:
-    if options.batch_size < 1:
-        raise ValueError(f"--batch-size (={options.batch_size}) must be at least 1.")
-    if options.limit is not None and options.limit < 0:
-        raise ValueError(f"--limit (={options.limit}) must be >= 0.")
-    if options.max_new_tokens is not None and options.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens (={options.max_new_tokens}) must be at least 1.")
-    ans.get_chunk([], options.num_chunks, options.chunk_idx)  # validates the chunk flags
-
-
 def _check_images(pending: list, image_root: str) -> None:
     """Fail before any model work when an image file is missing (names the question and path)."""
     missing = [q for q in pending if not (Path(image_root) / q.image).is_file()]
@@ -117,76 +117,20 @@ def _open_image(question, image_root: str):
         raise ValueError(f"question {question.qid!r}: image {str(path)!r} cannot be read ({error}).") from error
 
 
-def _versions() -> dict:
-    import importlib.metadata as metadata
-
-    import torch
-    import transformers
-
-    import llava_avc
-
-    try:
-        llava_version = metadata.version("llava-torch")
-    except metadata.PackageNotFoundError:
-        llava_version = getattr(sys.modules.get("llava"), "__version__", None)
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "llava": llava_version,
-            "llava_avc": llava_avc.__version__, "python": platform.python_version()}
-
-
-def git_sha() -> Optional[str]:
-    """The commit of the llava-avc checkout running this, when it is a git checkout."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / ".git").exists():
-        return None
-    try:
-        result = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
-
-
 def _run_record(options: EvalOptions, settings: dict, digest: str, question_file: str, device: str) -> dict:
     return {
         "benchmark": options.benchmark, "method": settings["method"], "config": settings["config"],
         "protocol": settings["protocol"], "seed": options.seed, "model_path": options.model_path,
         "model_base": options.model_base, "question_file": str(Path(question_file).resolve()),
         "image_folder": options.image_folder, "limit": options.limit, "num_chunks": options.num_chunks,
-        "batch_size": options.batch_size, "device": device, "versions": _versions(), "git_sha": git_sha(),
+        "batch_size": options.batch_size, "device": device, "versions": provenance.versions(),
+        "git_sha": provenance.git_sha(),
         "config_hash": digest, "settings": settings,
         "command": " ".join(sys.argv),
     }
 
 
-@contextmanager
-def _left_padding(model):
-    """LLaVA re-pads after merging the image; make upstream generate pad on the left like our batch."""
-    saved = getattr(model.config, "tokenizer_padding_side", "right")
-    model.config.tokenizer_padding_side = "left"
-    try:
-        yield
-    finally:
-        model.config.tokenizer_padding_side = saved
-
-
-def _pixel_values(pil_images: list, image_processor, model, center_crop: bool):
-    from ..ask import prepare_images
-
-    model_config = model.config
-    if center_crop and getattr(model_config, "image_aspect_ratio", None) == "pad":
-        model_config = SimpleNamespace(image_aspect_ratio="center-crop")  # CLIP resize + center crop
-    return prepare_images(pil_images, image_processor, model, model_config)
-
-
-def _left_padded_ids(prompts: list, tokenizer, device):
-    from ..ask import left_padded_ids, prompt_ids
-
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids, mask = left_padded_ids([prompt_ids(tokenizer, prompt) for prompt in prompts], pad)
-    return ids.to(device), mask.to(device)
-
-
-def generate_answers(loaded, texts: list, pil_images: list, settings: dict, config) -> list:
+def generate_answers(pipeline, texts: list, pil_images: list, settings: dict, config) -> list:
     """Answer a batch of questions (one image each) with one left-padded `generate` call.
 
     Raises:
@@ -194,27 +138,16 @@ def generate_answers(loaded, texts: list, pil_images: list, settings: dict, conf
     """
     import torch
 
-    from ..ask import build_prompt
-    from ..patches.llava_patch import patched
-
-    tokenizer, model, image_processor, _ = loaded
     generation = settings["generation"]
-    prompts = [build_prompt(text, generation["conv_mode"], model.config) for text in texts]
-    input_ids, mask = _left_padded_ids(prompts, tokenizer, model.device)
-    kwargs = dict(generation_kwargs(generation), attention_mask=mask, use_cache=True,
-                  images=_pixel_values(pil_images, image_processor, model, generation["center_crop"]),
-                  image_sizes=[image.size for image in pil_images])
-    if config is not None:
-        kwargs[config.method] = config
+    inputs = pipeline.inputs(texts, pil_images, generation["conv_mode"], generation["center_crop"])
     batch = len(texts)
     try:
-        with patched(), _left_padding(model), torch.inference_mode():
-            output = model.generate(input_ids, **kwargs)
+        output = pipeline.generate(inputs, config, **generation_kwargs(generation))
     except torch.cuda.OutOfMemoryError as error:
         torch.cuda.empty_cache()
         hint = f"try --batch-size {batch // 2}" if batch > 1 else "try a 4-bit model (--load-4bit) or a larger GPU"
         raise ValueError(f"out of GPU memory at batch size {batch}; {hint}.") from error
-    return [text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True)]
+    return pipeline.decode(output)
 
 
 def _record(question, prompt_text: str, answer: str, model_id: str, settings: dict, digest: str) -> dict:
@@ -241,17 +174,15 @@ def _batches(items: list, size: int):
         yield items[start:start + size]
 
 
-def _answer_all(pending, loaded, options, settings, digest, image_root, writer) -> int:
-    from llava.mm_utils import get_model_name_from_path
-
+def _answer_all(pending, pipeline, options, settings, digest, image_root, writer) -> int:
     protocol = get_protocol(settings["protocol"])
-    model_id = get_model_name_from_path(options.model_path)
+    model_id = pipeline.model_id(options.model_path)
     written = 0
     with _progress(len(pending), options, f"{options.benchmark} {settings['method']}") as bar:
         for batch in _batches(pending, options.batch_size):
             images = [_open_image(question, image_root) for question in batch]
             texts = [question_text(q.text, q.yes_no, protocol, options.benchmark) for q in batch]
-            outputs = generate_answers(loaded, texts, images, settings, options.config)
+            outputs = generate_answers(pipeline, texts, images, settings, options.config)
             for question, text, answer in zip(batch, texts, outputs):
                 writer.write(_record(question, text, answer, model_id, settings, digest))
                 written += 1
@@ -260,18 +191,18 @@ def _answer_all(pending, loaded, options, settings, digest, image_root, writer) 
 
 
 def _load(options: EvalOptions):
-    from ..loading import load_model
+    from ..backends.llava.pipeline import LlavaPipeline
 
-    return load_model(options.model_path, options.model_base, device=options.device,
-                      load_4bit=options.load_4bit, load_8bit=options.load_8bit)
+    return LlavaPipeline.load(options.model_path, options.model_base, device=options.device,
+                              load_4bit=options.load_4bit, load_8bit=options.load_8bit)
 
 
-def run_eval(options: EvalOptions, loaded=None) -> EvalSummary:
+def run_eval(options: EvalOptions, pipeline=None) -> EvalSummary:
     """Answer the benchmark's questions (this chunk), resuming an earlier run of the same configuration.
 
     Args:
         options: the run's settings.
-        loaded: an already loaded ``(tokenizer, model, image_processor, context_len)``; loaded from
+        pipeline: an already loaded backend pipeline (e.g. `LlavaPipeline`); loaded from
             ``options.model_path`` when None (only if some question is still unanswered).
     Returns:
         An `EvalSummary` (answers file, new / skipped / total answers, configuration hash).
@@ -281,7 +212,6 @@ def run_eval(options: EvalOptions, loaded=None) -> EvalSummary:
     import torch
 
     start = time.time()
-    _check_options(options)
     benchmark = get_benchmark(options.benchmark)
     protocol = get_protocol(options.protocol)
     question_file = benchmark.question_source(options.question_file, options.image_folder)
@@ -299,11 +229,11 @@ def run_eval(options: EvalOptions, loaded=None) -> EvalSummary:
         done = ans.done_answers(path, digest, settings)
         pending = [question for question in chunk if question.qid not in done]
         _check_images(pending, image_root)
-        loaded = loaded if loaded is not None or not pending else _load(options)
-        device = str(loaded[1].device) if loaded is not None else (options.device or "unknown")
+        pipeline = pipeline if pipeline is not None or not pending else _load(options)
+        device = str(pipeline.device) if pipeline is not None else (options.device or "unknown")
         ans.write_json_atomic(out / ans.RUN_FILE, _run_record(options, settings, digest, question_file, device))
         torch.manual_seed(options.seed)
-        written = _answer_all(pending, loaded, options, settings, digest, image_root, writer) if pending else 0
+        written = _answer_all(pending, pipeline, options, settings, digest, image_root, writer) if pending else 0
     return EvalSummary(path, written, len(chunk) - len(pending), len(chunk), digest, time.time() - start)
 
 

@@ -1,4 +1,4 @@
-"""AMBER scoring after AMBER's ``inference.py`` (paper-notes 6.3), with a documented noun fallback.
+"""AMBER scoring after AMBER's ``inference.py`` (docs/evaluation.md), with a documented noun fallback.
 
 Reference files (``--annotation-dir``, AMBER's ``data/`` folder): ``annotations.json`` (ids 1-1004
 generative with ``truth`` / ``hallu`` objects; the rest yes/no with ``truth``), ``relation.json``

@@ -1,4 +1,4 @@
-"""MME scoring as MME's ``eval_tool/calculation.py`` computes it (paper-notes 6.2).
+"""MME scoring as MME's ``eval_tool/calculation.py`` computes it (docs/evaluation.md).
 
 Per sub-task: ``score = 100 * acc + 100 * acc+``, acc over questions (an "other" answer is
 wrong), acc+ = fraction of images whose questions (two per image in MME) are ALL right; at most

@@ -1,4 +1,4 @@
-"""Unit tests of llava_avc.blind against hand computations on hand-made tensors."""
+"""Unit tests of llava_avc.algorithm.blind against hand computations on hand-made tensors."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from llava_avc.blind import (
+from llava_avc.algorithm.blind import (
     BlindTokens,
     blind_token_mask,
     find_blind_tokens_from_attention,

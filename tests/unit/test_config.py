@@ -1,16 +1,14 @@
-"""Unit tests of llava_avc.config: defaults, validation messages, no-op warnings, resolve_method."""
+"""Unit tests of llava_avc.algorithm.config: defaults, validation messages, no-op warnings, resolve_method."""
 
-import ast
 import dataclasses
 import json
 import math
 import re
 import warnings
-from pathlib import Path
 
 import pytest
 
-from llava_avc.config import (
+from llava_avc.algorithm.config import (
     MASKING_SCHEMES,
     AVCConfig,
     M3IDConfig,
@@ -241,21 +239,3 @@ def test_resolve_method_rejects_dicts_with_the_unpacking_fix():
         resolve_method(avc={"alpha": 1.0})
     with pytest.raises(TypeError, match=r"Pass `vcd=VCDConfig\(\*\*your_dict\)`"):
         resolve_method(vcd={})
-
-
-PURE_MODULES = ("config", "blind", "contrast", "noise")
-
-
-@pytest.mark.parametrize("name", PURE_MODULES)
-def test_pure_modules_import_neither_llava_nor_transformers(name):
-    source = (Path(__file__).resolve().parents[2] / "llava_avc" / f"{name}.py").read_text()
-    imported = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            imported.add(node.module or "")
-    roots = {module.split(".")[0] for module in imported}
-    assert not roots & {"llava", "transformers"}, imported
-    internal = {m for m in imported if m.startswith("llava_avc")}
-    assert internal <= {f"llava_avc.{m}" for m in PURE_MODULES}, internal

@@ -1,11 +1,11 @@
-"""Unit tests of llava_avc.contrast against hand-computed logits."""
+"""Unit tests of llava_avc.algorithm.contrast against hand-computed logits."""
 
 import math
 
 import pytest
 import torch
 
-from llava_avc.contrast import (
+from llava_avc.algorithm.contrast import (
     NonFiniteLogitsError,
     avc_logits,
     check_finite,

@@ -1,11 +1,11 @@
-"""Unit tests of llava_avc.noise (VCD's diffusion noise) against the schedule's definition."""
+"""Unit tests of llava_avc.algorithm.noise (VCD's diffusion noise) against the schedule's definition."""
 
 import math
 
 import pytest
 import torch
 
-from llava_avc.noise import add_diffusion_noise, alpha_bar, diffusion_betas
+from llava_avc.algorithm.noise import add_diffusion_noise, alpha_bar, diffusion_betas
 
 
 def _beta_by_hand(s, num_steps=1000):

@@ -11,9 +11,9 @@ names no method itself decodes with the chosen method (``--method avc`` by defau
 upstream decoding, still counted).
 
 Plugin flags (before or after MODULE, always before ``--``):
-    --method / the method's hyperparameters   the shared flags of ``llava_avc.method_flags``
+    --method / the method's hyperparameters   the shared flags of ``llava_avc.interfaces.flags``
     --device cuda|cpu     ``cpu`` runs scripts that hard-code ``.cuda()`` / ``device="cuda"`` /
-                          ``.half()`` on the CPU in float32 (``llava_avc.patches.launcher``)
+                          ``.half()`` on the CPU in float32 (``llava_avc.patches.script_overrides``)
     --load-4bit | --load-8bit   passed to scripts that have the flag (``llava.serve.cli``), and for
                           every script applied to LLaVA's ``load_pretrained_model``
     --max-new-tokens-cap N   clamp every generate call's explicit max_new_tokens to N (scripts
@@ -41,18 +41,19 @@ import gc
 import importlib.util
 import json
 import os
-import platform
 import random
-import subprocess
 import sys
 import time
 import traceback
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Optional, Sequence
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
 
-from .method_flags import add_method_arguments
+from ..algorithm.config import method_name
+from ..eval import provenance
+from .flags import add_method_arguments
 
 #: LLaVA scripts tested with the launcher (tests/test_launcher.py), and the launcher flags that
 #: each of them also takes itself (passed on in its argv unless already given there).
@@ -107,7 +108,7 @@ With --answers-file A among the module args, the run record is written to <A's s
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    """Add the `run` subcommand to an argparse subparsers object (handler: `args.handler(args)`)."""
+    """Add the `run` subcommand to an argparse subparsers object (handler: `args.handler(args, argv)`)."""
     parser = subparsers.add_parser(
         "run", usage=USAGE, help="run an unmodified LLaVA script (llava.eval.*, llava.serve.cli) with AVC",
         description="Run an unmodified LLaVA script with AVC (or VCD / M3ID / none) applied to every "
@@ -167,14 +168,31 @@ def run_record_path(module_args: Sequence[str], explicit: Optional[str] = None) 
     return answers_path.with_name(answers_path.stem + RUN_RECORD_SUFFIX)
 
 
-class _Plan:
-    def __init__(self, **fields):
-        self.__dict__.update(fields)
+@dataclass
+class ScriptPlan:
+    """A validated `llava-avc run` command line: what to run, with which method and overrides."""
+
+    module: str
+    module_args: List[str]
+    config: Optional[object]  # AVCConfig / VCDConfig / M3IDConfig; None = upstream decoding
+    device: str  # "cuda" or "cpu"
+    load_4bit: bool
+    load_8bit: bool
+    seed: Optional[int]
+    max_new_tokens_cap: Optional[int]
+    quantized: bool  # the launcher's or the module's own --load-4bit/--load-8bit
+    record_path: Optional[Path]  # where the run record goes; None = nowhere
+    answers_file: Optional[Path]
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def method(self) -> str:
+        return method_name(self.config)
 
 
 def _check_model_path(model_path: Optional[str]) -> None:
     """A local --model-path that is not a LLaVA checkpoint is a usage error, before anything runs."""
-    from .loading import check_local_checkpoint
+    from ..backends.llava.loading import check_local_checkpoint
 
     if model_path is None:
         return
@@ -184,14 +202,12 @@ def _check_model_path(model_path: Optional[str]) -> None:
         raise _UsageError(str(error)) from None
 
 
-def plan_run(args: argparse.Namespace) -> _Plan:
+def plan_run(args: argparse.Namespace) -> ScriptPlan:
     """Validate the command line; raise _UsageError / ValueError (one line) before anything runs."""
-    from .method_flags import config_from_args, method_name
-    from .patches.launcher import check_quantization
+    from ..patches.script_overrides import check_quantization
+    from .flags import config_from_args
 
     _split_rest(args)
-    if args.load_4bit and args.load_8bit:
-        raise _UsageError("--load-4bit and --load-8bit are exclusive; pick one.")
     if args.max_new_tokens_cap is not None and args.max_new_tokens_cap < 1:
         raise _UsageError(f"--max-new-tokens-cap must be >= 1, got {args.max_new_tokens_cap}.")
     config = config_from_args(args)  # ValueError on conflicting method flags
@@ -238,11 +254,12 @@ def plan_run(args: argparse.Namespace) -> _Plan:
     if record_path is not None and answers_path is not None and record_path.resolve() == answers_path:
         raise _UsageError(f"--run-json {args.run_json} is the answers file; give another path.")
 
-    return _Plan(module=args.module, module_args=module_args, config=config, method=method_name(config),
-                 device=args.device, load_4bit=args.load_4bit, load_8bit=args.load_8bit, seed=args.seed,
-                 max_new_tokens_cap=args.max_new_tokens_cap,
-                 quantized=args.load_4bit or args.load_8bit or bool({"--load-4bit", "--load-8bit"} & set(module_args)),
-                 record_path=record_path, answers_file=answers_path, warnings=warnings)
+    return ScriptPlan(module=args.module, module_args=module_args, config=config, device=args.device,
+                      load_4bit=args.load_4bit, load_8bit=args.load_8bit, seed=args.seed,
+                      max_new_tokens_cap=args.max_new_tokens_cap,
+                      quantized=args.load_4bit or args.load_8bit
+                      or bool({"--load-4bit", "--load-8bit"} & set(module_args)),
+                      record_path=record_path, answers_file=answers_path, warnings=warnings)
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,41 +279,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _version(distribution: str) -> Optional[str]:
-    from importlib import metadata
-
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def versions() -> dict:
-    import torch
-    import transformers
-
-    from . import __version__
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "llava": _version("llava-torch") or _version("llava"),
-        "llava-avc": __version__,
-    }
-
-
-def git_sha() -> Optional[str]:
-    """`git rev-parse HEAD` in the package directory, or None (not a checkout, no git)."""
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                                capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    sha = result.stdout.strip()
-    return sha if result.returncode == 0 and sha else None
-
-
 def _write_json(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
@@ -304,7 +286,7 @@ def _write_json(path: Path, record: dict) -> None:
     os.replace(temporary, path)
 
 
-def _initial_record(plan: _Plan, launcher_argv: Optional[Sequence[str]]) -> dict:
+def _initial_record(plan: ScriptPlan, launcher_argv: Optional[Sequence[str]]) -> dict:
     """The run record before the module runs (status "running")."""
     return {
         "status": "running",
@@ -322,32 +304,32 @@ def _initial_record(plan: _Plan, launcher_argv: Optional[Sequence[str]]) -> dict
         "load_8bit": plan.load_8bit,
         "max_new_tokens_cap": plan.max_new_tokens_cap,
         "cwd": os.getcwd(),
-        "versions": versions(),
-        "git_sha": git_sha(),
+        "versions": provenance.versions(),
+        "git_sha": provenance.git_sha(),
         "loads": [],
         "generate_calls": {},
         "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def _run_module_wrapped(plan: _Plan, record: dict) -> None:
+def _run_module_wrapped(plan: ScriptPlan, record: dict) -> None:
     """Run the module under the patch, the default method and the launcher's reversible wrappers."""
     import runpy
 
-    from .patches import launcher as internals
-    from .patches.llava_patch import default_method, patched
+    from ..patches import script_overrides as overrides
+    from ..patches.llava_patch import default_method, patched
 
     saved_argv = sys.argv
     with ExitStack() as stack:
-        stack.enter_context(internals.preserved_attributes(internals.upstream_side_effect_targets()))
+        stack.enter_context(overrides.preserved_attributes(overrides.upstream_side_effect_targets()))
         stack.enter_context(patched())
         stack.enter_context(default_method(plan.config))
-        stack.enter_context(internals.loader_override(plan.device, plan.load_4bit, plan.load_8bit,
+        stack.enter_context(overrides.loader_override(plan.device, plan.load_4bit, plan.load_8bit,
                                                       records=record["loads"]))
         if plan.max_new_tokens_cap is not None:
-            stack.enter_context(internals.max_new_tokens_cap(plan.max_new_tokens_cap))
+            stack.enter_context(overrides.max_new_tokens_cap(plan.max_new_tokens_cap))
         if plan.device == "cpu":
-            stack.enter_context(internals.cpu_device_mapping(map_half=not plan.quantized))
+            stack.enter_context(overrides.cpu_device_mapping(map_half=not plan.quantized))
         sys.argv = [plan.module] + list(plan.module_args)
         try:
             runpy.run_module(plan.module, run_name="__main__", alter_sys=True)
@@ -366,7 +348,7 @@ def _exit_code_of(stop: SystemExit, record: dict) -> int:
     return exit_code
 
 
-def _finish_record(plan: _Plan, record: dict, exit_code: int, calls: Counter, started: float) -> None:
+def _finish_record(plan: ScriptPlan, record: dict, exit_code: int, calls: Counter, started: float) -> None:
     """Complete the run record and write it (a failure to write only warns)."""
     record["generate_calls"] = {method: count for method, count in sorted(calls.items()) if count > 0}
     record["exit_code"] = exit_code
@@ -382,10 +364,10 @@ def _finish_record(plan: _Plan, record: dict, exit_code: int, calls: Counter, st
         plan.record_path = None
 
 
-def execute(plan: _Plan, launcher_argv: Optional[Sequence[str]] = None) -> int:
+def execute(plan: ScriptPlan, launcher_argv: Optional[Sequence[str]] = None) -> int:
     """Run the planned module; write the run record; return the exit status."""
-    from .patches import launcher as internals
-    from .patches.llava_patch import GENERATE_CALLS
+    from ..patches import script_overrides as overrides
+    from ..patches.llava_patch import GENERATE_CALLS
 
     for warning in plan.warnings:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
@@ -399,7 +381,7 @@ def execute(plan: _Plan, launcher_argv: Optional[Sequence[str]] = None) -> int:
         _run_module_wrapped(plan, record)
     except SystemExit as stop:
         exit_code = _exit_code_of(stop, record)
-    except internals.LauncherError as error:
+    except overrides.LauncherError as error:
         exit_code = 2
         record["error"] = f"{type(error).__name__}: {error}"
         print(f"{PROG}: error: {error}", file=sys.stderr)
@@ -425,29 +407,11 @@ def execute(plan: _Plan, launcher_argv: Optional[Sequence[str]] = None) -> int:
     return exit_code
 
 
-def run_command(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
     """The `run` subcommand's handler."""
     try:
         plan = plan_run(args)
     except ValueError as error:  # _UsageError, LauncherError, conflicting method flags, bad config values
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
-    return execute(plan, launcher_argv=getattr(args, "_argv", None))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llava-avc", description="llava-avc launcher (the `run` subcommand).")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    register(subparsers)
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    args._argv = argv
-    return args.handler(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return execute(plan, launcher_argv=argv)

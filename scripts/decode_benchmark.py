@@ -18,8 +18,9 @@ decode loop with one branch, ``lean_generate``), ``avc`` (``model.generate(..., 
 both branches as one forward over 2B rows), ``avc_sequential`` (two forwards per token, the
 official code's structure), ``vcd`` and ``m3id`` (default configs).
 
-The library entry point is ``run_benchmark(...) -> list[dict]``; ``scripts/bench_decode.py`` is
-its command line. A row that cannot run here (nf4 without a GPU, the time budget spent, an error)
+This module is the benchmark's logic (``run_benchmark(...) -> list[dict]``, the target verdicts,
+the tables); ``scripts/bench_decode.py`` beside it is its command line. It is tooling, not part of
+the installed package. A row that cannot run here (nf4 without a GPU, the time budget spent, an error)
 is kept with ``None`` metrics and a ``skipped`` or ``error`` reason, never dropped silently.
 """
 
@@ -93,14 +94,18 @@ def machine_info(device: str) -> dict:
 # ------------------------------------------------------------------------------------ checkpoint
 
 
+#: The repository's cache folder (git-ignored), whatever the working directory.
+CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache"
+
+
 def default_checkpoint_dir(preset: str) -> Path:
-    """``.cache/llava-bench-<preset>`` (LLaVA's loader needs 'llava' in the directory name)."""
-    return Path(".cache") / f"llava-bench-{preset}"
+    """``<repository>/.cache/llava-bench-<preset>`` (LLaVA's loader needs 'llava' in the directory name)."""
+    return CACHE_DIR / f"llava-bench-{preset}"
 
 
 def _reusable(path: Path, preset: str) -> bool:
     """A finished checkpoint of this preset whose vision tower path still exists (not moved)."""
-    from .tiny import BUILD_INFO_FILE
+    from llava_avc.testing.tiny import BUILD_INFO_FILE
 
     try:
         info = json.loads((path / BUILD_INFO_FILE).read_text())
@@ -117,7 +122,7 @@ def ensure_checkpoint(preset: str = "tiny", directory=None, *, device: str = "cp
     On CUDA the weights are created on the GPU (a 7B-shaped model takes seconds there instead of
     minutes on a CPU); if that fails the build falls back to the CPU.
     """
-    from .tiny import make_tiny_llava
+    from llava_avc.testing.tiny import make_tiny_llava
 
     path = Path(directory) if directory is not None else default_checkpoint_dir(preset)
     if _reusable(path, preset):
@@ -142,9 +147,9 @@ def load_for_dtype(checkpoint, dtype: str, device: str):
     """``(tokenizer, model, image_processor, context_len)`` in ``dtype`` (fp32, fp16 or nf4).
 
     Raises:
-        ValueError: unknown dtype, or nf4 without CUDA (llava_avc.loading explains).
+        ValueError: unknown dtype, or nf4 without CUDA (llava_avc.backends.llava.loading explains).
     """
-    from .loading import load_model
+    from llava_avc.backends.llava.loading import load_model
 
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}.")
@@ -172,7 +177,7 @@ class BenchInputs:
 def bench_image():
     """matplotlib's Grace Hopper photo (512x600), or a synthetic image where matplotlib is absent."""
     try:
-        from .tiny import sample_image
+        from llava_avc.testing.tiny import sample_image
 
         return sample_image()
     except (ImportError, OSError):  # no matplotlib (lent GPU machines) or no sample data: draw one
@@ -182,7 +187,7 @@ def bench_image():
 
 
 def _prompt_ids(tokenizer, question: str, model_config) -> torch.Tensor:
-    from .ask import build_prompt, prompt_ids
+    from llava_avc.backends.llava.prompts import build_prompt, prompt_ids
 
     return prompt_ids(tokenizer, build_prompt(question, "llava_v1", model_config))
 
@@ -213,10 +218,10 @@ def fit_question(tokenizer, model_config, num_ids: int, base: str = QUESTION) ->
 
 def _image_token_count(model, input_ids, images, image_sizes) -> int:
     """Number of image features LLaVA's merge produces for this image (576 for LLaVA-1.5)."""
-    from .patches import lm
+    from llava_avc.backends.llava.adapter import LlavaAdapter
 
     with torch.no_grad():
-        merged = lm.merge_multimodal(model, input_ids, None, images, image_sizes)
+        merged = LlavaAdapter(model).merge_image(input_ids, None, images, image_sizes)
     start, end = merged.image_spans[0]
     return end - start
 
@@ -224,11 +229,10 @@ def _image_token_count(model, input_ids, images, image_sizes) -> int:
 def build_inputs(tokenizer, model, image_processor, batch: int, prompt_tokens: int = PROMPT_TOKENS,
                  image=None) -> BenchInputs:
     """The benchmark prompt (llava_v1, one image) with ``prompt_tokens`` merged positions, x batch."""
-    from llava.mm_utils import process_images
+    from llava_avc.backends.llava.prompts import prepare_images
 
     image = image if image is not None else bench_image()
-    vision_dtype = model.get_vision_tower().dtype
-    images = process_images([image], image_processor, model.config).to(model.device, dtype=vision_dtype)
+    images = prepare_images([image], image_processor, model, dtype=model.get_vision_tower().dtype)
     probe_ids = _prompt_ids(tokenizer, QUESTION, model.config).unsqueeze(0).to(model.device)
     image_tokens = _image_token_count(model, probe_ids, images, [image.size])
     question, ids = fit_question(tokenizer, model.config, prompt_tokens - image_tokens + 1)
@@ -250,8 +254,8 @@ def method_call(method: str, model, inputs: BenchInputs, eos_token_id: int) -> C
     """``max_new_tokens -> output ids`` for one method, greedy, EOS suppressed, patched LLaVA."""
     from transformers.generation import LogitsProcessorList, SuppressTokensLogitsProcessor
 
-    from .config import AVCConfig, M3IDConfig, VCDConfig
-    from .decode import contrastive_generate, lean_generate
+    from llava_avc.algorithm.config import AVCConfig, M3IDConfig, VCDConfig
+    from llava_avc.interfaces.api import contrastive_generate, lean_generate
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}.")
@@ -424,7 +428,7 @@ def run_benchmark(
         Rows with the keys ROW_KEYS (metrics None when skipped) plus ``preset``, ``prompt_tokens``,
         ``runs``, ``machine``, ``e2e_ms``, ``generated_tokens`` and ``skipped`` / ``error`` reasons.
     """
-    from .patches.llava_patch import patched
+    from llava_avc.patches.llava_patch import patched
 
     dtypes, batches, new_tokens, methods = list(dtypes), list(batches), list(new_tokens), list(methods)
     _check_args(dtypes, batches, new_tokens, runs, warmup, methods)
@@ -513,7 +517,7 @@ def add_ratios(rows: list[dict]) -> list[dict]:
 
 # ------------------------------------------------------------------------------------- targets
 
-#: The project's targets (issue 4), as limits on the ratios above, measured in one run:
+#: The project's speed and memory targets (docs/benchmarks.md), as limits on the ratios above, measured in one run:
 GPU_DECODE_LIMIT = 1.10  # AVC decode ms/token <= 1.10 x lean, fp16 and nf4, batch 1
 GPU_PREFILL_LIMIT = 2.3  # AVC prefill <= 2.3 x plain prefill
 GPU_E2E_LIMIT = 1.0  # AVC end to end (64 new tokens) faster than upstream generate: ratio < 1

@@ -1,7 +1,7 @@
 """Version facts about transformers and LLaVA that the rest of llava-avc must not hard-code.
 
 LLaVA 1.2.2 (llava-torch 1.2.2.post1) pins transformers 4.37.2; the facts below were measured with
-it (see ../shared/llava-environment-notes.md in the project workspace).
+it (llava-torch 1.2.2.post1 on transformers 4.37.2 and 4.57.x, CPU).
 """
 
 from __future__ import annotations

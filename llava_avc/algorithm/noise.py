@@ -17,8 +17,7 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
-NUM_DIFFUSION_STEPS = 1000
-"""Length of VCD's diffusion schedule; valid steps are 0 .. NUM_DIFFUSION_STEPS - 1."""
+from .config import NUM_DIFFUSION_STEPS
 
 BETA_START = 1e-5
 BETA_END = 0.5e-2

@@ -11,8 +11,9 @@ wrong for quantized loading:
   `device_map="auto"`);
 - `.to()` is never called on a quantized model.
 
-While `llava_avc.patch_llava()` is active, LLaVA's own loader (used by `llava.serve.cli
---load-4bit` and the eval scripts) is routed through the same fix (patches/llava_patch.py).
+Every quantized load goes through ONE function, `load_quantized`: `load_model` calls it, and while
+`llava_avc.patch_llava()` is active LLaVA's own loader (used by `llava.serve.cli --load-4bit` and
+the eval scripts) routes its `load_4bit` / `load_8bit` to it (patches/llava_patch.py).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def check_local_checkpoint(model_path: str) -> None:
 def _version(distribution: str) -> Optional[tuple[int, int, int]]:
     from importlib import metadata
 
-    from .patches.versions import version_tuple
+    from .versions import version_tuple
 
     try:
         return version_tuple(metadata.version(distribution))
@@ -79,13 +80,18 @@ def _version(distribution: str) -> Optional[tuple[int, int, int]]:
         return None
 
 
-def check_quantization_supported(load_4bit: bool, load_8bit: bool, device: str) -> None:
-    """Raise ValueError with a fix when this machine cannot load the model quantized."""
+def check_one_quantization(load_4bit: bool, load_8bit: bool) -> None:
+    """Raise ValueError when both 4-bit and 8-bit loading are asked for (the one place that says so)."""
     if load_4bit and load_8bit:
         raise ValueError("--load-4bit and --load-8bit are exclusive; pick one.")
+
+
+def check_quantization_supported(load_4bit: bool, load_8bit: bool, device: str) -> None:
+    """Raise ValueError with a fix when this machine cannot load the model quantized."""
+    check_one_quantization(load_4bit, load_8bit)
     if not (load_4bit or load_8bit):
         return
-    from .patches.compat import TRANSFORMERS_VERSION
+    from .compat import TRANSFORMERS_VERSION
 
     flag = "--load-4bit" if load_4bit else "--load-8bit"
     bits = "4-bit" if load_4bit else "8-bit"
@@ -175,7 +181,9 @@ def load_model(
     from llava.mm_utils import get_model_name_from_path
     from llava.model import builder
 
-    loader = getattr(builder.load_pretrained_model, "__wrapped__", builder.load_pretrained_model)
+    # Patched or not, LLaVA's loader called WITHOUT load_4bit/load_8bit is upstream's own code path
+    # (patch_llava's wrapper only reroutes those flags), so this works either way.
+    loader = builder.load_pretrained_model
     name = get_model_name_from_path(model_path)
     device_map = "auto" if str(device).startswith("cuda") else device
     if load_4bit or load_8bit:

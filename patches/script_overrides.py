@@ -17,7 +17,7 @@ duration of one run only:
     ``load_8bit`` are OR-ed with the launcher's flags; on the CPU the model is loaded with
     ``device_map="cpu", device="cpu"`` (fp16 mapping suspended while loading) and cast, with its
     vision tower, to float32; 4/8-bit on the CPU raises ``LauncherError``. The wrapper carries
-    ``__wrapped__`` (``llava_avc.loading.load_model`` unwraps it).
+    ``__wrapped__``.
 
 ``max_new_tokens_cap(n)`` (``--max-new-tokens-cap N``)
     ``LlavaLlamaForCausalLM.generate`` (llava-avc's patched one, when patched) is wrapped so that
@@ -40,7 +40,7 @@ from __future__ import annotations
 import functools
 import inspect
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -51,13 +51,19 @@ class LauncherError(ValueError):
     """A user error detected by the launcher or its loader wrapper (one line, exit status 2)."""
 
 
-def check_quantization(load_4bit: bool, load_8bit: bool, device: str) -> None:
-    """llava_avc.loading's check (CUDA; on the CPU transformers >= 4.53 and bitsandbytes >= 0.48),
-    raised as a LauncherError (one line, exit status 2)."""
-    from llava_avc.loading import check_quantization_supported
+def check_quantization(load_4bit: bool, load_8bit: bool, device: Optional[str]) -> None:
+    """The loader's quantization check, raised as a LauncherError (one line, exit status 2).
+
+    With a device: whether this machine can load quantized (CUDA; on the CPU transformers >= 4.53
+    and bitsandbytes >= 0.48). With None: only that 4-bit and 8-bit are not both asked for.
+    """
+    from llava_avc.backends.llava.loading import check_one_quantization, check_quantization_supported
 
     try:
-        check_quantization_supported(load_4bit, load_8bit, device)
+        if device is None:
+            check_one_quantization(load_4bit, load_8bit)
+        else:
+            check_quantization_supported(load_4bit, load_8bit, device)
     except ValueError as error:
         raise LauncherError(str(error)) from None
 
@@ -229,13 +235,6 @@ def _cpu_plan() -> List[Tuple[Any, str, Any]]:
     ]
 
 
-#: (owner, attribute) pairs `cpu_device_mapping` wraps; tests check they are restored.
-CPU_MAPPED_ATTRIBUTES = (
-    (torch.Tensor, "to"), (torch.Tensor, "cuda"), (torch.Tensor, "half"),
-    (torch.nn.Module, "to"), (torch.nn.Module, "cuda"), (torch.nn.Module, "half"),
-)
-
-
 @contextmanager
 def cpu_device_mapping(map_half: bool = True) -> Iterator[None]:
     """Run code that hard-codes `.cuda()` / `device="cuda"` / `.half()` on the CPU.
@@ -296,8 +295,7 @@ def loader_override(device: str, load_4bit: bool = False, load_8bit: bool = Fals
     Raises (from the wrapped loader):
         LauncherError: 4-bit and 8-bit together, or 4/8-bit on the CPU.
     """
-    if load_4bit and load_8bit:
-        raise LauncherError("--load-4bit and --load-8bit are exclusive; pick one.")
+    check_quantization(load_4bit, load_8bit, None)
     builder = _builder()
     original = builder.load_pretrained_model
     # follow_wrapped=False: the function may itself be a wrapper (patch_llava's loader) whose
@@ -312,8 +310,7 @@ def loader_override(device: str, load_4bit: bool = False, load_8bit: bool = Fals
         arguments = bound.arguments
         want_4bit = bool(arguments.get("load_4bit")) or load_4bit
         want_8bit = bool(arguments.get("load_8bit")) or load_8bit
-        if want_4bit and want_8bit:
-            raise LauncherError("--load-4bit and --load-8bit are exclusive; pick one.")
+        check_quantization(want_4bit, want_8bit, None)
         arguments["load_4bit"], arguments["load_8bit"] = want_4bit, want_8bit
         if on_cpu:
             quantized = want_4bit or want_8bit
@@ -326,7 +323,7 @@ def loader_override(device: str, load_4bit: bool = False, load_8bit: bool = Fals
                     _cast_to_float32(loaded[1])
         else:
             # Under patch_llava(), `original` is its loader wrapper, which routes 4/8-bit loads
-            # through llava_avc.loading.load_quantized; outside it, LLaVA's own loader.
+            # through llava_avc.backends.llava.loading.load_quantized; outside it, LLaVA's own loader.
             loaded = original(*bound.args, **bound.kwargs)
         if records is not None:
             model = loaded[1]

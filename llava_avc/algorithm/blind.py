@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from llava_avc.config import MASKING_SCHEMES
+from .config import MASKING_SCHEMES
 
 Layers = Union[Sequence[int], torch.Tensor]
 

@@ -499,7 +499,7 @@ def load_tiny(path, dtype=torch.float32):
     LLaVA's loader always loads fp16; on CPU fp32 is several times faster. Returns
     ``(tokenizer, model, image_processor, context_len)`` with the model in eval mode.
     """
-    from .loading import load_model
+    from ..backends.llava.loading import load_model
 
     return load_model(str(Path(path).expanduser().resolve()), device="cpu", dtype=dtype)
 

@@ -1,7 +1,7 @@
 """The `eval`, `score` and `merge` subcommands of `llava-avc` (see `llava_avc.eval` for the workflow).
 
-`register(subparsers)` adds them to the main CLI; ``python -m llava_avc.eval.cli`` runs them on
-their own (same flags, same error handling: a user error is one line on stderr and exit status 2).
+`register(subparsers)` adds them to the main CLI (`llava_avc.interfaces.cli`), whose error handling
+they share: a user error is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from ..method_flags import add_method_arguments, add_model_arguments
+from .flags import add_method_arguments, add_model_arguments
 
 BENCHMARK_HELP = "pope, mme or amber"
 
@@ -85,11 +85,11 @@ def register(subparsers) -> None:
     _add_merge(subparsers)
 
 
-def run_eval_command(args) -> int:
+def run_eval_command(args, argv) -> int:
     """Handler of `llava-avc eval`."""
-    from ..method_flags import config_from_args
-    from .benchmarks import get_benchmark
-    from .runner import EvalOptions, run_eval
+    from .flags import config_from_args
+    from ..eval.benchmarks import get_benchmark
+    from ..eval.runner import EvalOptions, run_eval
 
     benchmark = get_benchmark(args.benchmark).name
     options = EvalOptions(
@@ -110,7 +110,7 @@ def run_eval_command(args) -> int:
 
 def _scorer(benchmark: str):
     """(score(records, args, rule) -> result, report(result), public(result), headline(result))."""
-    from . import score_amber, score_mme, score_pope
+    from ..eval import score_amber, score_mme, score_pope
 
     def pope(records, args, rule):
         return score_pope.score_pope(records, args.question_file, args.annotation_dir, rule)
@@ -132,9 +132,9 @@ def _scorer(benchmark: str):
 
 
 def _score_file(benchmark: str, path, args) -> tuple:
-    from .answers import read_answers
-    from .compare import resolve_answers
-    from .rules import default_rule
+    from ..eval.answers import read_answers
+    from ..eval.compare import resolve_answers
+    from ..eval.rules import default_rule
 
     records = read_answers(resolve_answers(path))
     if not records:
@@ -143,10 +143,10 @@ def _score_file(benchmark: str, path, args) -> tuple:
     return _scorer(benchmark)[0](records, args, rule), rule
 
 
-def run_score_command(args) -> int:
+def run_score_command(args, argv) -> int:
     """Handler of `llava-avc score`."""
-    from . import compare as cmp
-    from .benchmarks import get_benchmark
+    from ..eval import compare as cmp
+    from ..eval.benchmarks import get_benchmark
 
     benchmark = get_benchmark(args.benchmark).name
     _, report, public, headline = _scorer(benchmark)
@@ -164,36 +164,11 @@ def run_score_command(args) -> int:
     return 0
 
 
-def run_merge_command(args) -> int:
+def run_merge_command(args, argv) -> int:
     """Handler of `llava-avc merge`."""
-    from .answers import read_answers
-    from .runner import merge_chunks
+    from ..eval.answers import read_answers
+    from ..eval.runner import merge_chunks
 
     target = merge_chunks(args.out, force=args.force)
     print(f"merged {len(read_answers(target))} answers -> {target}")
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """A stand-alone parser with the three subcommands (for `python -m llava_avc.eval.cli`)."""
-    parser = argparse.ArgumentParser(prog="python -m llava_avc.eval.cli",
-                                     description="Benchmarks harness of llava-avc (POPE, MME, AMBER).")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    register(subparsers)
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run one subcommand; user errors print one line and return 2."""
-    args = build_parser().parse_args(argv)
-    from ..contrast import NonFiniteLogitsError
-
-    try:
-        return args.handler(args)
-    except (ValueError, OSError, NonFiniteLogitsError) as error:
-        print(f"llava-avc {args.command}: error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,11 +12,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from .method_flags import add_method_arguments, add_model_arguments
-
-
-class CLIError(Exception):
-    """A user error: printed as one line, exit status 2, no traceback."""
+from .flags import add_method_arguments, add_model_arguments
 
 
 def _add_ask(subparsers) -> None:
@@ -57,23 +53,24 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_ask(subparsers)
     _add_doctor(subparsers)
-    from .eval.cli import register as register_eval
-    from .launcher import register as register_run
+    from .eval_commands import register as register_eval
+    from .run_script import register as register_run
 
     register_run(subparsers)
     register_eval(subparsers)
     return parser
 
 
-def _run_doctor(args) -> int:
+def _run_doctor(args, argv) -> int:
     from .doctor import doctor_main
 
     return doctor_main(["--json"] if args.json else [])
 
 
-def _run_ask(args) -> int:
+def _run_ask(args, argv) -> int:
+    from ..algorithm.config import method_name
     from .ask import ask
-    from .method_flags import config_from_args, method_name
+    from .flags import config_from_args
 
     config = config_from_args(args)
     result = ask(
@@ -100,13 +97,14 @@ def _run_ask(args) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one subcommand. Its handler gets the parsed args and the argv (for run records)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    args._argv = list(argv) if argv is not None else sys.argv[1:]
-    from .contrast import NonFiniteLogitsError
+    from ..algorithm.contrast import NonFiniteLogitsError
 
     try:
-        return args.handler(args)
-    except (CLIError, ValueError, OSError, NonFiniteLogitsError) as error:
+        return args.handler(args, argv)
+    except (ValueError, OSError, NonFiniteLogitsError) as error:
         print(f"llava-avc {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -14,7 +14,9 @@ from typing import Any, Optional
 
 import torch
 from transformers.generation import LogitsProcessorList, StoppingCriteriaList
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from ...decode.adapter import GenerationSetup
 from .compat import generate_returns_leading_bos
 
 #: model kwargs that upstream LLaVA / HF generate accept and the contrastive loop handles itself.
@@ -22,35 +24,16 @@ _ACCEPTED_MODEL_KWARGS = {"attention_mask", "use_cache", "position_ids"}
 
 
 @dataclass
-class GenerationSetup:
-    """What the decode loop needs from one `generate(**kwargs)` call."""
+class ContrastiveGenerateOutput(GenerateDecoderOnlyOutput):
+    """`GenerateDecoderOnlyOutput` plus what the contrastive method used.
 
-    config: Any  # transformers.GenerationConfig (a private deep copy)
-    logits_processor: LogitsProcessorList  # the user's until bind_prompt_length builds the full list
-    logits_warper: Optional[LogitsProcessorList]  # None for greedy, and when processors include them
-    stopping_criteria: StoppingCriteriaList  # likewise
-    initial_ids: torch.Tensor  # (B, 0) or (B, 1) BOS column, as upstream's output starts
-    eos_token_ids: Optional[torch.Tensor]  # (E,) long
-    attention_mask: Optional[torch.Tensor]
-    streamer: Any
-    has_default_max_length: bool = True
-    has_default_min_length: bool = True
+    `scores` are the final per-step scores that were sampled from (after the contrast, the
+    plausibility cutoff, the logits processors and, when sampling, the warpers);
+    `past_key_values` holds the ORIGINAL branch's cache only; `blind_tokens` (AVC only) has one
+    record per row.
+    """
 
-    @property
-    def do_sample(self) -> bool:
-        return bool(self.config.do_sample)
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.config.pad_token_id
-
-    @property
-    def return_dict(self) -> bool:
-        return bool(self.config.return_dict_in_generate)
-
-    @property
-    def output_scores(self) -> bool:
-        return bool(self.config.output_scores)
+    blind_tokens: Optional[list] = None
 
 
 def prepare_generation(model, batch_size: int, device, kwargs: dict, method: str) -> GenerationSetup:
@@ -165,12 +148,3 @@ def _eos_tensor(eos_token_id, device) -> Optional[torch.Tensor]:
         return None
     ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
     return torch.tensor(ids, dtype=torch.long, device=device)
-
-
-def stopping_rows(stopping_criteria, sequences: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: rows the stopping criteria end. transformers 4.37 criteria return one bool for
-    the whole batch (LLaVA's KeywordsStoppingCriteria: all rows matched); newer ones a (B,) tensor."""
-    verdict = stopping_criteria(sequences, scores)
-    if isinstance(verdict, torch.Tensor) and verdict.dim() == 1:
-        return verdict.to(sequences.device).bool()
-    return torch.full((sequences.shape[0],), bool(verdict), dtype=torch.bool, device=sequences.device)

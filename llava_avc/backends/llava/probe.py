@@ -20,13 +20,8 @@ from typing import Iterator
 import torch
 from transformers.models.llama import modeling_llama
 
-from llava_avc.blind import last_query_attention
-
-from .lm import layer_keys
-
-
-def _decoder_layers(model):
-    return model.get_model().layers
+from ...algorithm.blind import last_query_attention
+from ..kv_cache import layer_keys
 
 
 def _rotated_last_query(attn_module, hidden_last: torch.Tensor, kwargs: dict) -> torch.Tensor:
@@ -71,17 +66,15 @@ class LastQueryProbe:
 
 
 @contextmanager
-def last_query_probe(model, key_mask: torch.Tensor) -> Iterator[LastQueryProbe]:
+def last_query_probe(decoder_layers, key_mask: torch.Tensor) -> Iterator[LastQueryProbe]:
     """Attach the probe to every attention module for the duration of one prefill forward.
 
     Args:
-        model: a LlavaLlamaForCausalLM.
+        decoder_layers: the Llama decoder layers (each with `.self_attn`), in order.
         key_mask: (B, L) bool mask of the prefill (True = real position).
     """
     probe = LastQueryProbe(key_mask)
-    handles = [
-        layer.self_attn.register_forward_hook(probe.hook, with_kwargs=True) for layer in _decoder_layers(model)
-    ]
+    handles = [layer.self_attn.register_forward_hook(probe.hook, with_kwargs=True) for layer in decoder_layers]
     try:
         yield probe
     finally:

@@ -3,7 +3,6 @@
 Usage::
 
     llava-avc doctor [--json]
-    python -m llava_avc.doctor [--json]
 
 Every check is a :class:`Check`; a failed check with ``fatal=True`` makes the environment
 unhealthy (exit status 1, last line ``doctor: unhealthy: <reason>``). A failed non-fatal
@@ -16,17 +15,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata as metadata
-import importlib.util
 import json
-import os
 import platform
 import re
 import sys
-import types
 from dataclasses import asdict, dataclass
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
-LLAVA_LLAMA = "llava.model.language_model.llava_llama"
+from ..backends.llava import health
 
 # (import name, distribution name, fatal when it does not import)
 LIBRARIES: Tuple[Tuple[str, str, bool], ...] = (
@@ -68,28 +64,6 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _err(exc: BaseException) -> str:
-    """``Type: message`` on one line."""
-    msg = _one_line(str(exc))
-    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
-
-
-def _last_frame(exc: BaseException) -> Optional[str]:
-    """``file:line`` of the innermost traceback frame outside importlib's frozen code."""
-    tb, found = exc.__traceback__, None
-    while tb is not None:
-        filename = tb.tb_frame.f_code.co_filename
-        if not filename.startswith("<frozen"):
-            found = f"{filename}:{tb.tb_lineno}"
-        tb = tb.tb_next
-    return found
-
-
-def _err_at(exc: BaseException) -> str:
-    frame = _last_frame(exc)
-    return f"{_err(exc)} (at {frame})" if frame else _err(exc)
-
-
 def _dist_version(dist: str) -> Optional[str]:
     try:
         return metadata.version(dist)
@@ -116,7 +90,7 @@ def _guard(name: str, fatal: bool, fn: Callable[[], Check]) -> Check:
     try:
         return fn()
     except Exception as exc:  # noqa: BLE001 - a doctor must never crash
-        return Check(name, False, f"check crashed: {_err_at(exc)}", fatal)
+        return Check(name, False, f"check crashed: {health.error_at(exc)}", fatal)
 
 
 # --------------------------------------------------------------------------- pure logic
@@ -127,8 +101,8 @@ def classify_transformers(version: str) -> Verdict:
     try:
         release = _release(version)
     except Exception as exc:  # noqa: BLE001
-        return Verdict("fatal", f"{version}: unparseable version ({_err(exc)}); {SUPPORTED_TRANSFORMERS}")
-    from .patches.versions import FIRST_NEEDING_PATCH, MAX_TRANSFORMERS_EXCLUSIVE, MIN_TRANSFORMERS
+        return Verdict("fatal", f"{version}: unparseable version ({health.one_line_error(exc)}); {SUPPORTED_TRANSFORMERS}")
+    from ..backends.llava.versions import FIRST_NEEDING_PATCH, MAX_TRANSFORMERS_EXCLUSIVE, MIN_TRANSFORMERS
 
     release = (tuple(release) + (0, 0, 0))[:3]
     if not MIN_TRANSFORMERS <= release < MAX_TRANSFORMERS_EXCLUSIVE:  # the range patch_llava() accepts
@@ -164,7 +138,7 @@ def check_torch() -> Check:
     try:
         import torch
     except Exception as exc:  # noqa: BLE001
-        return Check("torch", False, f"{dist}; import failed: {_err_at(exc)}", True)
+        return Check("torch", False, f"{dist}; import failed: {health.error_at(exc)}", True)
     return Check("torch", True, f"{torch.__version__} ({torch.__file__})", True)
 
 
@@ -183,7 +157,7 @@ def check_library(module: str, dist: str, fatal: bool) -> Check:
     try:
         importlib.import_module(module)
     except Exception as exc:  # noqa: BLE001
-        return Check(module, False, f"{version or 'not installed'}; import failed: {_err_at(exc)}", fatal)
+        return Check(module, False, f"{version or 'not installed'}; import failed: {health.error_at(exc)}", fatal)
     if version is None:
         return Check(module, True, "imports, but no distribution metadata", fatal)
     return Check(module, True, version, fatal)
@@ -211,91 +185,18 @@ def check_bnb_4bit() -> Check:
         if tuple(out.shape) != (2, 64) or not torch.isfinite(out).all():
             return Check("bnb-4bit", False, f"forward on {device} gave a bad result {tuple(out.shape)}", False)
     except Exception as exc:  # noqa: BLE001
-        return Check("bnb-4bit", False, f"nf4 Linear4bit on {device} failed: {_err_at(exc)}", False)
+        return Check("bnb-4bit", False, f"nf4 Linear4bit on {device} failed: {health.error_at(exc)}", False)
     return Check("bnb-4bit", True, f"nf4 Linear4bit quantize + forward works on {device}", False)
 
 
-def _llava_distribution(origin: str) -> str:
-    """Which installed distribution (if any) provides the llava package at ``origin``."""
-    real = os.path.realpath(origin)
-    for dist_name in ("llava-torch", "llava"):
-        try:
-            dist = metadata.distribution(dist_name)
-        except metadata.PackageNotFoundError:
-            continue
-        if os.path.realpath(str(dist.locate_file("llava/__init__.py"))) == real:
-            return f"{dist_name} {dist.version}"
-        direct = json.loads(dist.read_text("direct_url.json") or "{}")
-        src = direct.get("url", "").replace("file://", "", 1)
-        if direct.get("dir_info", {}).get("editable") and src and real.startswith(os.path.realpath(src) + os.sep):
-            return f"{dist_name} {dist.version} (editable install of {src})"
-    installed = _dist_version("llava-torch")
-    other = f"llava-torch {installed} is installed elsewhere" if installed else "llava-torch is not installed"
-    return f"not from the llava-torch distribution (clone / PYTHONPATH?); {other}"
-
-
 def check_llava_package() -> Check:
-    spec = importlib.util.find_spec("llava")
-    if spec is None or not spec.origin:
-        return Check("llava", False, "not importable (install llava-torch with --no-deps)", True)
-    return Check("llava", True, f"{_llava_distribution(spec.origin)}; from {spec.origin}", True)
-
-
-def _stub_parents() -> List[str]:
-    """Put bare ``llava`` / ``llava.model`` packages (``__init__`` NOT run) in sys.modules."""
-    added = []
-    for name in ("llava", "llava.model"):
-        if name in sys.modules:
-            continue
-        spec = importlib.util.find_spec(name)
-        if spec is None:
-            break
-        module = types.ModuleType(name)
-        module.__path__ = list(spec.submodule_search_locations or [])
-        module.__spec__ = spec
-        module.__file__ = spec.origin
-        sys.modules[name] = module
-        added.append(name)
-    return added
-
-
-def _real_llava_llama_error() -> Optional[BaseException]:
-    """Re-import llava_llama with llava's ``__init__`` files bypassed; return its own error.
-
-    ``llava/__init__.py`` does ``from .model import LlavaLlamaForCausalLM`` and
-    ``llava/model/__init__.py`` swallows every error with a bare ``except: pass``, so a plain
-    import only shows a secondary ImportError/NameError.
-    """
-    _forget_llava()  # the failed plain import may have left half-initialised modules behind
-    try:
-        _stub_parents()
-        importlib.import_module(LLAVA_LLAMA)
-        return None
-    except Exception as exc:  # noqa: BLE001
-        return exc
-    finally:
-        _forget_llava()  # never leave the stub packages behind
-
-
-def _forget_llava() -> None:
-    for name in [k for k in sys.modules if k == "llava" or k.startswith("llava.")]:
-        del sys.modules[name]
+    ok, detail = health.llava_package_status()
+    return Check("llava", ok, detail, True)
 
 
 def check_llava_llama() -> Check:
-    try:
-        importlib.import_module(LLAVA_LLAMA)
-        return Check(LLAVA_LLAMA, True, "imports", True)
-    except Exception as exc:  # noqa: BLE001
-        first = exc
-    real = _real_llava_llama_error()
-    if real is None:
-        # llava_llama itself is fine; the failure is in llava/__init__ or a sibling module.
-        return Check(LLAVA_LLAMA, False, f"failed to import: {_err_at(first)}", True)
-    detail = f"failed to import: {_err_at(real)}"
-    if _err(real) != _err(first):
-        detail += f" [a plain import only shows: {_err(first)}]"
-    return Check(LLAVA_LLAMA, False, detail, True)
+    ok, detail = health.llava_llama_status()
+    return Check(health.LLAVA_LLAMA, ok, detail, True)
 
 
 def collect() -> List[Check]:
@@ -312,7 +213,7 @@ def collect() -> List[Check]:
     else:
         checks.append(Check("bnb-4bit", False, "skipped: torch or bitsandbytes does not import", False))
     checks.append(_guard("llava", True, check_llava_package))
-    checks.append(_guard(LLAVA_LLAMA, True, check_llava_llama))
+    checks.append(_guard(health.LLAVA_LLAMA, True, check_llava_llama))
     return checks
 
 
@@ -338,7 +239,7 @@ def doctor_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         checks = collect()
     except Exception as exc:  # noqa: BLE001 - last line of defence
-        checks = [Check("doctor", False, f"crashed: {_err_at(exc)}", True)]
+        checks = [Check("doctor", False, f"crashed: {health.error_at(exc)}", True)]
     healthy = is_healthy(checks)
     sys.stderr.flush()
     if args.json:
@@ -351,6 +252,3 @@ def doctor_main(argv: Optional[Sequence[str]] = None) -> int:
     sys.stdout.flush()
     return 0 if healthy else 1
 
-
-if __name__ == "__main__":
-    sys.exit(doctor_main())

@@ -5,8 +5,12 @@ over 2B rows; each branch's keys/values live in their own rows of the KV cache a
 storage with the other branch. `sequential=True` keeps two separate caches and runs two forwards
 per token (the official AvisC code's structure), for benchmarks only.
 
+The loop is written against `ModelAdapter` (llava_avc.decode.adapter) only: it never imports a
+model library. A backend passes its adapter in.
+
 References: arXiv 2405.17820 (AVC/AvisC); official code sangminwoo/AvisC
-(`avisc_utils/avisc_sample.py`), whose structure this replaces (see STYLE.md section 6).
+(`avisc_utils/avisc_sample.py`: one copied `sample()` with three methods interleaved), whose
+structure this replaces.
 """
 
 from __future__ import annotations
@@ -15,30 +19,14 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
 import torch
-from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from .blind import BlindTokens, find_blind_tokens_from_attention, mask_non_blind, noise_generator
-from .config import AVCConfig, M3IDConfig, VCDConfig
-from .contrast import avc_logits, check_finite, m3id_logits, vcd_logits
-from .noise import add_diffusion_noise
-from .patches import lm
-from .patches.generation import GenerationSetup, bind_prompt_length, prepare_generation, stopping_rows
-from .patches.probe import last_query_probe
+from ..algorithm.blind import BlindTokens, find_blind_tokens_from_attention, mask_non_blind, noise_generator
+from ..algorithm.config import AVCConfig, M3IDConfig, VCDConfig
+from ..algorithm.contrast import avc_logits, check_finite, m3id_logits, vcd_logits
+from ..algorithm.noise import add_diffusion_noise
+from .adapter import GenerationSetup, ModelAdapter, left_pad_to, position_ids_from_mask, stopping_rows
 
 ContrastiveConfig = Union[AVCConfig, VCDConfig, M3IDConfig]
-
-
-@dataclass
-class ContrastiveGenerateOutput(GenerateDecoderOnlyOutput):
-    """`GenerateDecoderOnlyOutput` plus what the contrastive method used.
-
-    `scores` are the final per-step scores that were sampled from (after the contrast, the
-    plausibility cutoff, the logits processors and, when sampling, the warpers);
-    `past_key_values` holds the ORIGINAL branch's cache only; `blind_tokens` (AVC only) has one
-    record per row.
-    """
-
-    blind_tokens: Optional[list] = None
 
 
 @dataclass
@@ -50,15 +38,15 @@ class _Stream:
     next_position: torch.Tensor  # (copies * B,) long
     copies: int
 
-    def step(self, model, tokens: torch.Tensor) -> torch.Tensor:
+    def step(self, adapter: ModelAdapter, tokens: torch.Tensor) -> torch.Tensor:
         """Feed (B,) tokens to every branch in the stream; returns (copies * B, V) float32 logits."""
         tokens = tokens.repeat(self.copies).unsqueeze(1)  # (copies * B, 1)
-        embeds = lm.embed_tokens(model, tokens)  # (copies * B, 1, D)
+        embeds = adapter.embed_tokens(tokens)  # (copies * B, 1, D)
         ones = self.attention_mask.new_ones(self.attention_mask.shape[0], 1)
         self.attention_mask = torch.cat([self.attention_mask, ones], 1)
         positions = self.next_position.unsqueeze(1)  # (copies * B, 1)
         self.next_position = self.next_position + 1
-        logits, self.cache = lm.forward_last_logits(model, embeds, self.attention_mask, positions, self.cache)
+        logits, self.cache = adapter.forward_last_logits(embeds, self.attention_mask, positions, self.cache)
         return logits
 
 
@@ -74,36 +62,36 @@ class BranchState:
         self.logits, self.biased_logits = logits[:batch_size], logits[batch_size:]  # (B, V) each
 
     @classmethod
-    def from_prefill(cls, model, embeds, attention_mask, sequential: bool) -> "BranchState":
+    def from_prefill(cls, adapter: ModelAdapter, embeds, attention_mask, sequential: bool) -> "BranchState":
         """Prefill both branches from (2B, L, D) stacked embeds (original rows first)."""
         batch_size = embeds.shape[0] // 2
         parts = [slice(0, batch_size), slice(batch_size, None)] if sequential else [slice(None)]
         streams, logits = [], []
         for rows in parts:
             mask = attention_mask[rows]
-            part_logits, cache = lm.forward_last_logits(
-                model, embeds[rows], mask, lm.position_ids_from_mask(mask), lm.new_cache()
+            part_logits, cache = adapter.forward_last_logits(
+                embeds[rows], mask, position_ids_from_mask(mask), adapter.new_cache()
             )
             streams.append(_Stream(cache, mask, mask.long().sum(-1), copies=2 // len(parts)))
             logits.append(part_logits)
         return cls(streams, torch.cat(logits), batch_size)
 
     @classmethod
-    def from_branches(cls, original, biased, attention_mask, sequential: bool) -> "BranchState":
+    def from_branches(cls, adapter: ModelAdapter, original, biased, attention_mask, sequential: bool) -> "BranchState":
         """Join two separately prefilled branches: (logits (B, V), cache) each, same (B, L) mask."""
         next_position = attention_mask.long().sum(-1)  # (B,)
         logits = torch.cat([original[0], biased[0]])
         if sequential:
             streams = [_Stream(cache, attention_mask, next_position, copies=1) for _, cache in (original, biased)]
         else:
-            cache = lm.stack_caches(original[1], biased[1])
+            cache = adapter.stack_caches(original[1], biased[1])
             mask2 = torch.cat([attention_mask, attention_mask])
             streams = [_Stream(cache, mask2, next_position.repeat(2), copies=2)]
         return cls(streams, logits, attention_mask.shape[0])
 
-    def step(self, model, tokens: torch.Tensor) -> None:
+    def step(self, adapter: ModelAdapter, tokens: torch.Tensor) -> None:
         """Feed the chosen (B,) tokens to both branches; refreshes `logits` and `biased_logits`."""
-        per_stream = [stream.step(model, tokens) for stream in self.streams]
+        per_stream = [stream.step(adapter, tokens) for stream in self.streams]
         logits = torch.cat(per_stream) if len(per_stream) > 1 else per_stream[0]
         self.logits, self.biased_logits = logits[: self.batch_size], logits[self.batch_size :]
 
@@ -112,25 +100,25 @@ class BranchState:
         """Positions of the original branch's (left-padded) merged prompt, as upstream's inputs_embeds."""
         return int(self.streams[0].attention_mask.shape[1])
 
-    def original_cache_rows(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def original_cache_rows(self, adapter: ModelAdapter) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The original branch's keys/values per layer (copies)."""
-        return lm.cache_rows(self.streams[0].cache, slice(0, self.batch_size))
+        return adapter.cache_rows(self.streams[0].cache, slice(0, self.batch_size))
 
 
 # ----------------------------------------------------------------------------------------------
 # Prefill, one function per method
 
 
-def avc_original_prefill(model, input_ids, attention_mask, images, image_sizes, config: AVCConfig):
+def avc_original_prefill(adapter: ModelAdapter, input_ids, attention_mask, images, image_sizes, config: AVCConfig):
     """Prefill the original branch with the last-query probe and find each row's blind tokens.
 
     Returns:
         (merged prompt, (logits (B, V), cache), [BlindTokens per row])
     """
-    merged = lm.merge_multimodal(model, input_ids, attention_mask, images, image_sizes)
-    with last_query_probe(model, merged.attention_mask) as probe:
-        original = lm.forward_last_logits(
-            model, merged.embeds, merged.attention_mask, merged.position_ids, lm.new_cache()
+    merged = adapter.merge_image(input_ids, attention_mask, images, image_sizes)
+    with adapter.last_query_probe(merged.attention_mask) as probe:
+        original = adapter.forward_last_logits(
+            merged.embeds, merged.attention_mask, merged.position_ids, adapter.new_cache()
         )
     attentions = torch.stack(probe.attentions, dim=1)  # (B, n_layers, H, L)
     records = [
@@ -154,13 +142,13 @@ def biased_embeds(embeds: torch.Tensor, records: list[BlindTokens], config: AVCC
     return out
 
 
-def _prefill_avc(model, input_ids, attention_mask, images, image_sizes, config, sequential):
-    merged, original, records = avc_original_prefill(model, input_ids, attention_mask, images, image_sizes, config)
+def _prefill_avc(adapter, input_ids, attention_mask, images, image_sizes, config, sequential):
+    merged, original, records = avc_original_prefill(adapter, input_ids, attention_mask, images, image_sizes, config)
     mask = merged.attention_mask
-    biased = lm.forward_last_logits(
-        model, biased_embeds(merged.embeds, records, config), mask, merged.position_ids, lm.new_cache()
+    biased = adapter.forward_last_logits(
+        biased_embeds(merged.embeds, records, config), mask, merged.position_ids, adapter.new_cache()
     )
-    return BranchState.from_branches(original, biased, mask, sequential), records
+    return BranchState.from_branches(adapter, original, biased, mask, sequential), records
 
 
 def noised_images(images, config: VCDConfig):
@@ -176,34 +164,34 @@ def _stack_images(images, noised):
     return torch.cat([images, noised], 0)
 
 
-def _prefill_vcd(model, input_ids, attention_mask, images, image_sizes, config: VCDConfig, sequential):
+def _prefill_vcd(adapter, input_ids, attention_mask, images, image_sizes, config: VCDConfig, sequential):
     """The biased branch sees a diffusion-noised copy of the image; one merge for both branches."""
     noised = noised_images(images, config)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
     sizes = None if image_sizes is None else list(image_sizes) * 2
-    merged = lm.merge_multimodal(
-        model, input_ids.repeat(2, 1), attention_mask.repeat(2, 1), _stack_images(images, noised), sizes
+    merged = adapter.merge_image(
+        input_ids.repeat(2, 1), attention_mask.repeat(2, 1), _stack_images(images, noised), sizes
     )
-    return BranchState.from_prefill(model, merged.embeds, merged.attention_mask, sequential), None
+    return BranchState.from_prefill(adapter, merged.embeds, merged.attention_mask, sequential), None
 
 
-def _prefill_m3id(model, input_ids, attention_mask, images, image_sizes, config: M3IDConfig, sequential):
+def _prefill_m3id(adapter, input_ids, attention_mask, images, image_sizes, config: M3IDConfig, sequential):
     """The biased (unconditioned) branch sees the prompt without the image."""
-    merged = lm.merge_multimodal(model, input_ids, attention_mask, images, image_sizes)
-    text_embeds, text_mask = lm.text_only_prompt(model, input_ids, attention_mask)
+    merged = adapter.merge_image(input_ids, attention_mask, images, image_sizes)
+    text_embeds, text_mask = adapter.text_only_prompt(input_ids, attention_mask)
     length = max(merged.embeds.shape[1], text_embeds.shape[1])
-    embeds, mask = lm.left_pad_to(merged.embeds, merged.attention_mask, length)
-    text_embeds, text_mask = lm.left_pad_to(text_embeds, text_mask, length)
+    embeds, mask = left_pad_to(merged.embeds, merged.attention_mask, length)
+    text_embeds, text_mask = left_pad_to(text_embeds, text_mask, length)
     stacked = torch.cat([embeds, text_embeds.to(embeds.dtype)]), torch.cat([mask, text_mask])
-    return BranchState.from_prefill(model, *stacked, sequential), None
+    return BranchState.from_prefill(adapter, *stacked, sequential), None
 
 
-def _prefill_lean(model, input_ids, attention_mask, images, image_sizes, config, sequential):
+def _prefill_lean(adapter, input_ids, attention_mask, images, image_sizes, config, sequential):
     """One branch, no contrast: the apples-to-apples baseline of the benchmarks."""
-    merged = lm.merge_multimodal(model, input_ids, attention_mask, images, image_sizes)
+    merged = adapter.merge_image(input_ids, attention_mask, images, image_sizes)
     mask = merged.attention_mask
-    logits, cache = lm.forward_last_logits(model, merged.embeds, mask, merged.position_ids, lm.new_cache())
+    logits, cache = adapter.forward_last_logits(merged.embeds, mask, merged.position_ids, adapter.new_cache())
     stream = _Stream(cache, mask, mask.long().sum(-1), copies=1)
     return BranchState([stream], logits, mask.shape[0]), None
 
@@ -238,7 +226,7 @@ def _choose(scores: torch.Tensor, sequences: torch.Tensor, setup: GenerationSetu
     return torch.multinomial(probs, num_samples=1).squeeze(1), scores
 
 
-def _decode(model, state: BranchState, config: Optional[ContrastiveConfig], setup: GenerationSetup):
+def _decode(adapter: ModelAdapter, state: BranchState, config: Optional[ContrastiveConfig], setup: GenerationSetup):
     """Generate until every row stopped. Returns (sequences (B, T), per-step scores)."""
     combine = _combiner(config)
     sequences = setup.initial_ids
@@ -264,7 +252,7 @@ def _decode(model, state: BranchState, config: Optional[ContrastiveConfig], setu
         unfinished &= ~stopping_rows(setup.stopping_criteria, sequences, scores)
         if not bool(unfinished.any()):
             break
-        state.step(model, tokens)
+        state.step(adapter, tokens)
         step += 1
     if setup.streamer is not None:
         setup.streamer.end()
@@ -273,7 +261,7 @@ def _decode(model, state: BranchState, config: Optional[ContrastiveConfig], setu
 
 @torch.no_grad()
 def contrastive_generate(
-    model,
+    adapter: ModelAdapter,
     input_ids: torch.Tensor,
     *,
     images=None,
@@ -282,59 +270,56 @@ def contrastive_generate(
     sequential: bool = False,
     **generate_kwargs,
 ):
-    """Generate with AVC, VCD or M3ID; the same output layout as upstream LLaVA `generate`.
+    """Generate with AVC, VCD or M3ID; the same output layout as the model's own `generate`.
 
     Args:
-        model: a LlavaLlamaForCausalLM (fp32/fp16/bf16 or bitsandbytes-quantized).
-        input_ids: (B, T) prompt ids with one IMAGE_TOKEN_INDEX placeholder per row; left or
-            right padded together with `attention_mask` (passed in `generate_kwargs`).
-        images, image_sizes: as for upstream LLaVA generate (tensor or list for anyres).
+        adapter: the model, seen through its backend's ModelAdapter.
+        input_ids: (B, T) prompt ids with one image placeholder per row; left or right padded
+            together with `attention_mask` (passed in `generate_kwargs`).
+        images, image_sizes: the backend's image inputs (tensor, or list for anyres).
         config: AVCConfig, VCDConfig or M3IDConfig.
         sequential: two forwards per token with two caches (comparison mode for benchmarks).
-        generate_kwargs: Hugging Face generation kwargs (max_new_tokens, do_sample, temperature,
-            top_k, top_p, repetition_penalty, eos_token_id, stopping_criteria, streamer,
-            return_dict_in_generate, output_scores, attention_mask, ...).
+        generate_kwargs: generation kwargs as the model's `generate` takes them (max_new_tokens,
+            do_sample, temperature, top_k, top_p, repetition_penalty, eos_token_id,
+            stopping_criteria, streamer, return_dict_in_generate, output_scores, attention_mask, ...).
     Returns:
-        (B, T') LongTensor like upstream (transformers 4.37: a leading BOS column, then the new
-        tokens), or a ContrastiveGenerateOutput when `return_dict_in_generate=True`.
+        (B, T') LongTensor as the model's `generate` returns, or the backend's dict-style output
+        (with `blind_tokens`) when `return_dict_in_generate=True`.
     Raises:
         ValueError: no image, several images per prompt, beams, unknown kwargs.
         NonFiniteLogitsError: NaN/inf in the biased branch's logits (never silently ignored).
     """
-    return _generate(model, input_ids, images, image_sizes, config, sequential, generate_kwargs)
+    return _generate(adapter, input_ids, images, image_sizes, config, sequential, generate_kwargs)
 
 
 @torch.no_grad()
-def lean_generate(model, input_ids: torch.Tensor, *, images=None, image_sizes=None, **generate_kwargs):
+def lean_generate(adapter: ModelAdapter, input_ids: torch.Tensor, *, images=None, image_sizes=None,
+                  **generate_kwargs):
     """The package's own decode loop with one branch and no contrast (benchmark baseline).
 
     Same arguments and output as `contrastive_generate`, without a config.
     """
-    return _generate(model, input_ids, images, image_sizes, None, False, generate_kwargs)
+    return _generate(adapter, input_ids, images, image_sizes, None, False, generate_kwargs)
 
 
-def _generate(model, input_ids, images, image_sizes, config, sequential, generate_kwargs):
+def _generate(adapter: ModelAdapter, input_ids, images, image_sizes, config, sequential, generate_kwargs):
     name = f"{config.method}=" if config is not None else "lean decoding"
     if images is None:
         raise ValueError(f"{name} needs an image: pass images= (and image_sizes=) to generate.")
-    setup = prepare_generation(model, input_ids.shape[0], input_ids.device, generate_kwargs, name)
+    setup = adapter.prepare_generation(input_ids.shape[0], input_ids.device, generate_kwargs, name)
     method = config.method if config is not None else None
-    state, records = _PREFILL[method](model, input_ids, setup.attention_mask, images, image_sizes, config, sequential)
-    bind_prompt_length(model, setup, state.prompt_length)
-    sequences, scores = _decode(model, state, config, setup)
+    state, records = _PREFILL[method](adapter, input_ids, setup.attention_mask, images, image_sizes, config, sequential)
+    adapter.bind_prompt_length(setup, state.prompt_length)
+    sequences, scores = _decode(adapter, state, config, setup)
     if not setup.return_dict:
         return sequences
-    return ContrastiveGenerateOutput(
-        sequences=sequences,
-        scores=scores if setup.output_scores else None,
-        past_key_values=tuple(state.original_cache_rows()),
-        blind_tokens=records,
-    )
+    return adapter.make_output(sequences, scores if setup.output_scores else None,
+                               state.original_cache_rows(adapter), records)
 
 
 @torch.no_grad()
-def find_blind_tokens(model, input_ids, images, image_sizes=None, config: Optional[AVCConfig] = None,
-                      attention_mask=None) -> list[BlindTokens]:
+def find_blind_tokens(adapter: ModelAdapter, input_ids, images, image_sizes=None,
+                      config: Optional[AVCConfig] = None, attention_mask=None) -> list[BlindTokens]:
     """The blind tokens AVC would use for each row: the decoder's own code path (prefill + probe).
 
     Returns:
@@ -342,5 +327,5 @@ def find_blind_tokens(model, input_ids, images, image_sizes=None, config: Option
         `layers` (selected layer indices), `scores` (N floats) and `blind` (N booleans).
     """
     config = config or AVCConfig()
-    _, _, records = avc_original_prefill(model, input_ids, attention_mask, images, image_sizes, config)
+    _, _, records = avc_original_prefill(adapter, input_ids, attention_mask, images, image_sizes, config)
     return records

@@ -14,8 +14,10 @@ Defaults:
     * VCD (Leng et al. 2024): ``alpha = 1.0``, ``beta = 0.1``, ``noise_step = 500``.
     * M3ID (Favero et al. 2024): ``lam = 0.02`` (hard-coded in the official AvisC code).
 
-Every config is a frozen dataclass validated on creation; each field carries
-``metadata={"help": ...}`` from which the CLI builds ``--help``. This module imports neither
+Every config is a frozen dataclass validated on creation; each field carries metadata from which
+the command line builds its flags (``llava_avc.interfaces.flags``): ``help``, ``constraint`` (the
+valid range, shown in ``--help``) and, where the flag's name differs from the field's, ``flag``
+(``lam`` -> ``--avc-lambda``). This module imports neither
 ``llava`` nor ``transformers``.
 """
 
@@ -28,7 +30,9 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Optional, Tuple, Union
 
-from llava_avc.noise import NUM_DIFFUSION_STEPS
+
+NUM_DIFFUSION_STEPS = 1000
+"""Length of VCD's diffusion schedule; valid noise steps are 0 .. NUM_DIFFUSION_STEPS - 1."""
 
 MASKING_SCHEMES: Tuple[str, ...] = ("zeros", "ones", "noise")
 """How AVC replaces the non-blind image tokens in the biased branch."""
@@ -151,23 +155,23 @@ class AVCConfig(_ConfigBase):
     _FLOAT_FIELDS: ClassVar[Tuple[str, ...]] = ("alpha", "beta", "gamma", "lam")
     _INT_FIELDS: ClassVar[Tuple[str, ...]] = ("noise_seed",)
 
-    alpha: float = field(default=2.5, metadata={"help": (
+    alpha: float = field(default=2.5, metadata={"constraint": ">= 0", "help": (
         "Contrast strength: logits = (1 + alpha) * l - alpha * l_biased; >= 0, 0 = plain "
         "decoding. Default 2.5 is implied by the paper's LLaVA figure; the authors' POPE/MME "
         "scripts used 1.0.")})
-    beta: float = field(default=_PAPER_BETA, metadata={"help": (
+    beta: float = field(default=_PAPER_BETA, metadata={"constraint": "in (0, 1]", "help": (
         "Adaptive plausibility cutoff in (0, 1]: tokens with p < beta * p_max (under the "
         "original image) are never chosen.")})
-    gamma: float = field(default=0.5, metadata={"help": (
+    gamma: float = field(default=0.5, metadata={"constraint": "in (0, 1]", "help": (
         "Layer selection in (0, 1]: keep the fewest layers (by share of last-query attention "
         "on the image) whose cumulative share reaches gamma.")})
-    lam: float = field(default=1.0, metadata={"help": (
+    lam: float = field(default=1.0, metadata={"constraint": ">= 0", "flag": "lambda", "help": (
         "Blind-token threshold, >= 0: an image token is blind when its attention is "
         ">= mean + lam * std over the image tokens.")})
-    masking: str = field(default="zeros", metadata={"help": (
+    masking: str = field(default="zeros", metadata={"constraint": "one of " + ", ".join(MASKING_SCHEMES), "help": (
         "How the NON-blind image tokens are replaced in the biased branch: "
         + " | ".join(MASKING_SCHEMES) + ".")})
-    noise_seed: int = field(default=0, metadata={"help": (
+    noise_seed: int = field(default=0, metadata={"constraint": "in [0, 2**64 - 1]", "help": (
         "Seed of the CPU torch.Generator used by masking='noise' (same noise on any device).")})
 
     def validate(self) -> None:
@@ -221,16 +225,16 @@ class VCDConfig(_ConfigBase):
     _FLOAT_FIELDS: ClassVar[Tuple[str, ...]] = ("alpha", "beta")
     _INT_FIELDS: ClassVar[Tuple[str, ...]] = ("noise_step", "noise_seed")
 
-    alpha: float = field(default=1.0, metadata={"help": (
+    alpha: float = field(default=1.0, metadata={"constraint": ">= 0", "help": (
         "Contrast strength: logits = (1 + alpha) * l - alpha * l_noised; >= 0, 0 = plain "
         "decoding.")})
-    beta: float = field(default=_PAPER_BETA, metadata={"help": (
+    beta: float = field(default=_PAPER_BETA, metadata={"constraint": "in (0, 1]", "help": (
         "Adaptive plausibility cutoff in (0, 1]: tokens with p < beta * p_max (under the "
         "original image) are never chosen.")})
-    noise_step: int = field(default=500, metadata={"help": (
+    noise_step: int = field(default=500, metadata={"constraint": f"in [0, {NUM_DIFFUSION_STEPS - 1}]", "help": (
         f"Diffusion step t in [0, {NUM_DIFFUSION_STEPS - 1}] of the noise added to the image; "
         "larger = noisier (alpha_bar(500) ~ 0.745).")})
-    noise_seed: int = field(default=0, metadata={"help": (
+    noise_seed: int = field(default=0, metadata={"constraint": "in [0, 2**64 - 1]", "help": (
         "Seed of the CPU torch.Generator drawing the diffusion noise (same noise on any "
         "device).")})
 
@@ -268,10 +272,10 @@ class M3IDConfig(_ConfigBase):
     method: ClassVar[str] = "m3id"
     _FLOAT_FIELDS: ClassVar[Tuple[str, ...]] = ("lam", "beta")
 
-    lam: float = field(default=0.02, metadata={"help": (
+    lam: float = field(default=0.02, metadata={"constraint": ">= 0", "flag": "lambda", "help": (
         "Decay rate, >= 0: g_t = exp(-lam * t) and the contrast weight (1 - g_t) / g_t grows "
         "with the decoding step t; 0 = plain decoding.")})
-    beta: float = field(default=_PAPER_BETA, metadata={"help": (
+    beta: float = field(default=_PAPER_BETA, metadata={"constraint": "in (0, 1]", "help": (
         "Adaptive plausibility cutoff in (0, 1]: tokens with p < beta * p_max (with the "
         "image) are never chosen.")})
 
@@ -291,6 +295,22 @@ class M3IDConfig(_ConfigBase):
 
 
 _METHOD_CLASSES = {"avc": AVCConfig, "vcd": VCDConfig, "m3id": M3IDConfig}
+#: Method names, "none" = plain decoding.
+METHODS: Tuple[str, ...] = tuple(_METHOD_CLASSES) + ("none",)
+
+
+def default_config(method: str) -> Optional[MethodConfig]:
+    """The default AVCConfig / VCDConfig / M3IDConfig of a method name; None for "none"."""
+    if method == "none":
+        return None
+    if method not in _METHOD_CLASSES:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+    return _METHOD_CLASSES[method]()
+
+
+def method_name(config: Optional[MethodConfig]) -> str:
+    """The method name of a config; "none" for None (plain decoding)."""
+    return "none" if config is None else config.method
 
 
 def _check_method_arg(name: str, value: Any) -> None:

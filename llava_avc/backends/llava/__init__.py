@@ -1,0 +1,35 @@
+"""The original LLaVA codebase (llava-torch 1.2.2, import name `llava`) as a backend.
+
+    adapter    `LlavaAdapter`: LlavaLlamaForCausalLM seen by the decode loop
+    probe      the last-query attention probe (forward hooks on the Llama attention modules)
+    generation transformers' generation front end (processors, warpers, stopping) for the loop
+    compat     transformers-version facts LLaVA 1.2.2 depends on; `versions`: the supported range
+    loading    fp32 / fp16 / 4-bit / 8-bit loading on top of LLaVA's own loader (one quantized path)
+    prompts    LLaVA prompts and image tensors (LLaVA's public script API)
+    pipeline   `LlavaPipeline`: a loaded checkpoint for `ask` and `eval`
+    health     what `llava-avc doctor` checks about the `llava` package
+
+The monkey-patches that make unmodified LLaVA scripts use the method live in the repository's
+`patches/` folder (`llava_avc.patches`), which builds on this package.
+"""
+
+
+def model_adapter(model):
+    """The decode loop's view of a LlavaLlamaForCausalLM."""
+    from .adapter import LlavaAdapter
+
+    return LlavaAdapter(model)
+
+
+def generate(model, input_ids, config=None, **generate_kwargs):
+    """The model's patched `generate`: `config`'s method, or upstream LLaVA decoding for None.
+
+    The patch is applied for the call (and left as it was found), so this works whether or not
+    the user called `llava_avc.patch_llava()`.
+    """
+    from llava_avc.patches.llava_patch import patched
+
+    if config is not None:
+        generate_kwargs[config.method] = config
+    with patched():
+        return model.generate(input_ids, **generate_kwargs)

@@ -1,0 +1,97 @@
+"""A loaded original-LLaVA checkpoint with what `llava-avc ask` and `llava-avc eval` need.
+
+`LlavaPipeline` turns questions and PIL images into one left-padded `generate` call of the patched
+`LlavaLlamaForCausalLM` (prompts as `llava.eval.run_llava` builds them) and decodes the answers.
+The command line and the eval harness talk to a pipeline, never to LLaVA directly.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Optional
+
+import torch
+
+from . import prompts
+from .loading import load_model
+
+
+@contextmanager
+def _left_padding(model):
+    """LLaVA re-pads after merging the image; make upstream generate pad on the left like our batch."""
+    saved = getattr(model.config, "tokenizer_padding_side", "right")
+    model.config.tokenizer_padding_side = "left"
+    try:
+        yield
+    finally:
+        model.config.tokenizer_padding_side = saved
+
+
+@dataclass
+class LlavaPipeline:
+    """`load_pretrained_model`'s 4-tuple, with prompt building, generation and decoding."""
+
+    tokenizer: Any
+    model: Any
+    image_processor: Any
+    context_len: int
+
+    @classmethod
+    def load(cls, model_path: str, model_base: Optional[str] = None, *, device: Optional[str] = None,
+             load_4bit: bool = False, load_8bit: bool = False) -> "LlavaPipeline":
+        """Load a checkpoint with `llava_avc.backends.llava.loading.load_model`."""
+        return cls(*load_model(model_path, model_base, device=device, load_4bit=load_4bit, load_8bit=load_8bit))
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def inputs(self, texts: list, pil_images: list, conv_mode: str, center_crop: bool = False) -> dict:
+        """One question per image -> `generate` inputs: left-padded ids, mask, images, image_sizes."""
+        rows = [prompts.prompt_ids(self.tokenizer, prompts.build_prompt(text, conv_mode, self.model.config))
+                for text in texts]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids, mask = prompts.left_padded_ids(rows, pad)
+        model_config = self.model.config
+        if center_crop and getattr(model_config, "image_aspect_ratio", None) == "pad":
+            model_config = SimpleNamespace(image_aspect_ratio="center-crop")  # CLIP resize + center crop
+        images = prompts.prepare_images(pil_images, self.image_processor, self.model, model_config)
+        return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device), "images": images,
+                "image_sizes": [image.size for image in pil_images]}
+
+    def generate(self, inputs: dict, config=None, **generate_kwargs):
+        """`model.generate` under llava-avc's patch, with `config`'s method (None: upstream decoding)."""
+        from llava_avc.patches.llava_patch import patched
+
+        kwargs = dict(generate_kwargs, use_cache=True, attention_mask=inputs["attention_mask"],
+                      images=inputs["images"], image_sizes=inputs["image_sizes"])
+        if config is not None:
+            kwargs[config.method] = config
+        with patched(), _left_padding(self.model), torch.inference_mode():
+            return self.model.generate(inputs["input_ids"], **kwargs)
+
+    def decode(self, sequences: torch.Tensor) -> list:
+        """Generated ids -> stripped answer strings."""
+        return [text.strip() for text in self.tokenizer.batch_decode(sequences, skip_special_tokens=True)]
+
+    def find_blind_tokens(self, inputs: dict, config) -> list:
+        """The blind tokens AVC would use for each row of `inputs` (the decoder's own code path)."""
+        from ...decode.loop import find_blind_tokens
+        from .adapter import LlavaAdapter
+
+        return find_blind_tokens(LlavaAdapter(self.model), inputs["input_ids"], inputs["images"],
+                                 inputs["image_sizes"], config, attention_mask=inputs["attention_mask"])
+
+    def token_grid(self) -> int:
+        """Image tokens per side of the base image (24 for LLaVA-1.5 at 336 px)."""
+        return self.model.get_vision_tower().num_patches_per_side
+
+    @property
+    def image_aspect_ratio(self) -> Optional[str]:
+        return getattr(self.model.config, "image_aspect_ratio", None)
+
+    def model_id(self, model_path: str) -> str:
+        """The `model_id` LLaVA's answer files carry for this checkpoint path."""
+        return prompts.model_name(model_path)

@@ -1,0 +1,122 @@
+"""The rooms of the package and the one-way arrows between them (docs/architecture.md).
+
+Every import in every module, at any depth (function-level imports too), is read from the source
+with `ast`, relative imports resolved, and checked against the layer rules below. A forbidden
+import added anywhere makes one of these tests fail and names the file and the import.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Rooms in dependency order: a module may import llava_avc modules of its own room or an EARLIER one.
+LAYERS = ("algorithm", "decode", "backends", "eval", "interfaces", "testing")
+#: Rooms that may not import `llava` or `transformers` at all.
+NO_MODEL_LIBRARIES = ("algorithm", "decode")
+#: Rooms that may import `transformers` only as the top-level package (versions, public classes
+#: such as `from transformers import X`), and `llava` not at all: the backends do that for them.
+PUBLIC_TRANSFORMERS_ONLY = ("eval", "interfaces")
+
+
+def _module_name(path: Path) -> str:
+    """Dotted name of a source file (the repository's patches/ is installed as llava_avc.patches)."""
+    relative = path.relative_to(ROOT).with_suffix("")
+    parts = list(relative.parts)
+    if parts[0] == "patches":
+        parts = ["llava_avc", "patches"] + parts[1:]
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _room(module: str) -> str | None:
+    """The room of a llava_avc module; the patches belong to the backends (the original-LLaVA backend)."""
+    parts = module.split(".")
+    if len(parts) < 2:
+        return None  # llava_avc/__init__.py, the lazy public facade, and __main__
+    if parts[1] == "patches":
+        return "backends"
+    return parts[1] if parts[1] in LAYERS else None
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import in the file."""
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+                if not node.module:  # `from . import x` imports the submodules x
+                    found += [(node.lineno, f"{target}.{alias.name}") for alias in node.names]
+                    continue
+            else:
+                target = node.module
+            found.append((node.lineno, target))
+    return found
+
+
+def _sources() -> list[Path]:
+    files = sorted((ROOT / "llava_avc").rglob("*.py")) + sorted((ROOT / "patches").rglob("*.py"))
+    return [path for path in files if "__pycache__" not in path.parts]
+
+
+def _violations(path: Path) -> list[str]:
+    room = _room(_module_name(path))
+    if room is None:
+        return []
+    problems = []
+    for line, target in _imports(path):
+        where = f"{path.relative_to(ROOT)}:{line} imports {target}"
+        root = target.split(".")[0]
+        if root == "llava_avc":
+            other = _room(target)
+            if other is not None and LAYERS.index(other) > LAYERS.index(room):
+                problems.append(f"{where}: {room} may not import {other} (rooms in order: {', '.join(LAYERS)}; "
+                                "a room imports only itself and earlier rooms)")
+        elif room in NO_MODEL_LIBRARIES and root in ("llava", "transformers"):
+            problems.append(f"{where}: {room} is pure tensors; reach the model through the ModelAdapter")
+        elif room in PUBLIC_TRANSFORMERS_ONLY and (root == "llava" or (root == "transformers" and target != root)):
+            problems.append(f"{where}: {room} may not reach into LLaVA or transformers; go through a backend")
+    return problems
+
+
+def test_every_source_file_is_in_a_room():
+    homeless = [str(path.relative_to(ROOT)) for path in _sources()
+                if _room(_module_name(path)) is None and _module_name(path) not in ("llava_avc", "llava_avc.__main__")]
+    assert not homeless, homeless
+
+
+@pytest.mark.parametrize("path", _sources(), ids=lambda path: str(path.relative_to(ROOT)))
+def test_imports_follow_the_arrows(path):
+    assert _violations(path) == []
+
+
+def test_the_rule_catches_an_upward_import_and_a_model_library_in_the_algorithm(tmp_path):
+    """The checker itself: a decode-loop file importing the eval harness, or the algorithm importing
+    transformers, is reported."""
+    fake_root = tmp_path
+    (fake_root / "llava_avc" / "decode").mkdir(parents=True)
+    (fake_root / "llava_avc" / "algorithm").mkdir()
+    bad_decode = fake_root / "llava_avc" / "decode" / "bad.py"
+    bad_decode.write_text("from ..eval import runner\n")
+    bad_algorithm = fake_root / "llava_avc" / "algorithm" / "bad.py"
+    bad_algorithm.write_text("def f():\n    from transformers.cache_utils import DynamicCache\n")
+    globals()["ROOT"] = fake_root
+    try:
+        assert _violations(bad_decode) == [
+            "llava_avc/decode/bad.py:1 imports llava_avc.eval: decode may not import eval (rooms in order: "
+            "algorithm, decode, backends, eval, interfaces, testing; a room imports only itself and earlier rooms)"]
+        assert len(_violations(bad_algorithm)) == 1 and "transformers.cache_utils" in _violations(bad_algorithm)[0]
+    finally:
+        globals()["ROOT"] = Path(__file__).resolve().parents[2]
