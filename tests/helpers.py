@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -12,11 +11,9 @@ from transformers.generation import LogitsProcessor, LogitsProcessorList, Suppre
 from llava_avc.backends.llava import prompts
 from llava_avc.backends.llava.compat import generate_returns_leading_bos
 
-#: The benchmarks' reference files (POPE, AMBER with their licences): the project's shared folder,
-#: which lies beside the repository (../shared/benchmarks) on the team's machines and in CI;
-#: LLAVA_AVC_BENCHMARKS points elsewhere.
-BENCHMARKS = Path(os.environ.get("LLAVA_AVC_BENCHMARKS",
-                                 Path(__file__).resolve().parents[2] / "shared" / "benchmarks"))
+#: Small excerpts of the benchmarks' reference files (POPE, AMBER, with their licences), kept in the
+#: repository; fixtures/benchmarks/README.md says where they come from and how they were cut.
+BENCHMARKS = Path(__file__).resolve().parent / "fixtures" / "benchmarks"
 
 
 #: columns before the new tokens in generate's output (transformers 4.37: a BOS column; 4.38+: none)

@@ -1,5 +1,6 @@
-"""`llava-avc score`: POPE against upstream llava/eval/eval_pope.py on the real POPE files, MME and AMBER
-on hand-computed cases (AMBER on its real annotation file), and the side-by-side comparison chart."""
+"""`llava-avc score`: POPE against upstream llava/eval/eval_pope.py on excerpts of the real POPE files, MME and
+AMBER on hand-computed cases (AMBER on an excerpt of its real annotation file), and the side-by-side comparison
+chart. The excerpts are tests/fixtures/benchmarks (see its README.md)."""
 
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ from helpers import BENCHMARKS
 
 POPE = BENCHMARKS / "pope"
 AMBER = BENCHMARKS / "amber"
-pytestmark = pytest.mark.skipif(not (POPE.is_dir() and AMBER.is_dir()), reason=f"benchmark reference files not "
-                                f"found in {BENCHMARKS}; set LLAVA_AVC_BENCHMARKS (the project's shared/benchmarks)")
 CATEGORIES = ("adversarial", "popular", "random")
 TEXTS = ["Yes, there is.", "No.", "There is not a dog.", "Yes", "no", "NO", "I don't think so.",
          "Yes, no doubt. There is one.", "Not sure.", "Yes. But not really.", "There isn't one", "yes no"]
+#: the TEXTS upstream eval_pope reads as "no" (its first sentence, commas dropped, has the word No, no or not);
+#: the others it reads as "yes" ("NO", "Not sure.", "I don't think so.", ...)
+READ_AS_NO = {"No.", "There is not a dog.", "no", "Yes, no doubt. There is one.", "yes no"}
 
 
 def _record(qid, text, **metadata) -> dict:
@@ -43,8 +45,11 @@ def _write_jsonl(path: Path, rows: list) -> Path:
 
 @pytest.fixture(scope="module")
 def pope_files(tmp_path_factory):
-    """LLaVA's layout: annotation dir with the 3 real coco_pope files, a question file with `category`
-    (ids made unique across categories, as llava_pope_test.jsonl), and seeded random answers."""
+    """LLaVA's layout: annotation dir with the 3 coco_pope excerpts, a question file with `category`
+    (ids made unique across categories, as llava_pope_test.jsonl), and seeded random answers aimed at all
+    four cells: per category and label a seeded sample of the questions, of a size that differs per label and
+    per category, is answered wrongly, the rest rightly, each with a random text of TEXTS that upstream reads
+    so (the test checks upstream's TP/FP/TN/FN: all non-zero and different)."""
     root = tmp_path_factory.mktemp("pope")
     annotations = root / "annotations"
     annotations.mkdir()
@@ -52,17 +57,21 @@ def pope_files(tmp_path_factory):
     for offset, category in enumerate(CATEGORIES):
         source = POPE / f"coco_pope_{category}.json"
         (annotations / source.name).symlink_to(source)
-        for line in source.read_text().splitlines():
-            item = json.loads(line)
+        items = [json.loads(line) for line in source.read_text().splitlines()]
+        wrong = set()
+        for label, size in (("yes", 3 + offset), ("no", 6 + 2 * offset)):
+            wrong |= set(generator.sample([i for i, item in enumerate(items) if item["label"] == label], size))
+        for index, item in enumerate(items):
+            says_no = (item["label"] == "no") != (index in wrong)
             qid = offset * 10000 + item["question_id"]
             questions.append({"question_id": qid, "image": item["image"], "text": item["text"], "category": category})
-            answers.append(_record(qid, generator.choice(TEXTS)))
+            answers.append(_record(qid, generator.choice([t for t in TEXTS if (t in READ_AS_NO) == says_no])))
     return {"annotations": annotations, "questions": _write_jsonl(root / "llava_pope_test.jsonl", questions),
             "answers": _write_jsonl(root / "answers.jsonl", answers), "records": answers}
 
 
-def _upstream(pope_files) -> dict:
-    """Run upstream eval_pope.py's __main__ and parse what it prints."""
+def _upstream(pope_files) -> tuple:
+    """Run upstream eval_pope.py's __main__ and parse what it prints: ({category: metrics}, {category: counts})."""
     argv = ["eval_pope.py", "--annotation-dir", str(pope_files["annotations"]),
             "--question-file", str(pope_files["questions"]), "--result-file", str(pope_files["answers"])]
     buffer, saved = io.StringIO(), sys.argv
@@ -72,21 +81,33 @@ def _upstream(pope_files) -> dict:
             runpy.run_module("llava.eval.eval_pope", run_name="__main__")
     finally:
         sys.argv = saved
-    results = {}
+    results, counts = {}, {}
     for block in buffer.getvalue().split("Category: ")[1:]:
         category = block.split(",")[0]
         values = dict(re.findall(r"^(Accuracy|Precision|Recall|F1 score|Yes ratio): (\S+)$", block, re.M))
         results[category] = {"accuracy": float(values["Accuracy"]), "precision": float(values["Precision"]),
                              "recall": float(values["Recall"]), "f1": float(values["F1 score"]),
                              "yes_ratio": float(values["Yes ratio"])}
-    return results
+        samples = int(re.search(r"# samples: (\d+)$", block, re.M).group(1))
+        tp, fp, tn, fn = map(int, re.search(r"^TP\tFP\tTN\tFN\t\n(\d+)\t(\d+)\t(\d+)\t(\d+)$", block, re.M).groups())
+        counts[category] = {"n": samples, "TP": tp, "FP": fp, "TN": tn, "FN": fn}
+    return results, counts
 
 
 def test_pope_equals_upstream_eval_pope_on_the_real_files(pope_files, capsys):
-    upstream = _upstream(pope_files)
+    upstream, upstream_counts = _upstream(pope_files)
     assert sorted(upstream) == sorted(CATEGORIES)
-    positional = public(score_pope(pope_files["records"], pope_files["questions"], pope_files["annotations"]))
-    labelled = public(score_pope(_with_labels(pope_files["records"]), None, None))
+    for category, counts in upstream_counts.items():
+        # every answer scored against its excerpt (counted here, not taken from our output), and a confusion
+        # matrix with 4 different non-zero cells: both labels, and swapped cells or metrics would show
+        assert counts["n"] == (POPE / f"coco_pope_{category}.json").read_bytes().count(b"\n"), category
+        cells = [counts[cell] for cell in ("TP", "FP", "TN", "FN")]
+        assert min(cells) > 0 and len(set(cells)) == 4, (category, counts)
+    positional_full = score_pope(pope_files["records"], pope_files["questions"], pope_files["annotations"])
+    labelled_full = score_pope(_with_labels(pope_files["records"]), None, None)
+    positional, labelled = public(positional_full), public(labelled_full)
+    for full in (positional_full, labelled_full):
+        assert {category: full[category]["counts"] for category in full} == upstream_counts
     for ours in (positional, labelled):
         assert sorted(ours) == sorted(upstream)
         for category, values in upstream.items():
@@ -183,6 +204,7 @@ def test_amber_noun_fallback(amber_refs):
 
 
 def test_amber_hand_computed_on_the_real_annotations(amber_refs, capsys, tmp_path):
+    """On the excerpt of AMBER's annotations.json (ids 1-3 and 1005-1008, entries as in the original)."""
     answers = [
         # id 1: truth sky forest grass person lake mountain road; hallu cloud sun bird dog flower.
         # objects man (synonym of person), lake, sky, dog (hallu), cloud (hallu): 5 mentions, 2 hallucinated,
