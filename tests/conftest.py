@@ -15,6 +15,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from llava_avc.testing import tiny  # noqa: E402
 
 
+UNIT_TESTS = Path(__file__).resolve().parent / "unit"
+
+
+def pytest_collection_modifyitems(items):
+    """The fast lane (`-m "not slow"`) is tests/unit/ plus the tests marked smoke: every other test is slow."""
+    for item in items:
+        if UNIT_TESTS not in Path(str(item.fspath)).parents and item.get_closest_marker("smoke") is None:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_llava_dir(tmp_path_factory):
     """Path of a ``tiny`` checkpoint (seed 0): LLaVA-1.5 layout, 576 image tokens."""
