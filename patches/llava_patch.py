@@ -14,8 +14,8 @@ function objects are kept on the class and restored exactly by `unpatch_llava()`
 
 from __future__ import annotations
 
-import contextvars
 import functools
+import threading
 from collections import Counter
 from contextlib import contextmanager
 from typing import Iterator, Optional
@@ -30,10 +30,36 @@ _LOADER_KEY = "llava.model.builder.load_pretrained_model"
 #: kwargs newer transformers' generate passes to forward that LLaVA 1.2.2's forward does not accept.
 _DROPPED_FORWARD_KWARGS = ("cache_position", "logits_to_keep", "num_logits_to_keep")
 
-#: The method applied to generate calls that name none (set by `default_method`, e.g. the launcher).
-_DEFAULT_METHOD: contextvars.ContextVar = contextvars.ContextVar("llava_avc_default_method", default=None)
+
+class _ProcessDefault:
+    """The method applied to generate calls that name none: ONE value for the whole process.
+
+    Process-wide on purpose, not a ContextVar: LLaVA's own web-demo worker (llava.serve.model_worker)
+    runs every `model.generate` in a new `threading.Thread`, which starts with an EMPTY context, so a
+    context-local default silently ran plain decoding there. A `llava-avc run` process serves one
+    script with one method, so one process-wide value is what that launcher needs; per-call choices
+    are made by passing `avc=` / `vcd=` / `m3id=` explicitly.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._config = None
+
+    def get(self):
+        return self._config
+
+    def swap(self, config):
+        """Set `config`; return the previous value (to restore)."""
+        with self._lock:
+            previous, self._config = self._config, config
+            return previous
+
+
+_DEFAULT_METHOD = _ProcessDefault()
 #: How many patched generate calls ran each method ("none" = upstream path), per process.
 GENERATE_CALLS: Counter = Counter()
+#: Patched generate calls WITH images that ran upstream decoding (no method named, no default).
+PLAIN_IMAGE_CALLS: Counter = Counter()
 
 
 def _llava_class():
@@ -69,6 +95,8 @@ def _patched_generate(original):
         if config is None and images is not None:
             config = _DEFAULT_METHOD.get()
         GENERATE_CALLS[config.method if config is not None else "none"] += 1
+        if config is None and images is not None:
+            PLAIN_IMAGE_CALLS["none"] += 1
         if config is None:
             if needs_explicit_attention_mask() and kwargs.get("attention_mask") is None and inputs is not None:
                 # transformers >= 4.38 cannot derive position ids for LLaVA's inputs_embeds without it.
@@ -178,13 +206,17 @@ def default_method(config: Optional[object]) -> Iterator[None]:
     """Apply `config` (AVCConfig / VCDConfig / M3IDConfig, or None) to every patched `generate`
     call with images that names no method itself, for the duration of the block.
 
-    This is how unmodified LLaVA scripts (llava.eval.model_vqa_loader, ...) get AVC. Calls
-    without images (text-only) keep the upstream path. Requires `patch_llava()`.
+    Scope: the whole PROCESS, every thread included (threads started before or inside the block,
+    thread pools, LLaVA's web-demo worker that generates in a `threading.Thread`), until the block
+    exits and the previous default is restored. It is the run-wide setting of `llava-avc run`; two
+    threads wanting different defaults at the same time should pass `avc=` / `vcd=` / `m3id=` to
+    each call instead. Calls without images (text-only) keep the upstream path. Requires
+    `patch_llava()`.
     """
     if config is not None and not is_patched():
         raise RuntimeError("default_method() needs the patch: call llava_avc.patch_llava() first.")
-    token = _DEFAULT_METHOD.set(config)
+    previous = _DEFAULT_METHOD.swap(config)
     try:
         yield
     finally:
-        _DEFAULT_METHOD.reset(token)
+        _DEFAULT_METHOD.swap(previous)

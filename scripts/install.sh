@@ -10,7 +10,8 @@
 #
 # 1. torch: an existing torch >= 2.1 is kept (a user's CUDA build is never replaced); otherwise
 #    torch==2.13.0 is installed.
-# 2. llava-avc (editable) with the runtime set pinned by requirements/pins-4.37.txt.
+# 2. llava-avc (editable) with the runtime set pinned by requirements/pins-<profile>.txt, plus the
+#    test and serve extras (pytest; fastapi, uvicorn, requests for LLaVA's web-demo worker).
 # 3. LLaVA: an importable `llava` (e.g. `pip install -e LLaVA` from a clone) is kept; otherwise
 #    llava-torch==1.2.2.post1 is installed with --no-deps (its metadata pins torch 2.1.2, old
 #    gradio etc., which would pull gigabytes of CUDA wheels and break the resolve).
@@ -66,7 +67,7 @@ else
 fi
 
 echo "llava-avc: installing llava-avc and its runtime set" >&2
-"${pip[@]}" -c "$pins" -e ".[test]"
+"${pip[@]}" -c "$pins" -e ".[test,serve]"
 
 if "$python_bin" -c 'import llava' 2>/dev/null; then
   echo "llava-avc: keeping LLaVA from $("$python_bin" -c 'import llava, os; print(os.path.dirname(llava.__file__))')" >&2

@@ -202,6 +202,22 @@ def _assert_same(before, after):
             assert before[key] is after[key], key
 
 
+def test_serve_cli_with_load_4bit_through_the_launcher(tiny_llava_dir, workspace):
+    """`llava.serve.cli --load-4bit` (the flag passed on to the script) loads through llava-avc's quantized
+    path and answers with AVC (transformers >= 4.53 quantizes on the CPU; 4.37.2 stops with the message)."""
+    record_path = workspace / "serve-4bit.run.json"
+    result = _launch("llava.serve.cli", "--device", "cpu", "--load-4bit", "--run-json", record_path, "--",
+                     "--model-path", tiny_llava_dir, "--image-file", workspace / "images" / "a.jpg",
+                     "--temperature", 0, "--max-new-tokens", 4, cwd=workspace, stdin="Is there a person?\n")
+    if not CPU_QUANTIZATION:
+        assert result.returncode == 2 and CPU_4BIT_MESSAGE in result.stderr
+        return
+    _ok(result)
+    record = json.loads(record_path.read_text())
+    assert record["module_args"][-3:] == ["--device", "cpu", "--load-4bit"]
+    assert record["loads"][0]["load_4bit"] is True and record["generate_calls"] == {"avc": 1}
+
+
 def test_everything_is_restored_after_a_run_and_after_a_failing_module(tiny_llava_dir, workspace, capsys, one_thread):
     from llava_avc.patches.llava_patch import _DEFAULT_METHOD, is_patched
 

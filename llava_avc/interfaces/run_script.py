@@ -20,6 +20,7 @@ Plugin flags (before or after MODULE, always before ``--``):
                           such as model_vqa hard-code 1024)
     --seed S              ``random``, ``numpy`` and ``torch`` seeded with S before the script runs
     --run-json PATH       where to write the run record (default: see below)
+    --record-every S      rewrite the run record every S seconds while the script runs (default 10)
 
 Run record: when the module arguments contain ``--answers-file A``, the launcher writes
 ``<A's stem>.run.json`` beside A (``answers/pope.jsonl`` -> ``answers/pope.run.json``; named after
@@ -27,9 +28,18 @@ the answers file so that several runs, e.g. the chunks of one benchmark, can sha
 holds the method and its config, the seed, the module and its arguments, the versions, the
 llava-avc git SHA, the device, the loads, and ``generate_calls``: how many generate calls ran each
 method during the run (``{"avc": N}`` proves AVC was active). It is written also when the module
-fails (``"status": "failed"`` with the error); the answers file itself is never touched.
+fails (``"status": "failed"`` with the error); the answers file itself is never touched. While the
+script runs (a server such as ``llava.serve.model_worker`` runs until stopped) the record is rewritten
+every ``--record-every`` seconds with ``"status": "running"`` and the calls so far, so a running worker
+can be checked for "avc" calls; ``plain_calls_with_images`` counts calls with images that ran plain
+decoding, and any such call under a method is also a warning on stderr.
 
-Exit status: the module's (0 when it returns), 1 when it raises (traceback printed), 2 for a
+The method applies to every generate call in the PROCESS, whatever thread makes it (LLaVA's web-demo
+worker generates in a new ``threading.Thread`` per request): ``default_method`` sets a process-wide
+default, see ``llava_avc.patches.llava_patch``.
+
+Exit status: the module's (0 when it returns); stopped by SIGTERM (record status "stopped"), the
+process ends by SIGTERM once the record is written; 130 on Ctrl-C; 1 when it raises (traceback printed), 2 for a
 usage error (one line: conflicting flags, 4-bit on the CPU, an unknown module ...).
 """
 
@@ -40,16 +50,19 @@ import datetime
 import gc
 import importlib.util
 import json
+import math
+import signal
 import os
 import random
 import sys
+import threading
 import time
 import traceback
 from collections import Counter
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 from ..algorithm.config import method_name
 from ..eval import provenance
@@ -63,6 +76,7 @@ KNOWN_MODULES = {
     "llava.eval.model_vqa_science": (),
     "llava.eval.run_llava": (),
     "llava.serve.cli": ("--device", "--load-4bit", "--load-8bit"),
+    "llava.serve.model_worker": ("--device", "--load-4bit", "--load-8bit"),
 }
 
 PROG = "llava-avc run"
@@ -91,6 +105,9 @@ def _add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
                           "that hard-code 1024: model_vqa, model_vqa_science)")
     launcher.add_argument("--seed", type=int, default=None,
                           help="seed random, numpy and torch before the script runs (default: not seeded)")
+    launcher.add_argument("--record-every", type=float, default=10.0, metavar="SECONDS",
+                          help="while the script runs, rewrite the run record with the generate calls so far "
+                          "every SECONDS (long-running servers such as llava.serve.model_worker; default 10)")
     launcher.add_argument("--run-json", default=None, metavar="PATH",
                           help="write the run record here (default: <answers-file stem>.run.json beside "
                           "the script's --answers-file; none when it has no answers file)")
@@ -180,6 +197,7 @@ class ScriptPlan:
     load_8bit: bool
     seed: Optional[int]
     max_new_tokens_cap: Optional[int]
+    record_every: float  # seconds between rewrites of the run record while the script runs
     quantized: bool  # the launcher's or the module's own --load-4bit/--load-8bit
     record_path: Optional[Path]  # where the run record goes; None = nowhere
     answers_file: Optional[Path]
@@ -208,6 +226,8 @@ def plan_run(args: argparse.Namespace) -> ScriptPlan:
     from .flags import config_from_args
 
     _split_rest(args)
+    if not (math.isfinite(args.record_every) and args.record_every > 0):
+        raise _UsageError(f"--record-every (={args.record_every}) must be > 0 seconds; e.g. --record-every 10.")
     if args.max_new_tokens_cap is not None and args.max_new_tokens_cap < 1:
         raise _UsageError(f"--max-new-tokens-cap must be >= 1, got {args.max_new_tokens_cap}.")
     config = config_from_args(args)  # ValueError on conflicting method flags
@@ -256,7 +276,7 @@ def plan_run(args: argparse.Namespace) -> ScriptPlan:
 
     return ScriptPlan(module=args.module, module_args=module_args, config=config, device=args.device,
                       load_4bit=args.load_4bit, load_8bit=args.load_8bit, seed=args.seed,
-                      max_new_tokens_cap=args.max_new_tokens_cap,
+                      max_new_tokens_cap=args.max_new_tokens_cap, record_every=args.record_every,
                       quantized=args.load_4bit or args.load_8bit
                       or bool({"--load-4bit", "--load-8bit"} & set(module_args)),
                       record_path=record_path, answers_file=answers_path, warnings=warnings)
@@ -308,7 +328,8 @@ def _initial_record(plan: ScriptPlan, launcher_argv: Optional[Sequence[str]]) ->
         "git_sha": provenance.git_sha(),
         "loads": [],
         "generate_calls": {},
-        "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "plain_calls_with_images": 0,
+        "started_at": _now(),
     }
 
 
@@ -330,11 +351,34 @@ def _run_module_wrapped(plan: ScriptPlan, record: dict) -> None:
             stack.enter_context(overrides.max_new_tokens_cap(plan.max_new_tokens_cap))
         if plan.device == "cpu":
             stack.enter_context(overrides.cpu_device_mapping(map_half=not plan.quantized))
+        stack.enter_context(_sigterm_ends_the_run())
         sys.argv = [plan.module] + list(plan.module_args)
         try:
             runpy.run_module(plan.module, run_name="__main__", alter_sys=True)
         finally:
             sys.argv = saved_argv
+
+
+class _Terminated(Exception):
+    """SIGTERM reached the launcher (how a server such as model_worker is normally stopped)."""
+
+
+@contextmanager
+def _sigterm_ends_the_run() -> Iterator[None]:
+    """While the module runs, SIGTERM raises `_Terminated` in the main thread, so the run record is
+    completed before the process ends (uvicorn, for one, re-raises SIGTERM after its shutdown)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _exit_code_of(stop: SystemExit, record: dict) -> int:
@@ -348,15 +392,76 @@ def _exit_code_of(stop: SystemExit, record: dict) -> int:
     return exit_code
 
 
-def _finish_record(plan: ScriptPlan, record: dict, exit_code: int, calls: Counter, started: float) -> None:
-    """Complete the run record and write it (a failure to write only warns)."""
-    record["generate_calls"] = {method: count for method, count in sorted(calls.items()) if count > 0}
-    record["exit_code"] = exit_code
-    record["status"] = "ok" if exit_code == 0 else "failed"
-    record["duration_s"] = round(time.perf_counter() - started, 3)
-    record["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    if plan.record_path is None:
-        return
+class _CallTally:
+    """The patched generate calls made since the run started, per method."""
+
+    def __init__(self):
+        from ..patches.llava_patch import GENERATE_CALLS, PLAIN_IMAGE_CALLS
+
+        self._calls, self._plain = GENERATE_CALLS, PLAIN_IMAGE_CALLS
+        self._calls_before, self._plain_before = Counter(GENERATE_CALLS), PLAIN_IMAGE_CALLS["none"]
+
+    def calls(self) -> dict:
+        """{method: calls} ("none" = upstream decoding), zero counts left out."""
+        calls = Counter(self._calls)
+        calls.subtract(self._calls_before)
+        return {method: count for method, count in sorted(calls.items()) if count > 0}
+
+    def plain_image_calls(self) -> int:
+        """Calls WITH images that ran upstream decoding (no method named and no default)."""
+        return self._plain["none"] - self._plain_before
+
+
+class _RecordRefresher:
+    """Keeps the run record of a long-running script current: every `interval` seconds it writes the
+    calls so far (status "running"), and warns once on stderr when images were served without the
+    run's method. Runs in a daemon thread; `stop()` ends it."""
+
+    def __init__(self, plan: ScriptPlan, record: dict, tally: _CallTally, interval: float):
+        self.plan, self.record, self.tally, self.interval = plan, record, tally, interval
+        self.warned = False
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="llava-avc-run-record", daemon=True)
+
+    def start(self) -> "_RecordRefresher":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.refresh(final=False)
+
+    def refresh(self, final: bool) -> None:
+        """Update the counts in the record, warn if needed, and (while running) write it."""
+        with self._lock:
+            self.record["generate_calls"] = self.tally.calls()
+            self.record["plain_calls_with_images"] = self.tally.plain_image_calls()
+            self.record["updated_at"] = _now()
+            self._warn_if_plain()
+            if not final and self.plan.record_path is not None:
+                _write_record(self.plan, self.record)
+
+    def _warn_if_plain(self) -> None:
+        plain = self.record["plain_calls_with_images"]
+        if self.warned or self.plan.config is None or plain == 0:
+            return
+        self.warned = True
+        print(f"{PROG}: warning: {plain} generate call(s) with images ran plain LLaVA decoding although the run's "
+              f"method is {self.plan.method}; report this (the method should apply to every call).",
+              file=sys.stderr, flush=True)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_record(plan: ScriptPlan, record: dict) -> None:
+    """Write the run record (a failure to write only warns, once, and stops further writes)."""
     try:
         _write_json(plan.record_path, record)
     except OSError as error:
@@ -364,17 +469,29 @@ def _finish_record(plan: ScriptPlan, record: dict, exit_code: int, calls: Counte
         plan.record_path = None
 
 
+def _finish_record(plan: ScriptPlan, record: dict, exit_code: int, refresher: _RecordRefresher,
+                   started: float) -> None:
+    """Complete the run record and write it."""
+    refresher.stop()
+    refresher.refresh(final=True)
+    record["exit_code"] = exit_code
+    record["status"] = "ok" if exit_code == 0 else "stopped" if exit_code == 128 + signal.SIGTERM else "failed"
+    record["duration_s"] = round(time.perf_counter() - started, 3)
+    record["finished_at"] = _now()
+    if plan.record_path is not None:
+        _write_record(plan, record)
+
+
 def execute(plan: ScriptPlan, launcher_argv: Optional[Sequence[str]] = None) -> int:
-    """Run the planned module; write the run record; return the exit status."""
+    """Run the planned module; keep the run record current while it runs; return the exit status."""
     from ..patches import script_overrides as overrides
-    from ..patches.llava_patch import GENERATE_CALLS
 
     for warning in plan.warnings:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     if plan.seed is not None:
         seed_everything(plan.seed)
     record = _initial_record(plan, launcher_argv)
-    before = Counter(GENERATE_CALLS)
+    refresher = _RecordRefresher(plan, record, _CallTally(), plan.record_every).start()
     started = time.perf_counter()
     exit_code = 0
     try:
@@ -389,6 +506,10 @@ def execute(plan: ScriptPlan, launcher_argv: Optional[Sequence[str]] = None) -> 
         exit_code = 130
         record["error"] = "KeyboardInterrupt"
         print(f"{PROG}: interrupted", file=sys.stderr)
+    except _Terminated:
+        exit_code = 128 + signal.SIGTERM
+        record["error"] = "terminated (SIGTERM)"
+        print(f"{PROG}: terminated (SIGTERM)", file=sys.stderr)
     except BaseException as error:  # noqa: BLE001 - recorded, printed, exit status 1
         exit_code = 1
         record["error"] = f"{type(error).__name__}: {error}"
@@ -397,14 +518,24 @@ def execute(plan: ScriptPlan, launcher_argv: Optional[Sequence[str]] = None) -> 
     finally:
         if exit_code != 0:
             gc.collect()  # close (flush) the failed script's open answers file, held by the traceback
-        calls = Counter(GENERATE_CALLS)
-        calls.subtract(before)
-        _finish_record(plan, record, exit_code, calls, started)
+        _finish_record(plan, record, exit_code, refresher, started)
     summary = ", ".join(f"{method}: {count}" for method, count in record["generate_calls"].items()) or "none"
     where = f"; run record: {plan.record_path}" if plan.record_path is not None else ""
     print(f"{PROG}: method {plan.method}, generate calls ({summary}), status {record['status']}{where}",
           file=sys.stderr)
+    if record["status"] == "stopped":
+        _end_by_sigterm()
     return exit_code
+
+
+def _end_by_sigterm() -> None:
+    """End the process by SIGTERM, as the script itself would have ended, now that the record is
+    complete (a script's non-daemon threads, such as model_worker's heart beat, would otherwise
+    keep it alive forever)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_command(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
