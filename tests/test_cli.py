@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 
@@ -51,15 +52,69 @@ def test_bad_method_flags_are_clear_errors(argv, message):
         parse(*argv)
 
 
-def test_ask_prints_an_answer_and_the_blind_tokens(tiny_llava_dir, tmp_path, sample_image):
-    image = tmp_path / "photo.jpg"
+ASK_QUERY = "What is in the image?"
+#: Greedy AVC (defaults, 6 new tokens) of the `tiny` checkpoint (seed 0) on ASK_QUERY about the JPEG of
+#: sample_image; the same on transformers 4.37.2 and 4.57.6. A change means the pipeline's behaviour changed.
+GOLDEN_ASK_TOKEN_IDS = [463, 2218, 2218, 2218, 2218, 2218]
+
+
+@pytest.fixture(scope="module")
+def ask_photo(tmp_path_factory, sample_image):
+    image = tmp_path_factory.mktemp("ask") / "photo.jpg"
     sample_image.save(image)
-    proc = run_cli("ask", "--model-path", str(tiny_llava_dir), "--image", str(image), "--query",
-                   "What is in the image?", "--max-new-tokens", "6", "--device", "cpu")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip()
-    assert "method: avc" in proc.stderr
-    assert "blind tokens:" in proc.stderr and "of 576 image tokens" in proc.stderr
+    return image
+
+
+@pytest.fixture(scope="module")
+def ask_cli(tiny_llava_dir, ask_photo):
+    """`llava-avc ask` on the tiny checkpoint, default method (avc), 6 new tokens."""
+    return run_cli("ask", "--model-path", str(tiny_llava_dir), "--image", str(ask_photo), "--query", ASK_QUERY,
+                   "--max-new-tokens", "6", "--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def ask_in_process(tiny_llava_dir, ask_photo):
+    """The same question in this process: answer, new token ids, blind-token records, tokenizer."""
+    import torch
+    from PIL import Image
+
+    import llava_avc
+    from llava_avc.backends.llava.loading import load_model
+    from llava_avc.backends.llava.prompts import build_prompt, prepare_images, prompt_ids
+
+    from helpers import LEAD
+
+    tokenizer, model, image_processor, _ = load_model(str(tiny_llava_dir), device="cpu")
+    image = Image.open(ask_photo).convert("RGB")
+    ids = prompt_ids(tokenizer, build_prompt(ASK_QUERY, "llava_v1", model.config)).unsqueeze(0)
+    images = prepare_images([image], image_processor, model)
+    torch.manual_seed(42)
+    with llava_avc.patched():
+        sequences = model.generate(ids, images=images, image_sizes=[image.size], do_sample=False, max_new_tokens=6,
+                                   avc=AVCConfig())
+    answer = tokenizer.batch_decode(sequences, skip_special_tokens=True)[0].strip()
+    records = llava_avc.find_blind_tokens(model, ids, images, [image.size], AVCConfig())
+    return argparse.Namespace(answer=answer, token_ids=sequences[0, LEAD:].tolist(), records=records,
+                              tokenizer=tokenizer)
+
+
+def test_ask_prints_the_in_process_answer_and_blind_tokens(ask_cli, ask_in_process):
+    assert ask_cli.returncode == 0, ask_cli.stderr[-2000:]
+    assert ask_cli.stdout == ask_in_process.answer + "\n"
+    assert "method: avc" in ask_cli.stderr
+    match = re.search(r"blind tokens: (\d+) of (\d+) image tokens \(span (\d+)\.\.(\d+)\), selected layers (\[.*\])",
+                      ask_cli.stderr)
+    assert match, ask_cli.stderr[-2000:]
+    record = ask_in_process.records[0]
+    assert [int(group) for group in match.groups()[:4]] == [record.num_blind, 576, *record.image_span]
+    assert match.group(5) == str(record.layers)
+    assert 0 < record.num_blind < 576
+
+
+def test_ask_golden_token_ids_on_the_tiny_checkpoint(ask_cli, ask_in_process):
+    assert ask_in_process.token_ids == GOLDEN_ASK_TOKEN_IDS
+    golden_answer = ask_in_process.tokenizer.decode(GOLDEN_ASK_TOKEN_IDS, skip_special_tokens=True).strip()
+    assert ask_cli.stdout == golden_answer + "\n"
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from llava.mm_utils import KeywordsStoppingCriteria
@@ -9,7 +11,7 @@ from transformers.generation import LogitsProcessorList, StoppingCriteriaList
 
 import llava_avc
 from llava_avc import AVCConfig, M3IDConfig, VCDConfig
-from llava_avc.algorithm.contrast import NonFiniteLogitsError, avc_logits, m3id_logits, vcd_logits
+from llava_avc.algorithm.contrast import NonFiniteLogitsError, m3id_logits, vcd_logits
 from llava_avc.decode.loop import biased_embeds
 from llava_avc.interfaces.api import contrastive_generate
 from llava_avc.algorithm.blind import noise_generator
@@ -17,6 +19,8 @@ from llava_avc.algorithm.noise import add_diffusion_noise
 from llava_avc.backends.llava.adapter import LlavaAdapter
 
 from helpers import LEAD, QUESTIONS, ForceTokens, images_for, left_padded, no_eos, prompt_ids, variant_images
+from reference_avc import contrast as reference_contrast
+from reference_avc import full_forward, reference_prefill
 
 NEW_TOKENS = 6
 CONFIGS = [AVCConfig(), VCDConfig(), M3IDConfig(lam=0.5)]
@@ -48,6 +52,7 @@ def generate(model, tokenizer, ids, images, sizes, **kwargs):
 
 @pytest.mark.parametrize("config", [AVCConfig(alpha=0.0), VCDConfig(alpha=0.0), M3IDConfig(lam=0.0)],
                          ids=["avc", "vcd", "m3id"])
+@pytest.mark.smoke
 def test_zero_strength_reproduces_upstream_greedy(tiny_llava, single, config):
     tokenizer, model, _, _ = tiny_llava
     ids, images, sizes = single
@@ -113,14 +118,24 @@ def test_zero_alpha_scores_match_upstream_on_plausible_tokens(tiny_llava, single
         torch.testing.assert_close(mine[plausible], theirs[plausible], atol=1e-4, rtol=1e-4)
 
 
-def test_avc_changes_the_answer_scores(tiny_llava, single):
+def test_avc_shifts_step_0_scores_by_alpha_times_the_gap_to_the_reference_biased_branch(tiny_llava, single):
+    """On the plausible tokens (l >= log(beta) + max l), AVC - plain = alpha * (l - l*), with l* the
+    logits of the independent reference's biased input (tests/reference_avc.py); the rest is -inf."""
     tokenizer, model, _, _ = tiny_llava
     ids, images, sizes = single
-    kwargs = dict(return_dict_in_generate=True, output_scores=True)
-    plain = generate(model, tokenizer, ids, images, sizes, **kwargs)
-    avc = generate(model, tokenizer, ids, images, sizes, avc=AVCConfig(), **kwargs)
-    assert not torch.allclose(plain.scores[0][torch.isfinite(avc.scores[0])],
-                              avc.scores[0][torch.isfinite(avc.scores[0])])
+    config = AVCConfig()
+    kwargs = dict(return_dict_in_generate=True, output_scores=True, max_new_tokens=1)
+    plain = generate(model, tokenizer, ids, images, sizes, **kwargs).scores[0][0]
+    avc = generate(model, tokenizer, ids, images, sizes, avc=config, **kwargs).scores[0][0]
+    prefill = reference_prefill(model, ids, images, sizes, config.gamma, config.lam, config.masking)
+    logits = full_forward(model, prefill.embeds).logits[0, -1].float()
+    biased = full_forward(model, prefill.biased).logits[0, -1].float()
+    plausible = logits >= math.log(config.beta) + logits.max()
+    plausible[tokenizer.eos_token_id] = False  # no_eos: -inf in both runs
+    assert torch.equal(torch.isfinite(avc), plausible)
+    shift = avc[plausible] - plain[plausible]
+    torch.testing.assert_close(shift, config.alpha * (logits - biased)[plausible], atol=1e-4, rtol=1e-4)
+    assert float(shift.abs().max()) > 1.0  # a shift the argmax can feel (tiny checkpoint: several logits)
 
 
 def test_first_step_scores_equal_hand_computed_contrasts(tiny_llava, single):
@@ -129,13 +144,14 @@ def test_first_step_scores_equal_hand_computed_contrasts(tiny_llava, single):
     ids, images, sizes = single
     kwargs = dict(return_dict_in_generate=True, output_scores=True, max_new_tokens=1, logits_processor=None)
     logits = model(input_ids=ids, images=images, image_sizes=sizes).logits[:, -1].float()
-    # AVC: the biased branch is LLaVA's forward on the masked merged embeddings.
+    # AVC: the biased branch is LLaVA's forward on the masked merged embeddings, blind tokens and
+    # masking from the independent reference (tests/reference_avc.py), not the library's own.
     config = AVCConfig()
-    records = llava_avc.find_blind_tokens(model, ids, images, sizes, config)
-    merged = LlavaAdapter(model).merge_image(ids, None, images, sizes)
-    biased = model(inputs_embeds=biased_embeds(merged.embeds, records, config)).logits[:, -1].float()
+    prefill = reference_prefill(model, ids, images, sizes, config.gamma, config.lam, config.masking)
+    biased = model(inputs_embeds=prefill.biased).logits[:, -1].float()
     got = generate(model, tokenizer, ids, images, sizes, avc=config, **kwargs).scores[0]
-    torch.testing.assert_close(got, avc_logits(logits, biased, config.alpha, config.beta), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got, reference_contrast(logits, biased, config.alpha, config.beta),
+                               atol=1e-4, rtol=1e-4)
     # VCD: the biased branch is LLaVA's forward on the diffusion-noised image.
     config = VCDConfig()
     noised = add_diffusion_noise(images[0], config.noise_step, noise_generator(config.noise_seed))[None]
