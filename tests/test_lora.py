@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from llava_avc.backends.llava.loading import load_model
 
@@ -29,7 +32,14 @@ def test_lora_checkpoint_loads_merged_like_peft(tiny_llava_dir, tiny_lora_dir, s
     state, expected, before = model.state_dict(), reference.state_dict(), base.state_dict()
     layer = "model.layers.0.self_attn.q_proj.weight"
     torch.testing.assert_close(state[layer], expected[layer].to(state[layer].dtype), atol=2e-3, rtol=0)
-    assert not torch.allclose(state[layer], before[layer], atol=1e-3)
+    # The merge added exactly W += (lora_alpha / r) * B @ A, computed here from the adapter's own files.
+    adapter = load_file(str(tiny_lora_dir / "adapter_model.safetensors"))
+    settings = json.loads((tiny_lora_dir / "adapter_config.json").read_text())
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    delta = settings["lora_alpha"] / settings["r"] * (adapter[f"{prefix}.lora_B.weight"].float()
+                                                      @ adapter[f"{prefix}.lora_A.weight"].float())
+    assert float(delta.abs().max()) > 0.05  # the adapter's B is non-zero: the merge is visible
+    torch.testing.assert_close(state[layer] - before[layer], delta.to(state[layer].dtype), atol=2e-3, rtol=0)
     projector = "model.mm_projector.0.weight"
     torch.testing.assert_close(state[projector], expected[projector].to(state[projector].dtype), atol=2e-3, rtol=0)
 

@@ -37,8 +37,6 @@ def paper_rule(text: str) -> str:
 
 
 RULES = {"llava": llava_rule, "paper": paper_rule}
-RULE_TITLES = {"llava": "llava (upstream eval_pope.py: first sentence, No/not/no)",
-               "paper": "paper (AvisC recorder: No/not/no/NO or *n't anywhere)"}
 
 
 def get_rule(name: str):
