@@ -253,3 +253,25 @@ def test_a_streamer_fed_by_llava_avc_generate_in_a_thread_gives_the_answer(singl
     with torch.inference_mode():
         direct = llava_avc.generate(model, ids, avc=AVCConfig(), **kwargs)
     assert streamed.strip() == tokenizer.batch_decode(direct, skip_special_tokens=True)[0].strip()
+
+
+def test_an_image_served_without_the_runs_method_is_counted_and_warned_once(single, tmp_path, capsys):
+    """The run record's guard: a generate call with images that ran plain decoding under a run whose
+    method is avc is counted in `plain_calls_with_images` and is a warning on stderr (once)."""
+    from llava_avc.interfaces.run_script import ScriptPlan, _CallTally, _RecordRefresher
+
+    model, ids, kwargs = single
+    plan = ScriptPlan(module="llava.serve.model_worker", module_args=[], config=AVCConfig(), device="cpu",
+                      load_4bit=False, load_8bit=False, seed=None, max_new_tokens_cap=None, record_every=60.0,
+                      quantized=False, record_path=tmp_path / "worker.run.json", answers_file=None)
+    record = {"generate_calls": {}, "plain_calls_with_images": 0}
+    refresher = _RecordRefresher(plan, record, _CallTally(), plan.record_every)
+    with llava_avc.patched():
+        model.generate(ids, **kwargs)  # no method named and no default: plain decoding of an image
+    refresher.refresh(final=False)
+    refresher.refresh(final=False)
+    written = json.loads(plan.record_path.read_text())
+    assert written["generate_calls"] == {"none": 1} and written["plain_calls_with_images"] == 1
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "plain LLaVA decoding" in line]
+    assert warnings == ["llava-avc run: warning: 1 generate call(s) with images ran plain LLaVA decoding although "
+                        "the run's method is avc; report this (the method should apply to every call)."]
