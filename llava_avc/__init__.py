@@ -54,10 +54,17 @@ _LAZY = {
     "contrastive_generate": "llava_avc.interfaces.api",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+#: Subpackages reachable as attributes: `llava_avc.hf.contrastive_decoding` (transformers' custom_generate).
+_MODULES = {"hf": "llava_avc.backends.hf"}
+
+__all__ = sorted(_LAZY) + sorted(_MODULES) + ["__version__"]
 
 
 def __getattr__(name):
+    if name in _MODULES:
+        module = importlib.import_module(_MODULES[name])
+        globals()[name] = module
+        return module
     if name not in _LAZY:
         raise AttributeError(f"module 'llava_avc' has no attribute {name!r}")
     value = getattr(importlib.import_module(_LAZY[name]), name)

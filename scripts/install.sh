@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# Idempotent set-up of llava-avc and the real LLaVA codebase.
+# Idempotent set-up of llava-avc (and, for the original-LLaVA profiles, the real LLaVA codebase).
 #
 #   bash scripts/install.sh                    # into ./.venv (created if missing)
 #   bash scripts/install.sh --profile 4.57     # the newest-4.x profile, into ./.venv-457
+#   bash scripts/install.sh --profile hf       # llava-hf on transformers 5, NO llava, into ./.venv-hf
 #   bash scripts/install.sh --python PYTHON    # into an existing environment (its python)
 #
 # Profiles (requirements/pins-<profile>.txt): 4.37 = transformers 4.37.2, LLaVA's own pin (default);
-# 4.57 = transformers 4.57.x, which LLaVA 1.2.2 runs on only through llava-avc's patch.
+# 4.57 = transformers 4.57.x, which LLaVA 1.2.2 runs on only through llava-avc's patch (the llava-hf
+# backend runs there too); hf = transformers 5.x with the llava-hf backend only.
 #
 # 1. torch: an existing torch >= 2.1 is kept (a user's CUDA build is never replaced); otherwise
 #    torch==2.13.0 is installed.
 # 2. llava-avc (editable) with the runtime set pinned by requirements/pins-<profile>.txt, plus the
-#    test and serve extras (pytest; fastapi, uvicorn, requests for LLaVA's web-demo worker).
-# 3. LLaVA: an importable `llava` (e.g. `pip install -e LLaVA` from a clone) is kept; otherwise
+#    extras: 4.37 / 4.57: llava, test, serve (pytest; fastapi, uvicorn, requests for LLaVA's
+#    web-demo worker); hf: hf, test.
+# 3. LLaVA (not for the hf profile): an importable `llava` (e.g. `pip install -e LLaVA` from a clone) is kept; otherwise
 #    llava-torch==1.2.2.post1 is installed with --no-deps (its metadata pins torch 2.1.2, old
 #    gradio etc., which would pull gigabytes of CUDA wheels and break the resolve).
 # A stamp in the environment skips all of this when nothing changed.
@@ -24,8 +27,8 @@ profile=4.37
 while [ $# -gt 0 ]; do
   case "$1" in
     --python) python_bin="${2:?--python needs a path}"; shift 2 ;;
-    --profile) profile="${2:?--profile needs 4.37 or 4.57}"; shift 2 ;;
-    *) echo "install.sh: unknown argument $1 (use --python PATH, --profile 4.37|4.57)" >&2; exit 2 ;;
+    --profile) profile="${2:?--profile needs 4.37, 4.57 or hf}"; shift 2 ;;
+    *) echo "install.sh: unknown argument $1 (use --python PATH, --profile 4.37|4.57|hf)" >&2; exit 2 ;;
   esac
 done
 pins="requirements/pins-$profile.txt"
@@ -46,8 +49,12 @@ fi
 prefix=$("$python_bin" -c 'import sys; print(sys.prefix)')
 stamp="$prefix/.llava-avc-install-stamp"
 digest=$(cat setup.cfg pyproject.toml "$pins" scripts/install.sh | sha256sum | cut -c1-16)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ] \
-   && "$python_bin" -c 'import llava_avc, llava, torch, transformers' 2>/dev/null; then
+if [ "$profile" = hf ]; then
+  extras="hf,test"; needed="llava_avc, torch, transformers"
+else
+  extras="llava,test,serve"; needed="llava_avc, llava, torch, transformers"
+fi
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ] && "$python_bin" -c "import $needed" 2>/dev/null; then
   exit 0
 fi
 
@@ -67,9 +74,11 @@ else
 fi
 
 echo "llava-avc: installing llava-avc and its runtime set" >&2
-"${pip[@]}" -c "$pins" -e ".[test,serve]"
+"${pip[@]}" -c "$pins" -e ".[$extras]"
 
-if "$python_bin" -c 'import llava' 2>/dev/null; then
+if [ "$profile" = hf ]; then
+  :  # the llava-hf backend needs no llava
+elif "$python_bin" -c 'import llava' 2>/dev/null; then
   echo "llava-avc: keeping LLaVA from $("$python_bin" -c 'import llava, os; print(os.path.dirname(llava.__file__))')" >&2
 else
   echo "llava-avc: installing llava-torch==1.2.2.post1 (--no-deps)" >&2

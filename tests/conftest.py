@@ -1,5 +1,6 @@
 """Shared fixtures: offline tiny LLaVA checkpoints built once per test session (llava_avc.testing.tiny)."""
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,24 @@ from llava_avc.testing import tiny  # noqa: E402
 
 
 UNIT_TESTS = Path(__file__).resolve().parent / "unit"
+
+#: Test modules of the original-LLaVA backend: they need llava-torch, which the hf profile (transformers
+#: 5, no llava) does not have by design. There they are not collected, and the header says so.
+LLAVA_TEST_MODULES = [
+    "test_anyres.py", "test_bench.py", "test_cli.py", "test_decode.py", "test_doctor.py", "test_eval_run.py",
+    "test_gpu.py", "test_gpu_check_script.py", "test_heatmap.py", "test_launcher.py", "test_lora.py",
+    "test_patch.py", "test_probe.py", "test_profiles.py", "test_quantized.py", "test_reference_avc.py",
+    "test_serve.py", "test_tiny_checkpoint.py",
+]
+LLAVA_INSTALLED = importlib.util.find_spec("llava") is not None
+collect_ignore = [] if LLAVA_INSTALLED else LLAVA_TEST_MODULES
+
+
+def pytest_report_header(config):
+    if not LLAVA_INSTALLED:
+        return (f"llava (llava-torch) is not installed: the {len(LLAVA_TEST_MODULES)} test modules of the "
+                "original-LLaVA backend are not collected on this profile")
+    return None
 
 
 def pytest_collection_modifyitems(items):
@@ -62,3 +81,20 @@ def tiny_anyres(tiny_anyres_dir):
 def sample_image():
     """matplotlib's grace_hopper.jpg as an RGB PIL image (512x600); shared: do not modify it."""
     return tiny.sample_image()
+
+
+def _hf_checkpoint(tmp_path_factory, preset: str):
+    tiny_hf = pytest.importorskip("llava_avc.testing.tiny_hf")
+    return tiny_hf.make_tiny_llava_hf(tmp_path_factory.mktemp("hf") / f"llava-{preset}-hf", preset=preset, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_dir(tmp_path_factory):
+    """A llava-hf ``tiny`` checkpoint (LlavaForConditionalGeneration, 576 image tokens; seed 0)."""
+    return _hf_checkpoint(tmp_path_factory, "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_next_dir(tmp_path_factory):
+    """A llava-hf ``tiny-anyres`` checkpoint (LlavaNextForConditionalGeneration; seed 0)."""
+    return _hf_checkpoint(tmp_path_factory, "tiny-anyres")

@@ -59,14 +59,16 @@ class GenerationSetup:
     streamer: Any
     has_default_max_length: bool = True
     has_default_min_length: bool = True
+    prompt_streamed: bool = False  # the caller already put the prompt ids into the streamer
+    pad_token_id: Optional[int] = None  # written into finished rows; None: the config's
+
+    def __post_init__(self) -> None:
+        if self.pad_token_id is None:
+            self.pad_token_id = self.config.pad_token_id
 
     @property
     def do_sample(self) -> bool:
         return bool(self.config.do_sample)
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.config.pad_token_id
 
     @property
     def return_dict(self) -> bool:
@@ -149,8 +151,9 @@ class ModelAdapter(abc.ABC):
 
     # -- generation front end --------------------------------------------------------------
     @abc.abstractmethod
-    def prepare_generation(self, batch_size: int, device, generate_kwargs: dict, method: str) -> GenerationSetup:
-        """Interpret and validate `generate` kwargs before any forward (beams etc. raise ValueError)."""
+    def prepare_generation(self, input_ids: torch.Tensor, generate_kwargs: dict, method: str) -> GenerationSetup:
+        """Interpret and validate `generate` kwargs for (B, T) prompt ids before any forward (beams
+        etc. raise ValueError); `method` names the caller in messages ("avc=", "lean decoding")."""
 
     @abc.abstractmethod
     def bind_prompt_length(self, setup: GenerationSetup, prompt_length: int) -> None:

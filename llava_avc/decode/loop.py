@@ -232,7 +232,7 @@ def _decode(adapter: ModelAdapter, state: BranchState, config: Optional[Contrast
     sequences = setup.initial_ids
     unfinished = torch.ones(state.batch_size, dtype=torch.bool, device=sequences.device)
     all_scores = []
-    if setup.streamer is not None:
+    if setup.streamer is not None and not setup.prompt_streamed:
         setup.streamer.put(sequences.cpu())
     step = 0
     while True:
@@ -306,7 +306,7 @@ def _generate(adapter: ModelAdapter, input_ids, images, image_sizes, config, seq
     name = f"{config.method}=" if config is not None else "lean decoding"
     if images is None:
         raise ValueError(f"{name} needs an image: pass images= (and image_sizes=) to generate.")
-    setup = adapter.prepare_generation(input_ids.shape[0], input_ids.device, generate_kwargs, name)
+    setup = adapter.prepare_generation(input_ids, generate_kwargs, name)
     method = config.method if config is not None else None
     state, records = _PREFILL[method](adapter, input_ids, setup.attention_mask, images, image_sizes, config, sequential)
     adapter.bind_prompt_length(setup, state.prompt_length)

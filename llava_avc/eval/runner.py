@@ -147,7 +147,7 @@ def generate_answers(pipeline, texts: list, pil_images: list, settings: dict, co
         torch.cuda.empty_cache()
         hint = f"try --batch-size {batch // 2}" if batch > 1 else "try a 4-bit model (--load-4bit) or a larger GPU"
         raise ValueError(f"out of GPU memory at batch size {batch}; {hint}.") from error
-    return pipeline.decode(output)
+    return pipeline.decode(output, inputs)
 
 
 def _record(question, prompt_text: str, answer: str, model_id: str, settings: dict, digest: str) -> dict:
@@ -191,10 +191,10 @@ def _answer_all(pending, pipeline, options, settings, digest, image_root, writer
 
 
 def _load(options: EvalOptions):
-    from ..backends.llava.pipeline import LlavaPipeline
+    from ..backends import load_pipeline
 
-    return LlavaPipeline.load(options.model_path, options.model_base, device=options.device,
-                              load_4bit=options.load_4bit, load_8bit=options.load_8bit)
+    return load_pipeline(options.model_path, options.model_base, device=options.device,
+                         load_4bit=options.load_4bit, load_8bit=options.load_8bit)
 
 
 def run_eval(options: EvalOptions, pipeline=None) -> EvalSummary:

@@ -12,24 +12,31 @@ from ..backends import adapter_for, backend_module
 from ..decode import loop
 
 
-def generate(model, input_ids: torch.Tensor, *, avc: Optional[AVCConfig] = None, vcd: Optional[VCDConfig] = None,
-             m3id: Optional[M3IDConfig] = None, images=None, image_sizes=None, **generate_kwargs):
+def generate(model, input_ids: Optional[torch.Tensor] = None, *, avc: Optional[AVCConfig] = None,
+             vcd: Optional[VCDConfig] = None, m3id: Optional[M3IDConfig] = None, **kwargs):
     """Generate with AVC, VCD or M3ID (at most one), or, with none of them, the model's own `generate`.
 
+    One function for both backends, dispatched on the model's class:
+
+    - original LLaVA (`LlavaLlamaForCausalLM`): `generate(model, input_ids, images=..., image_sizes=...,
+      avc=AVCConfig(), ...)`; without a method, upstream decoding (through the patch's compatibility
+      fixes on transformers >= 4.38);
+    - llava-hf (`LlavaForConditionalGeneration`, `LlavaNextForConditionalGeneration`):
+      `generate(model, **processor(images=image, text=prompt, return_tensors="pt"), avc=AVCConfig(), ...)`;
+      without a method, `model.generate(**inputs)` untouched.
+
     Args:
-        model: a model some backend serves (today: LLaVA's LlavaLlamaForCausalLM).
-        input_ids: (B, T) prompt ids with one image placeholder per row.
-        avc, vcd, m3id: the method's config; all None = the model's own `generate` (for LLaVA:
-            upstream decoding, through the patch's compatibility fixes on transformers >= 4.38).
-        images, image_sizes: the model's image inputs, as its own `generate` takes them.
-        generate_kwargs: what the model's `generate` takes (max_new_tokens, do_sample, ...).
+        model: a model some backend serves.
+        input_ids: (B, T) prompt ids with one image per row (or inside `kwargs`).
+        avc, vcd, m3id: the method's config; all None = the model's own `generate`.
+        kwargs: what the model's `generate` takes (images / pixel_values, max_new_tokens, do_sample,
+            temperature, top_p, streamer, return_dict_in_generate, ...).
     Returns:
-        What the model's own `generate` returns for the same call (plus `blind_tokens` in the
-        dict output of AVC).
+        What the model's own `generate` returns for the same call (plus `blind_tokens` in the dict
+        output of AVC).
     """
     config = resolve_method(avc=avc, vcd=vcd, m3id=m3id)
-    return backend_module(model).generate(model, input_ids, config, images=images, image_sizes=image_sizes,
-                                          **generate_kwargs)
+    return backend_module(model).generate(model, input_ids, config, **kwargs)
 
 
 def contrastive_generate(model, input_ids: torch.Tensor, *, images=None, image_sizes=None, config,
@@ -45,12 +52,22 @@ def lean_generate(model, input_ids: torch.Tensor, *, images=None, image_sizes=No
                               **generate_kwargs)
 
 
-def find_blind_tokens(model, input_ids, images, image_sizes=None, config: Optional[AVCConfig] = None,
-                      attention_mask=None) -> list:
+def find_blind_tokens(model, input_ids, images=None, image_sizes=None, config: Optional[AVCConfig] = None,
+                      attention_mask=None, pixel_values=None) -> list:
     """The blind tokens AVC would use for each row: the decoder's own code path (prefill + probe).
 
+    Args:
+        model: a model some backend serves.
+        input_ids, attention_mask: the prompt ids, as for generate.
+        images: original LLaVA's image tensor(s); `pixel_values`: the llava-hf processor's (pass one).
+        image_sizes: as for generate (LLaVA-1.6 / LLaVA-NeXT).
+        config: the AVCConfig (gamma, lam); default AVCConfig().
     Returns:
         One BlindTokens per row: `image_span` (start, end) in the merged, left-aligned sequence,
         `layers` (selected layer indices), `scores` (N floats) and `blind` (N booleans).
     """
+    if images is not None and pixel_values is not None:
+        raise ValueError("find_blind_tokens: got both images= and pixel_values=; pass the image once (images= for "
+                         "original LLaVA, pixel_values= from a llava-hf processor).")
+    images = images if images is not None else pixel_values
     return loop.find_blind_tokens(adapter_for(model), input_ids, images, image_sizes, config, attention_mask)

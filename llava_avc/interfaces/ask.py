@@ -49,19 +49,19 @@ def ask(model_path: str, image: str, query: str, *, method: str = "avc", model_b
         loaded=None, load_4bit: bool = False, load_8bit: bool = False,
         heatmap: Optional[str] = None) -> AskResult:
     """Load (or reuse `loaded`, a pipeline), build the prompt, generate, decode the answer."""
-    from ..backends.llava.pipeline import LlavaPipeline
+    from ..backends import load_pipeline
 
     config = config if config is not None else default_config(method)
     pil_image = load_image(image)
-    pipeline = loaded or LlavaPipeline.load(model_path, model_base, device=device, load_4bit=load_4bit,
-                                            load_8bit=load_8bit)
+    pipeline = loaded or load_pipeline(model_path, model_base, device=device, load_4bit=load_4bit,
+                                       load_8bit=load_8bit)
     inputs = pipeline.inputs([query], [pil_image], conv_mode)
     torch.manual_seed(seed)
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0, return_dict_in_generate=True)
     if temperature > 0:
         kwargs.update(temperature=temperature, top_p=top_p)
     output = pipeline.generate(inputs, config, **kwargs)
-    answer = pipeline.decode(output.sequences)[0]
+    answer = pipeline.decode(output.sequences, inputs)[0]
     records = getattr(output, "blind_tokens", None)
     details = {}
     if heatmap:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata as metadata
+import importlib.util
 import json
 import platform
 import re
@@ -34,6 +35,9 @@ LIBRARIES: Tuple[Tuple[str, str, bool], ...] = (
     ("sentencepiece", "sentencepiece", True),
     ("huggingface_hub", "huggingface_hub", True),
 )
+
+#: Oldest transformers with llava-hf's current model layout and custom_generate callables.
+HF_BACKEND_MIN_TRANSFORMERS = (4, 56, 0)
 
 SUPPORTED_TRANSFORMERS = "supported: 4.37.2 (recommended, LLaVA's pin) or 4.38-4.57.x with llava-avc's patch"
 
@@ -199,6 +203,40 @@ def check_llava_llama() -> Check:
     return Check(health.LLAVA_LLAMA, ok, detail, True)
 
 
+def check_hf_backend() -> Check:
+    """Whether this transformers serves the llava-hf backend (LlavaForConditionalGeneration /
+    LlavaNextForConditionalGeneration with custom_generate callables: transformers >= 4.56)."""
+    from ..backends.llava.versions import version_tuple
+
+    version = _dist_version("transformers")
+    if version is None or version_tuple(version) < HF_BACKEND_MIN_TRANSFORMERS:
+        minimum = ".".join(map(str, HF_BACKEND_MIN_TRANSFORMERS[:2]))
+        return Check("backend-hf", False, f"not available: transformers {version} < {minimum} "
+                     f"(pip install 'transformers>={minimum}' in an environment for llava-hf models)", False)
+    import transformers
+
+    missing = [name for name in ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration")
+               if not hasattr(transformers, name)]
+    if missing:
+        return Check("backend-hf", False, f"not available: transformers {version} lacks {', '.join(missing)}", False)
+    return Check("backend-hf", True, f"available: llava-hf LLaVA / LLaVA-NeXT on transformers {version}", False)
+
+
+def check_llava_absent() -> Check:
+    return Check("llava", False, "not installed: the original-LLaVA backend is unavailable "
+                 "(pip install 'llava-avc[llava]' and pip install --no-deps llava-torch==1.2.2.post1)", False)
+
+
+def _backends_summary(checks: Sequence[Check], llava_present: bool) -> Check:
+    """One line naming the backends this environment serves; fatal when it serves none."""
+    by_name = {c.name: c for c in checks}
+    llava_ok = llava_present and all(by_name[name].ok for name in ("transformers-compat", "llava", health.LLAVA_LLAMA))
+    hf_ok = by_name["backend-hf"].ok
+    detail = (f"original LLaVA (llava-torch): {'yes' if llava_ok else 'no'}; "
+              f"llava-hf (transformers-native): {'yes' if hf_ok else 'no'}")
+    return Check("backends", llava_ok or hf_ok, detail if llava_ok or hf_ok else detail + " - nothing to run", True)
+
+
 def collect() -> List[Check]:
     checks = [_guard("python", False, check_python), _guard("torch", True, check_torch)]
     torch_ok = checks[-1].ok
@@ -206,14 +244,22 @@ def collect() -> List[Check]:
         checks.append(_guard("cuda", False, check_cuda))
     for module, dist, fatal in LIBRARIES:
         checks.append(_guard(module, fatal, lambda m=module, d=dist, f=fatal: check_library(m, d, f)))
-    checks.append(_guard("transformers-compat", True, check_transformers_compat))
     bnb_ok = any(c.name == "bitsandbytes" and c.ok for c in checks)
     if torch_ok and bnb_ok:
         checks.append(_guard("bnb-4bit", False, check_bnb_4bit))
     else:
         checks.append(Check("bnb-4bit", False, "skipped: torch or bitsandbytes does not import", False))
-    checks.append(_guard("llava", True, check_llava_package))
-    checks.append(_guard(health.LLAVA_LLAMA, True, check_llava_llama))
+    # An installed but broken original LLaVA is an unhealthy environment; an absent one only means
+    # that backend is unavailable.
+    llava_present = importlib.util.find_spec("llava") is not None
+    if llava_present:
+        checks.append(_guard("transformers-compat", True, check_transformers_compat))
+        checks.append(_guard("llava", True, check_llava_package))
+        checks.append(_guard(health.LLAVA_LLAMA, True, check_llava_llama))
+    else:
+        checks.append(check_llava_absent())
+    checks.append(_guard("backend-hf", False, check_hf_backend))
+    checks.append(_backends_summary(checks, llava_present))
     return checks
 
 

@@ -82,7 +82,7 @@ METHOD_FLAGS = _field_flags()
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model-path, --model-base, --device and the exclusive --load-4bit / --load-8bit."""
     model = parser.add_argument_group("model")
-    model.add_argument("--model-path", required=True, metavar="PATH", help="LLaVA checkpoint dir or hub id")
+    model.add_argument("--model-path", required=True, metavar="PATH", help="checkpoint dir or hub id: original LLaVA (liuhaotian/llava-v1.5-7b) or llava-hf (llava-hf/llava-1.5-7b-hf)")
     model.add_argument("--model-base", default=None, metavar="PATH", help="base model for LoRA checkpoints")
     model.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     add_quantization_arguments(model)

@@ -18,7 +18,7 @@ from llava.constants import IMAGE_TOKEN_INDEX
 from ...decode.adapter import GenerationSetup, MergedPrompt, ModelAdapter, left_align
 from .. import kv_cache
 from . import generation
-from .probe import last_query_probe
+from ..attention_probe import last_query_probe
 
 
 def image_token_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
@@ -137,8 +137,9 @@ class LlavaAdapter(ModelAdapter):
     def last_query_probe(self, key_mask: torch.Tensor) -> AbstractContextManager:
         return last_query_probe(self.model.get_model().layers, key_mask)
 
-    def prepare_generation(self, batch_size: int, device, generate_kwargs: dict, method: str) -> GenerationSetup:
-        return generation.prepare_generation(self.model, batch_size, device, generate_kwargs, method)
+    def prepare_generation(self, input_ids: torch.Tensor, generate_kwargs: dict, method: str) -> GenerationSetup:
+        return generation.prepare_generation(self.model, input_ids.shape[0], input_ids.device, generate_kwargs,
+                                             method)
 
     def bind_prompt_length(self, setup: GenerationSetup, prompt_length: int) -> None:
         generation.bind_prompt_length(self.model, setup, prompt_length)

@@ -72,8 +72,9 @@ class LlavaPipeline:
         with patched(), _left_padding(self.model), torch.inference_mode():
             return self.model.generate(inputs["input_ids"], **kwargs)
 
-    def decode(self, sequences: torch.Tensor) -> list:
-        """Generated ids -> stripped answer strings."""
+    def decode(self, sequences: torch.Tensor, inputs: dict) -> list:
+        """LLaVA's generate output (only the new tokens; a BOS column on transformers 4.37) -> stripped
+        answer strings. `inputs` is unused: LLaVA's output does not repeat the prompt."""
         return [text.strip() for text in self.tokenizer.batch_decode(sequences, skip_special_tokens=True)]
 
     def find_blind_tokens(self, inputs: dict, config) -> list:

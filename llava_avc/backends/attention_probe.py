@@ -10,6 +10,8 @@ has just written into the KV cache, while the model keeps its fast (sdpa) attent
     a      = softmax(q_last . K^T / sqrt(D) + mask)    # (B, H, L), K = cached RoPE'd keys
 
 This equals row L-1 of eager attention's probabilities (tests/test_probe.py checks <= 1e-5 in fp32).
+Shared by the backends whose language model is Llama-family (Llama, Mistral: the same RoPE and
+attention module layout): the original LLaVA's LlamaModel and llava-hf's language models.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from typing import Iterator
 import torch
 from transformers.models.llama import modeling_llama
 
-from ...algorithm.blind import last_query_attention
-from ..kv_cache import layer_keys
+from ..algorithm.blind import last_query_attention
+from .kv_cache import layer_keys
 
 
 def _rotated_last_query(attn_module, hidden_last: torch.Tensor, kwargs: dict) -> torch.Tensor:

@@ -1,0 +1,123 @@
+"""AVC, VCD and M3ID as a transformers decoding method: `contrastive_decoding` for
+`model.generate(..., custom_generate=contrastive_decoding, avc=AVCConfig())`.
+
+transformers' `generate` (4.56+ and 5.x) prepares everything (generation config, logits processors
+with the sampling warpers, stopping criteria, max_length from the processor's ids) and then calls a
+callable `custom_generate` in place of its own `_sample`; the callable's parameters that `_sample`
+lacks (`avc`, `vcd`, `m3id`, `pixel_values`, `image_sizes`, `token_streamer`) are taken out of
+generate's keyword arguments and handed to it. Taking `pixel_values` this way keeps the pixels
+(VCD noises them) instead of letting `generate` encode them in advance.
+
+One quirk of transformers (4.56 - 5.23): when a custom callable has parameters of its own,
+`generate` does not hand it the `streamer` (only its own prompt-ids `put` happens). Streaming
+therefore takes `token_streamer=` (the same object as `streamer=`); `llava_avc.generate` passes both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from transformers import DynamicCache
+from transformers.generation import GenerateDecoderOnlyOutput
+
+from ...algorithm.config import AVCConfig, M3IDConfig, VCDConfig, resolve_method
+from ...decode import loop
+from ...decode.adapter import GenerationSetup
+
+#: model kwargs `generate` passes to a decoding method that the contrastive loop replaces with its own.
+_LOOP_OWNS = ("past_key_values", "use_cache", "logits_to_keep", "cache_position", "position_ids")
+
+
+@dataclass
+class ContrastiveGenerateOutput(GenerateDecoderOnlyOutput):
+    """transformers' `GenerateDecoderOnlyOutput` plus what the contrastive method used.
+
+    `scores` are the final per-step scores that were sampled from (after the contrast, the
+    plausibility cutoff and the logits processors); `past_key_values` holds the ORIGINAL branch's
+    cache; `blind_tokens` (AVC only) has one record per row.
+    """
+
+    blind_tokens: Optional[list] = None
+
+
+def generation_setup(input_ids: torch.Tensor, kwargs: dict, method: str) -> GenerationSetup:
+    """The GenerationSetup of what `generate` handed to `contrastive_decoding`.
+
+    Raises:
+        ValueError: beam search or several return sequences (generate would have expanded the batch).
+    """
+    config = kwargs["generation_config"]
+    if config.num_beams != 1:
+        raise ValueError(
+            f"`num_beams` (={config.num_beams}) must be 1 with {method}: contrastive decoding is defined for greedy "
+            f"and sampling only. Set num_beams=1, or drop {method} for beam search."
+        )
+    if config.num_return_sequences != 1:
+        raise ValueError(
+            f"`num_return_sequences` (={config.num_return_sequences}) must be 1 with {method}; repeat the prompt "
+            "in the batch instead."
+        )
+    eos = getattr(config, "_eos_token_tensor", None)
+    pad = getattr(config, "_pad_token_tensor", None)
+    return GenerationSetup(
+        config=config,
+        logits_processor=kwargs["logits_processor"],  # includes the sampling warpers (transformers >= 4.45)
+        logits_warper=None,
+        stopping_criteria=kwargs["stopping_criteria"],
+        initial_ids=input_ids,  # generate returns the prompt ids followed by the new tokens
+        eos_token_ids=None if eos is None else eos.reshape(-1).to(input_ids.device),
+        attention_mask=kwargs.get("attention_mask"),
+        streamer=kwargs.get("streamer"),
+        prompt_streamed=True,  # generate itself put the prompt ids into the streamer
+        pad_token_id=None if pad is None else int(pad.reshape(-1)[0]),
+    )
+
+
+def contrastive_output(sequences, scores, past_key_values, blind_tokens) -> ContrastiveGenerateOutput:
+    """The dict-style output, with the original branch's rows as a DynamicCache, as generate returns it."""
+    cache = DynamicCache()
+    for layer, (keys, values) in enumerate(past_key_values):
+        cache.update(keys, values, layer)
+    return ContrastiveGenerateOutput(sequences=sequences, scores=scores, past_key_values=cache,
+                                     blind_tokens=blind_tokens)
+
+
+def contrastive_decoding(model, input_ids, logits_processor, stopping_criteria, generation_config,
+                         synced_gpus=False, streamer=None, avc: Optional[AVCConfig] = None,
+                         vcd: Optional[VCDConfig] = None, m3id: Optional[M3IDConfig] = None,
+                         pixel_values=None, image_sizes=None, token_streamer=None, **model_kwargs):
+    """A transformers decoding method: `model.generate(**inputs, custom_generate=contrastive_decoding,
+    avc=AVCConfig(), max_new_tokens=64)` (or `vcd=` / `m3id=`).
+
+    Returns what `generate` returns: (B, T + new) ids (prompt first), or a `ContrastiveGenerateOutput`
+    with `return_dict_in_generate=True`.
+
+    Raises:
+        ValueError: no method, two methods, no pixel_values, not one image per prompt, beam search.
+    """
+    from .adapter import HFLlavaAdapter
+
+    config = resolve_method(avc=avc, vcd=vcd, m3id=m3id)
+    if config is None:
+        raise ValueError(
+            "custom_generate=contrastive_decoding needs a method: pass avc=AVCConfig(), vcd=VCDConfig() or "
+            "m3id=M3IDConfig(); for plain decoding call model.generate without custom_generate."
+        )
+    if synced_gpus:
+        raise ValueError("synced_gpus (DeepSpeed ZeRO-3 / FSDP generation) is not supported by contrastive decoding; "
+                         "generate on one process per model copy instead.")
+    if model_kwargs.get("mm_encoder_outputs"):
+        raise ValueError("precomputed image features (mm_encoder_outputs) are not supported: pass pixel_values.")
+    attention_mask = model_kwargs.pop("attention_mask", None)
+    for name in _LOOP_OWNS:
+        model_kwargs.pop(name, None)
+    model_kwargs.pop("mm_encoder_outputs", None)
+    if model_kwargs:
+        raise ValueError(f"The following `model_kwargs` are not used by contrastive decoding: {sorted(model_kwargs)}")
+    return loop.contrastive_generate(
+        HFLlavaAdapter(model), input_ids, images=pixel_values, image_sizes=image_sizes, config=config,
+        logits_processor=logits_processor, stopping_criteria=stopping_criteria, generation_config=generation_config,
+        streamer=token_streamer if token_streamer is not None else streamer, attention_mask=attention_mask,
+    )

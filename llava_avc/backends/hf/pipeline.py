@@ -1,0 +1,128 @@
+"""A loaded llava-hf checkpoint (`LlavaForConditionalGeneration` / `LlavaNextForConditionalGeneration`
+with its `AutoProcessor`) with what `llava-avc ask` and `llava-avc eval` need: the same methods as
+`llava_avc.backends.llava.pipeline.LlavaPipeline`. Prompts come from the processor's chat template."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+#: config.json model_type -> the transformers class that loads it.
+MODEL_TYPES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration"}
+#: Modules kept unquantized under 4/8-bit (as the original backend keeps mm_projector and lm_head).
+UNQUANTIZED_MODULES = ["multi_modal_projector", "lm_head", "vision_tower"]
+
+
+def quantization_config(load_4bit: bool, load_8bit: bool):
+    """One BitsAndBytesConfig (nf4, double quantization, fp16 compute), projector / lm_head / tower kept."""
+    from transformers import BitsAndBytesConfig
+
+    if load_4bit:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float16,
+                                  bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4",
+                                  llm_int8_skip_modules=list(UNQUANTIZED_MODULES))
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(UNQUANTIZED_MODULES))
+
+
+def _model_class(model_path: str):
+    import transformers
+
+    config_file = Path(model_path) / "config.json"
+    model_type = json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else "llava"
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"{model_path!r} has model_type {model_type!r}; the llava-hf backend loads "
+                         f"{', '.join(MODEL_TYPES)} checkpoints.")
+    return getattr(transformers, MODEL_TYPES[model_type])
+
+
+@dataclass
+class HFPipeline:
+    """A llava-hf model and its processor."""
+
+    processor: Any
+    model: Any
+
+    @classmethod
+    def load(cls, model_path: str, model_base: Optional[str] = None, *, device: Optional[str] = None,
+             load_4bit: bool = False, load_8bit: bool = False) -> "HFPipeline":
+        """`from_pretrained` of a llava-hf directory or hub id: fp16 on CUDA, fp32 on the CPU, or 4/8-bit."""
+        from transformers import AutoProcessor
+
+        if model_base is not None:
+            raise ValueError(f"--model-base (={model_base!r}) is for original-LLaVA LoRA checkpoints; a llava-hf "
+                             "checkpoint is complete: drop --model-base.")
+        if load_4bit and load_8bit:
+            raise ValueError("--load-4bit and --load-8bit are exclusive; pick one.")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        on_cuda = str(device).startswith("cuda")
+        kwargs: dict = {"dtype": torch.float16 if on_cuda or load_4bit or load_8bit else torch.float32}
+        if load_4bit or load_8bit:
+            kwargs.update(quantization_config=quantization_config(load_4bit, load_8bit), device_map=device)
+        model = _model_class(model_path).from_pretrained(model_path, **kwargs)
+        if not (load_4bit or load_8bit):
+            model.to(device)
+        return cls(AutoProcessor.from_pretrained(model_path), model.eval())
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def prompt(self, text: str) -> str:
+        """The processor's chat template for one image and one question, ready for the answer."""
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+
+    def inputs(self, texts: list, pil_images: list, conv_mode: Optional[str] = None, center_crop: bool = False) -> dict:
+        """One question per image -> the processor's left-padded batch on the model's device.
+
+        `conv_mode` and `center_crop` belong to the original LLaVA's prompts and preprocessing; a llava-hf
+        checkpoint's own chat template and image processor decide both here.
+        """
+        self.processor.tokenizer.padding_side = "left"
+        batch = self.processor(images=pil_images, text=[self.prompt(text) for text in texts], return_tensors="pt",
+                               padding=True)
+        inputs = {key: value.to(self.device) for key, value in batch.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self._pixel_dtype())
+        return inputs
+
+    def _pixel_dtype(self) -> torch.dtype:
+        return self.model.model.vision_tower.get_input_embeddings().weight.dtype
+
+    def generate(self, inputs: dict, config=None, **generate_kwargs):
+        """`llava_avc.generate` on the model: `config`'s method, or the model's own generate for None."""
+        from . import generate
+
+        with torch.inference_mode():
+            return generate(self.model, None, config, **inputs, **generate_kwargs)
+
+    def decode(self, sequences: torch.Tensor, inputs: dict) -> list:
+        """generate's output (the prompt ids of `inputs` first) -> the stripped answers."""
+        prompt_length = inputs["input_ids"].shape[1]
+        texts = self.processor.tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)
+        return [text.strip() for text in texts]
+
+    def find_blind_tokens(self, inputs: dict, config) -> list:
+        from ...decode.loop import find_blind_tokens
+        from .adapter import HFLlavaAdapter
+
+        return find_blind_tokens(HFLlavaAdapter(self.model), inputs["input_ids"], inputs["pixel_values"],
+                                 inputs.get("image_sizes"), config, attention_mask=inputs["attention_mask"])
+
+    def token_grid(self) -> int:
+        """Image tokens per side of the base image (24 for LLaVA-1.5 at 336 px)."""
+        vision = self.model.config.vision_config
+        return vision.image_size // vision.patch_size
+
+    @property
+    def image_aspect_ratio(self) -> Optional[str]:
+        """"pad" when the image processor pads to a square (LLaVA-1.5), "anyres" for LLaVA-NeXT."""
+        if type(self.model).__name__ == "LlavaNextForConditionalGeneration":
+            return "anyres"
+        return "pad" if getattr(self.processor.image_processor, "do_pad", False) else None
+
+    def model_id(self, model_path: str) -> str:
+        return Path(model_path.rstrip("/")).name
