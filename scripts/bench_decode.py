@@ -8,6 +8,7 @@ Examples:
     python scripts/bench_decode.py                                    # tiny, CPU, fp32, the full grid
     python scripts/bench_decode.py --batches 1 --new-tokens 16 --runs 1 --methods plain,lean,avc
     python scripts/bench_decode.py --preset 7b-shape --device cuda --dtypes fp16,nf4 --json $OUT/bench.json
+    .venv-hf/bin/python scripts/bench_decode.py --backend hf --batches 1 --new-tokens 16 --runs 1   # llava-hf
     python scripts/bench_decode.py --report .cache/gpu-check/                 # tables + target verdicts of saved rows
 """
 
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--checkpoint", metavar="DIR", default=None,
                        help="an existing LLaVA checkpoint instead of the preset's random one")
     model.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    model.add_argument("--backend", default="llava", choices=["llava", "hf"],
+                       help="llava = the original LLaVA codebase, patched (plain = upstream LLaVA generate); "
+                       "hf = llava-hf through transformers' generate (plain = transformers' own generate)")
     grid = parser.add_argument_group("grid")
     grid.add_argument("--dtypes", type=_csv(str), default=["fp32"], metavar="LIST", help="fp32,fp16,nf4 (default: fp32)")
     grid.add_argument("--batches", type=_csv(int), default=[1, 8], metavar="LIST", help="default: 1,8")
@@ -105,7 +109,7 @@ def main(argv=None) -> int:
             preset=args.preset, device=args.device, dtypes=args.dtypes, batches=args.batches,
             new_tokens=args.new_tokens, runs=args.runs, warmup=args.warmup, methods=args.methods,
             checkpoint=args.checkpoint, prompt_tokens=args.prompt_tokens, time_budget_s=args.time_budget,
-            on_row=on_row, log=lambda message: print(message, flush=True),
+            on_row=on_row, log=lambda message: print(message, flush=True), backend=args.backend,
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -113,7 +117,7 @@ def main(argv=None) -> int:
     if args.json:
         bench.write_json(rows, args.json)  # again: now with the AVC ratios
     command = "python scripts/bench_decode.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    print(f"\ncommand: {command}\nprompt: {rows[0].get('prompt_tokens', '-') if rows else '-'} tokens "
+    print(f"\ncommand: {command}\nbackend: {args.backend}\nprompt: {rows[0].get('prompt_tokens', '-') if rows else '-'} tokens "
           f"(576 image tokens for LLaVA-1.5 shapes), greedy, EOS suppressed, median of {args.runs}\n")
     print(bench.format_table(rows, info))
     print("\n" + bench.format_targets(bench.check_targets(rows)))

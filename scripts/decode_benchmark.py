@@ -26,6 +26,7 @@ is kept with ``None`` metrics and a ``skipped`` or ``error`` reason, never dropp
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
 import json
@@ -40,6 +41,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 
 METHODS = ("plain", "lean", "avc", "avc_sequential", "vcd", "m3id")
+BACKENDS = ("llava", "hf")
 DTYPES = ("fp32", "fp16", "nf4")
 #: Keys every row has (extra keys: preset, prompt_tokens, runs, e2e_ms, machine, ratios, ...).
 ROW_KEYS = ("method", "dtype", "batch", "new_tokens", "prefill_ms", "decode_ms_per_token",
@@ -394,6 +396,97 @@ def _check_args(dtypes, batches, new_tokens, runs, warmup, methods) -> None:
         raise ValueError(f"runs must be >= 1 and warmup >= 0; got runs={runs}, warmup={warmup}.")
 
 
+# ------------------------------------------------------------------- the llava-hf backend (--backend hf)
+
+
+def ensure_hf_checkpoint(preset: str = "tiny", directory=None, *, log: Callable[[str], None] = print) -> Path:
+    """Reuse or build (seed 0) the random llava-hf checkpoint of ``preset`` (``.cache/llava-bench-hf-<preset>``)."""
+    from llava_avc.testing.tiny import BUILD_INFO_FILE
+    from llava_avc.testing.tiny_hf import make_tiny_llava_hf
+
+    path = Path(directory) if directory is not None else CACHE_DIR / f"llava-bench-hf-{preset}"
+    try:
+        if json.loads((path / BUILD_INFO_FILE).read_text()).get("preset") == preset:
+            return path.resolve()
+    except (OSError, ValueError):
+        pass
+    log(f"building a random llava-hf {preset} checkpoint in {path} ...")
+    return make_tiny_llava_hf(path, preset=preset, seed=0, force=True)
+
+
+def load_hf_for_dtype(checkpoint, dtype: str, device: str):
+    """``(processor, model)`` of a llava-hf checkpoint in ``dtype`` (fp32, fp16 or nf4)."""
+    from transformers import AutoProcessor
+
+    from llava_avc.backends.hf.pipeline import _model_class, quantization_config
+
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}.")
+    kwargs = {"dtype": torch.float32 if dtype == "fp32" else torch.float16}
+    if dtype == "nf4":
+        kwargs.update(quantization_config=quantization_config(True, False), device_map=device)
+    model = _model_class(str(checkpoint)).from_pretrained(str(checkpoint), **kwargs).eval()
+    if dtype != "nf4":
+        model.to(device)
+    return AutoProcessor.from_pretrained(str(checkpoint)), model
+
+
+def build_hf_inputs(processor, model, batch: int, prompt_tokens: int = PROMPT_TOKENS, image=None) -> BenchInputs:
+    """The benchmark prompt (the chat template, one image) padded to ``prompt_tokens`` ids, x batch."""
+    from llava_avc.backends.hf.pipeline import HFPipeline
+
+    pipeline = HFPipeline(processor, model)
+    image = image if image is not None else bench_image()
+
+    def ids_of(question: str):
+        return pipeline.inputs([question], [image])
+
+    question, inputs = QUESTION, ids_of(QUESTION)
+    for word in list(_FILLER) * (1 + prompt_tokens // len(_FILLER)):
+        if inputs["input_ids"].shape[1] >= prompt_tokens:
+            break
+        candidate = ids_of(f"{question} {word}")
+        if candidate["input_ids"].shape[1] > prompt_tokens:
+            break
+        question, inputs = f"{question} {word}", candidate
+    image_tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    sizes = inputs.get("image_sizes")
+    return BenchInputs(
+        input_ids=inputs["input_ids"].repeat(batch, 1),
+        images=inputs["pixel_values"].repeat(batch, *([1] * (inputs["pixel_values"].dim() - 1))),
+        image_sizes=None if sizes is None else sizes.repeat(batch, 1),
+        question=question,
+        prompt_tokens=inputs["input_ids"].shape[1],
+        image_tokens=image_tokens,
+    )
+
+
+def hf_method_call(method: str, model, inputs: BenchInputs, eos_token_id: int) -> Callable[[int], torch.Tensor]:
+    """``max_new_tokens -> output ids`` for one method on a llava-hf model, greedy, EOS suppressed."""
+    import llava_avc
+    from llava_avc.algorithm.config import AVCConfig, M3IDConfig, VCDConfig
+    from llava_avc.backends.hf.generation import contrastive_decoding, lean_decoding
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}.")
+
+    def kwargs(n: int) -> dict:
+        extra = {} if inputs.image_sizes is None else {"image_sizes": inputs.image_sizes}
+        return dict(input_ids=inputs.input_ids, pixel_values=inputs.images, do_sample=False, max_new_tokens=n,
+                    suppress_tokens=[eos_token_id], **extra)
+
+    calls = {
+        "plain": lambda n: model.generate(**kwargs(n)),
+        "lean": lambda n: model.generate(custom_generate=lean_decoding, **kwargs(n)),
+        "avc": lambda n: llava_avc.generate(model, avc=AVCConfig(), **kwargs(n)),
+        "avc_sequential": lambda n: model.generate(custom_generate=contrastive_decoding, avc=AVCConfig(),
+                                                   sequential=True, **kwargs(n)),
+        "vcd": lambda n: llava_avc.generate(model, vcd=VCDConfig(), **kwargs(n)),
+        "m3id": lambda n: llava_avc.generate(model, m3id=M3IDConfig(), **kwargs(n)),
+    }
+    return calls[method]
+
+
 def run_benchmark(
     *,
     preset: str = "tiny",
@@ -409,6 +502,7 @@ def run_benchmark(
     time_budget_s: Optional[float] = None,
     on_row: Optional[Callable[[dict], None]] = None,
     log: Callable[[str], None] = print,
+    backend: str = "llava",
 ) -> list[dict]:
     """Measure every (dtype, batch, method, new_tokens) combination; returns one dict per row.
 
@@ -424,18 +518,25 @@ def run_benchmark(
         time_budget_s: (dtype, batch) groups not started within this many seconds are kept as
             skipped rows.
         on_row: called with each row as soon as it is measured (progress, incremental JSON).
+        backend: "llava" (the original LLaVA codebase, patched) or "hf" (llava-hf through
+            transformers' generate; plain = transformers' own generate).
     Returns:
         Rows with the keys ROW_KEYS (metrics None when skipped) plus ``preset``, ``prompt_tokens``,
         ``runs``, ``machine``, ``e2e_ms``, ``generated_tokens`` and ``skipped`` / ``error`` reasons.
     """
-    from llava_avc.patches.llava_patch import patched
-
     dtypes, batches, new_tokens, methods = list(dtypes), list(batches), list(new_tokens), list(methods)
     _check_args(dtypes, batches, new_tokens, runs, warmup, methods)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}.")
     start = time.perf_counter()
     machine = machine_info(device)["machine"]
-    path = Path(checkpoint) if checkpoint is not None else ensure_checkpoint(preset, device=device, log=log)
-    common = dict(preset=preset if checkpoint is None else str(path), runs=runs, machine=machine)
+    if checkpoint is not None:
+        path = Path(checkpoint)
+    elif backend == "hf":
+        path = ensure_hf_checkpoint(preset, log=log)
+    else:
+        path = ensure_checkpoint(preset, device=device, log=log)
+    common = dict(preset=preset if checkpoint is None else str(path), runs=runs, machine=machine, backend=backend)
     rows: list[dict] = []
 
     def emit(row: dict) -> None:
@@ -451,19 +552,20 @@ def run_benchmark(
 
     for dtype in dtypes:
         try:
-            tokenizer, model, image_processor, _ = load_for_dtype(path, dtype, device)
+            loaded = load_hf_for_dtype(path, dtype, device) if backend == "hf" else load_for_dtype(path, dtype, device)
         except Exception as error:  # noqa: BLE001 - kept as a skipped row with the reason
             log(f"{dtype}: skipped ({type(error).__name__}: {error})")
             skip_all(dtype, batches, methods, skipped=f"{type(error).__name__}: {error}")
             continue
-        with patched():
+        with _backend_context(backend):
             for batch in batches:
-                inputs = build_inputs(tokenizer, model, image_processor, batch, prompt_tokens)
+                inputs, model, eos = _backend_inputs(backend, loaded, batch, prompt_tokens)
                 extra = dict(prompt_tokens=inputs.prompt_tokens)
                 if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
                     skip_all(dtype, [batch], methods, **extra, skipped=f"time budget of {time_budget_s:.0f} s spent")
                     continue
-                calls = {method: method_call(method, model, inputs, tokenizer.eos_token_id) for method in methods}
+                call_of = hf_method_call if backend == "hf" else method_call
+                calls = {method: call_of(method, model, inputs, eos) for method in methods}
                 measured = _measure_group(calls, device, batch, new_tokens, runs, warmup, log)
                 for method in methods:
                     if isinstance(measured[method], Exception):
@@ -472,10 +574,28 @@ def run_benchmark(
                         continue
                     for n, metrics in zip(new_tokens, measured[method]):
                         emit(_row(method, dtype, batch, n, device, **common, **extra, **metrics))
-        del model, tokenizer, image_processor
+        del loaded, model
         _free(device)
     add_ratios(rows)
     return rows
+
+
+def _backend_context(backend: str):
+    """llava-avc's patch of the original LLaVA for the llava backend; nothing for hf."""
+    if backend == "hf":
+        return contextlib.nullcontext()
+    from llava_avc.patches.llava_patch import patched
+
+    return patched()
+
+
+def _backend_inputs(backend: str, loaded, batch: int, prompt_tokens: int):
+    """(BenchInputs, model, EOS id) of a loaded checkpoint."""
+    if backend == "hf":
+        processor, model = loaded
+        return build_hf_inputs(processor, model, batch, prompt_tokens), model, processor.tokenizer.eos_token_id
+    tokenizer, model, image_processor, _ = loaded
+    return build_inputs(tokenizer, model, image_processor, batch, prompt_tokens), model, tokenizer.eos_token_id
 
 
 # -------------------------------------------------------------------------------------- ratios

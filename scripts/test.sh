@@ -25,5 +25,10 @@ for profile in $profiles; do
   other=$profile
   for candidate in $profiles; do [ "$candidate" = "$profile" ] || [ "$candidate" = hf ] || other=$candidate; done
   echo "== transformers profile $profile ==" >&2
-  LLAVA_AVC_OTHER_PYTHON="$(python_of "$other")" "$(python_of "$profile")" -m pytest -q "${marker[@]+"${marker[@]}"}" "$@" ${PYTEST_ARGS:-}
+  # The 4.57 profile compares the original backend with transformers 5 on converted weights
+  # (tests/test_cross_backend.py) when the hf profile is installed.
+  hf_python=""
+  [ ! -x "$(python_of hf)" ] || hf_python="$(python_of hf)"
+  LLAVA_AVC_OTHER_PYTHON="$(python_of "$other")" LLAVA_AVC_HF_PYTHON="$hf_python" \
+    "$(python_of "$profile")" -m pytest -q "${marker[@]+"${marker[@]}"}" "$@" ${PYTEST_ARGS:-}
 done

@@ -305,7 +305,8 @@ def lean_generate(adapter: ModelAdapter, input_ids: torch.Tensor, *, images=None
 def _generate(adapter: ModelAdapter, input_ids, images, image_sizes, config, sequential, generate_kwargs):
     name = f"{config.method}=" if config is not None else "lean decoding"
     if images is None:
-        raise ValueError(f"{name} needs an image: pass images= (and image_sizes=) to generate.")
+        raise ValueError(f"{name} needs an image: pass it to generate (images= for original LLaVA, the processor's "
+                         "pixel_values= for llava-hf).")
     setup = adapter.prepare_generation(input_ids, generate_kwargs, name)
     method = config.method if config is not None else None
     state, records = _PREFILL[method](adapter, input_ids, setup.attention_mask, images, image_sizes, config, sequential)

@@ -53,11 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_ask(subparsers)
     _add_doctor(subparsers)
+    from .convert_command import register as register_convert
     from .eval_commands import register as register_eval
     from .run_script import register as register_run
 
     register_run(subparsers)
     register_eval(subparsers)
+    register_convert(subparsers)
     return parser
 
 

@@ -230,7 +230,8 @@ def check_llava_absent() -> Check:
 def _backends_summary(checks: Sequence[Check], llava_present: bool) -> Check:
     """One line naming the backends this environment serves; fatal when it serves none."""
     by_name = {c.name: c for c in checks}
-    llava_ok = llava_present and all(by_name[name].ok for name in ("transformers-compat", "llava", health.LLAVA_LLAMA))
+    llava_ok = llava_present and all(by_name[name].ok or not by_name[name].fatal  # a warning still serves
+                                     for name in ("transformers-compat", "llava", health.LLAVA_LLAMA))
     hf_ok = by_name["backend-hf"].ok
     detail = (f"original LLaVA (llava-torch): {'yes' if llava_ok else 'no'}; "
               f"llava-hf (transformers-native): {'yes' if hf_ok else 'no'}")

@@ -44,6 +44,18 @@ def _room(module: str) -> str | None:
     return parts[1] if parts[1] in LAYERS else None
 
 
+def _backend(module: str) -> str | None:
+    """The backend a module belongs to (patches/ is the original-LLaVA backend's), else None."""
+    parts = module.split(".")
+    if parts[:2] == ["llava_avc", "patches"]:
+        return "llava"
+    if parts[:2] == ["llava_avc", "backends"] and len(parts) > 3:
+        return parts[2]
+    if parts[:2] == ["llava_avc", "backends"] and len(parts) == 3 and parts[2] in ("llava", "hf"):
+        return parts[2]
+    return None
+
+
 def _imports(path: Path) -> list[tuple[int, str]]:
     """(line, absolute module name) of every import in the file."""
     module = _module_name(path)
@@ -81,6 +93,10 @@ def _violations(path: Path) -> list[str]:
         root = target.split(".")[0]
         if root == "llava_avc":
             other = _room(target)
+            mine, theirs = _backend(_module_name(path)), _backend(target)
+            if mine and theirs and mine != theirs:
+                problems.append(f"{where}: backend {mine} may not import backend {theirs} (share code through "
+                                "llava_avc.backends' own modules)")
             if other is not None and LAYERS.index(other) > LAYERS.index(room):
                 problems.append(f"{where}: {room} may not import {other} (rooms in order: {', '.join(LAYERS)}; "
                                 "a room imports only itself and earlier rooms)")
@@ -110,6 +126,9 @@ def test_the_rule_catches_an_upward_import_and_a_model_library_in_the_algorithm(
     (fake_root / "llava_avc" / "algorithm").mkdir()
     bad_decode = fake_root / "llava_avc" / "decode" / "bad.py"
     bad_decode.write_text("from ..eval import runner\n")
+    (fake_root / "llava_avc" / "backends" / "hf").mkdir(parents=True)
+    bad_backend = fake_root / "llava_avc" / "backends" / "hf" / "bad.py"
+    bad_backend.write_text("from ..llava.prompts import build_prompt\n")
     bad_algorithm = fake_root / "llava_avc" / "algorithm" / "bad.py"
     bad_algorithm.write_text("def f():\n    from transformers.cache_utils import DynamicCache\n")
     globals()["ROOT"] = fake_root
@@ -118,5 +137,8 @@ def test_the_rule_catches_an_upward_import_and_a_model_library_in_the_algorithm(
             "llava_avc/decode/bad.py:1 imports llava_avc.eval: decode may not import eval (rooms in order: "
             "algorithm, decode, backends, eval, interfaces, testing; a room imports only itself and earlier rooms)"]
         assert len(_violations(bad_algorithm)) == 1 and "transformers.cache_utils" in _violations(bad_algorithm)[0]
+        assert _violations(bad_backend) == [
+            "llava_avc/backends/hf/bad.py:1 imports llava_avc.backends.llava.prompts: backend hf may not import "
+            "backend llava (share code through llava_avc.backends' own modules)"]
     finally:
         globals()["ROOT"] = Path(__file__).resolve().parents[2]

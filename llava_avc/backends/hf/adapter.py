@@ -87,8 +87,6 @@ class HFLlavaAdapter(ModelAdapter):
         attention_mask = attention_mask.to(input_ids.device).bool()
         for row in range(input_ids.shape[0]):
             image_span(input_ids[row], token_id, row)  # one image per row, or a clear error
-        if images is None:
-            raise ValueError("pixel_values is missing: pass the processor's outputs (**inputs), which hold the image.")
         embeds = self.embed_tokens(input_ids)  # (B, T, D)
         features = self._image_features(images, image_sizes).to(embeds.device, embeds.dtype)  # (sum N_b, D)
         is_image = (input_ids == token_id).unsqueeze(-1)  # (B, T, 1)

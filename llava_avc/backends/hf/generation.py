@@ -87,37 +87,59 @@ def contrastive_output(sequences, scores, past_key_values, blind_tokens) -> Cont
 def contrastive_decoding(model, input_ids, logits_processor, stopping_criteria, generation_config,
                          synced_gpus=False, streamer=None, avc: Optional[AVCConfig] = None,
                          vcd: Optional[VCDConfig] = None, m3id: Optional[M3IDConfig] = None,
-                         pixel_values=None, image_sizes=None, token_streamer=None, **model_kwargs):
+                         pixel_values=None, image_sizes=None, token_streamer=None, sequential: bool = False,
+                         **model_kwargs):
     """A transformers decoding method: `model.generate(**inputs, custom_generate=contrastive_decoding,
     avc=AVCConfig(), max_new_tokens=64)` (or `vcd=` / `m3id=`).
 
-    Returns what `generate` returns: (B, T + new) ids (prompt first), or a `ContrastiveGenerateOutput`
-    with `return_dict_in_generate=True`.
+    `sequential=True` runs the two branches as two forwards with two caches (the official code's
+    structure), for benchmarks. Returns what `generate` returns: (B, T + new) ids (prompt first), or a
+    `ContrastiveGenerateOutput` with `return_dict_in_generate=True`.
 
     Raises:
         ValueError: no method, two methods, no pixel_values, not one image per prompt, beam search.
     """
-    from .adapter import HFLlavaAdapter
-
     config = resolve_method(avc=avc, vcd=vcd, m3id=m3id)
     if config is None:
         raise ValueError(
             "custom_generate=contrastive_decoding needs a method: pass avc=AVCConfig(), vcd=VCDConfig() or "
             "m3id=M3IDConfig(); for plain decoding call model.generate without custom_generate."
         )
+    return _decode(model, input_ids, config, sequential, pixel_values, image_sizes,
+                   dict(logits_processor=logits_processor, stopping_criteria=stopping_criteria,
+                        generation_config=generation_config, streamer=token_streamer or streamer),
+                   synced_gpus, model_kwargs)
+
+
+def lean_decoding(model, input_ids, logits_processor, stopping_criteria, generation_config,
+                  synced_gpus=False, streamer=None, pixel_values=None, image_sizes=None, token_streamer=None,
+                  **model_kwargs):
+    """The package's own loop with one branch and no contrast, as a transformers decoding method
+    (the benchmarks' apples-to-apples baseline); equals greedy `generate` token for token."""
+    return _decode(model, input_ids, None, False, pixel_values, image_sizes,
+                   dict(logits_processor=logits_processor, stopping_criteria=stopping_criteria,
+                        generation_config=generation_config, streamer=token_streamer or streamer),
+                   synced_gpus, model_kwargs)
+
+
+def _decode(model, input_ids, config, sequential, pixel_values, image_sizes, prepared: dict, synced_gpus,
+            model_kwargs: dict):
+    """Check what generate handed over, then run the loop on the model's adapter."""
+    from .adapter import HFLlavaAdapter
+
     if synced_gpus:
         raise ValueError("synced_gpus (DeepSpeed ZeRO-3 / FSDP generation) is not supported by contrastive decoding; "
                          "generate on one process per model copy instead.")
     if model_kwargs.get("mm_encoder_outputs"):
         raise ValueError("precomputed image features (mm_encoder_outputs) are not supported: pass pixel_values.")
     attention_mask = model_kwargs.pop("attention_mask", None)
-    for name in _LOOP_OWNS:
+    for name in _LOOP_OWNS + ("mm_encoder_outputs",):
         model_kwargs.pop(name, None)
-    model_kwargs.pop("mm_encoder_outputs", None)
     if model_kwargs:
         raise ValueError(f"The following `model_kwargs` are not used by contrastive decoding: {sorted(model_kwargs)}")
-    return loop.contrastive_generate(
-        HFLlavaAdapter(model), input_ids, images=pixel_values, image_sizes=image_sizes, config=config,
-        logits_processor=logits_processor, stopping_criteria=stopping_criteria, generation_config=generation_config,
-        streamer=token_streamer if token_streamer is not None else streamer, attention_mask=attention_mask,
-    )
+    adapter = HFLlavaAdapter(model)
+    if config is None:
+        return loop.lean_generate(adapter, input_ids, images=pixel_values, image_sizes=image_sizes,
+                                  attention_mask=attention_mask, **prepared)
+    return loop.contrastive_generate(adapter, input_ids, images=pixel_values, image_sizes=image_sizes, config=config,
+                                     sequential=sequential, attention_mask=attention_mask, **prepared)

@@ -13,8 +13,10 @@ import torch
 
 #: config.json model_type -> the transformers class that loads it.
 MODEL_TYPES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration"}
-#: Modules kept unquantized under 4/8-bit (as the original backend keeps mm_projector and lm_head).
-UNQUANTIZED_MODULES = ["multi_modal_projector", "lm_head", "vision_tower"]
+#: Modules kept unquantized under 4/8-bit (as the original backend keeps mm_projector, lm_head and the
+#: CLIP tower). Full names from the model's root: transformers 5 matches skip patterns from the start
+#: of a module's name (or as its suffix), so a bare "vision_tower" would quantize the whole tower.
+UNQUANTIZED_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 
 
 def quantization_config(load_4bit: bool, load_8bit: bool):
@@ -97,7 +99,7 @@ class HFPipeline:
         from . import generate
 
         with torch.inference_mode():
-            return generate(self.model, None, config, **inputs, **generate_kwargs)
+            return generate(self.model, config=config, **inputs, **generate_kwargs)
 
     def decode(self, sequences: torch.Tensor, inputs: dict) -> list:
         """generate's output (the prompt ids of `inputs` first) -> the stripped answers."""
