@@ -281,7 +281,7 @@ def test_llava_keywords_stopping_criteria_stops_generation(tiny_llava, single):
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"num_beams": 2}, "num_beams"),  # beam search is not combined with contrastive decoding
+    ({"num_beams": 2}, r"`num_beams` \(=2\) must be 1 with avc=: contrastive"),  # beam search: not combined
     ({"vcd": VCDConfig()}, "at most one"),  # two methods at once
     ({"bogus_option": 1}, "not used by the model"),  # an unknown generate keyword
 ], ids=["beam-search", "two-methods", "unknown-kwarg"])

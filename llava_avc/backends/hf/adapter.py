@@ -11,14 +11,10 @@ embeddings exactly as the model's forward does; the language model then runs fro
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-from typing import Sequence
-
 import torch
 
-from ...decode.adapter import GenerationSetup, MergedPrompt, ModelAdapter, left_align
-from .. import kv_cache
-from ..attention_probe import last_query_probe
+from ...decode.adapter import GenerationSetup, MergedPrompt, left_align
+from ..base import LanguageModelAdapter
 
 def image_token_id(model) -> int:
     """The id the processor expands `<image>` into (`image_token_id`; `image_token_index` before 4.48)."""
@@ -50,19 +46,16 @@ def image_span(row_ids: torch.Tensor, token_id: int, row: int) -> tuple[int, int
     return start, end
 
 
-class HFLlavaAdapter(ModelAdapter):
+class HFLlavaAdapter(LanguageModelAdapter):
     """`LlavaForConditionalGeneration` / `LlavaNextForConditionalGeneration` as a ModelAdapter."""
 
     @property
-    def _language_model(self):
+    def language_model(self):
         return self.model.model.language_model
 
     @property
     def _is_next(self) -> bool:
         return type(self.model).__name__ == "LlavaNextForConditionalGeneration"
-
-    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.get_input_embeddings()(input_ids)
 
     def _image_features(self, pixel_values, image_sizes) -> torch.Tensor:
         """(sum of N_b, D) features of the batch's images, in order, as the model's forward merges them."""
@@ -108,33 +101,6 @@ class HFLlavaAdapter(ModelAdapter):
         keep = attention_mask.bool() & (input_ids != image_token_id(self.model))  # (B, T)
         embeds = self.embed_tokens(input_ids.masked_fill(~keep, 0))  # (B, T, D)
         return left_align(embeds, keep)
-
-    def new_cache(self):
-        return kv_cache.new_cache()
-
-    @torch.no_grad()
-    def forward_last_logits(self, embeds, attention_mask, position_ids, cache):
-        """The language model on (B, S, D) embeds with the cache; (B, V) float32 logits of the last position."""
-        outputs = self._language_model(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask.long(),
-            position_ids=position_ids,
-            past_key_values=cache,
-            use_cache=True,
-            return_dict=True,
-        )
-        hidden_last = outputs.last_hidden_state[:, -1, :]  # (B, D)
-        logits = self.model.lm_head(hidden_last).float()  # (B, V)
-        return logits, outputs.past_key_values
-
-    def stack_caches(self, first, second):
-        return kv_cache.stack_caches(first, second)
-
-    def cache_rows(self, cache, rows: Sequence[int] | slice):
-        return kv_cache.cache_rows(cache, rows)
-
-    def last_query_probe(self, key_mask: torch.Tensor) -> AbstractContextManager:
-        return last_query_probe(self._language_model.layers, key_mask)
 
     def prepare_generation(self, input_ids: torch.Tensor, generate_kwargs: dict, method: str) -> GenerationSetup:
         """The setup transformers' `generate` already prepared and handed to the custom decoding function."""

@@ -25,6 +25,7 @@ from transformers.generation import GenerateDecoderOnlyOutput
 from ...algorithm.config import AVCConfig, M3IDConfig, VCDConfig, resolve_method
 from ...decode import loop
 from ...decode.adapter import GenerationSetup
+from ..base import check_one_sequence_per_prompt
 
 #: model kwargs `generate` passes to a decoding method that the contrastive loop replaces with its own.
 _LOOP_OWNS = ("past_key_values", "use_cache", "logits_to_keep", "cache_position", "position_ids")
@@ -49,16 +50,7 @@ def generation_setup(input_ids: torch.Tensor, kwargs: dict, method: str) -> Gene
         ValueError: beam search or several return sequences (generate would have expanded the batch).
     """
     config = kwargs["generation_config"]
-    if config.num_beams != 1:
-        raise ValueError(
-            f"`num_beams` (={config.num_beams}) must be 1 with {method}: contrastive decoding is defined for greedy "
-            f"and sampling only. Set num_beams=1, or drop {method} for beam search."
-        )
-    if config.num_return_sequences != 1:
-        raise ValueError(
-            f"`num_return_sequences` (={config.num_return_sequences}) must be 1 with {method}; repeat the prompt "
-            "in the batch instead."
-        )
+    check_one_sequence_per_prompt(config, method)
     eos = getattr(config, "_eos_token_tensor", None)
     pad = getattr(config, "_pad_token_tensor", None)
     return GenerationSetup(

@@ -8,17 +8,14 @@ generation front end of transformers (`generation.py`).
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-from typing import Optional, Sequence
 
 import torch
 
 from llava.constants import IMAGE_TOKEN_INDEX
 
-from ...decode.adapter import GenerationSetup, MergedPrompt, ModelAdapter, left_align
-from .. import kv_cache
+from ...decode.adapter import GenerationSetup, MergedPrompt, left_align
+from ..base import LanguageModelAdapter
 from . import generation
-from ..attention_probe import last_query_probe
 
 
 def image_token_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
@@ -30,12 +27,12 @@ def image_token_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor)
     return positions
 
 
-class LlavaAdapter(ModelAdapter):
+class LlavaAdapter(LanguageModelAdapter):
     """`LlavaLlamaForCausalLM` (llava-torch 1.2.2; LLaVA-1.5 and LLaVA-1.6 anyres) as a ModelAdapter."""
 
-    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids without image placeholders -> (B, T, D) input embeddings."""
-        return self.model.get_model().embed_tokens(input_ids)
+    @property
+    def language_model(self):
+        return self.model.get_model()  # LlavaLlamaModel: a LlamaModel with the vision modules beside
 
     def merge_image(self, input_ids, attention_mask, images, image_sizes) -> MergedPrompt:
         """Run LLaVA's own merge once and return the batch left-aligned with each row's image span.
@@ -100,42 +97,6 @@ class LlavaAdapter(ModelAdapter):
         safe_ids = input_ids.masked_fill(~keep, 0)
         embeds = self.embed_tokens(safe_ids)  # (B, T, D)
         return left_align(embeds, keep)
-
-    def new_cache(self):
-        return kv_cache.new_cache()
-
-    @torch.no_grad()
-    def forward_last_logits(self, embeds, attention_mask, position_ids, cache):
-        """One language-model forward that returns only the last position's logits.
-
-        Args:
-            embeds: (B, S, D) new input embeddings (S = prompt length at prefill, 1 when decoding).
-            attention_mask: (B, L_total) bool/long over cached + new positions.
-            position_ids: (B, S) long.
-            cache: a DynamicCache (mutated in place and returned).
-        Returns:
-            (logits (B, V) float32, cache)
-        """
-        outputs = self.model.get_model()(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask.long(),
-            position_ids=position_ids,
-            past_key_values=cache,
-            use_cache=True,
-            return_dict=True,
-        )
-        hidden_last = outputs.last_hidden_state[:, -1, :]  # (B, D)
-        logits = self.model.lm_head(hidden_last).float()  # (B, V); float32 as LlamaForCausalLM returns
-        return logits, outputs.past_key_values
-
-    def stack_caches(self, first, second):
-        return kv_cache.stack_caches(first, second)
-
-    def cache_rows(self, cache, rows: Sequence[int] | slice):
-        return kv_cache.cache_rows(cache, rows)
-
-    def last_query_probe(self, key_mask: torch.Tensor) -> AbstractContextManager:
-        return last_query_probe(self.model.get_model().layers, key_mask)
 
     def prepare_generation(self, input_ids: torch.Tensor, generate_kwargs: dict, method: str) -> GenerationSetup:
         return generation.prepare_generation(self.model, input_ids.shape[0], input_ids.device, generate_kwargs,

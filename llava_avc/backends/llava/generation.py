@@ -17,6 +17,7 @@ from transformers.generation import LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from ...decode.adapter import GenerationSetup
+from ..base import check_one_sequence_per_prompt
 from .compat import generate_returns_leading_bos
 
 #: model kwargs that upstream LLaVA / HF generate accept and the contrastive loop handles itself.
@@ -111,24 +112,15 @@ def bind_prompt_length(model, setup: GenerationSetup, prompt_length: int) -> Non
 def _reject_unsupported(kwargs: dict, method: str) -> None:
     for name in ("assistant_model", "prefix_allowed_tokens_fn", "negative_prompt_ids"):
         if kwargs.get(name) is not None:
-            raise ValueError(f"`{name}` is not supported together with {method}=; drop it or the {method} config.")
+            raise ValueError(f"`{name}` is not supported together with {method}; drop it or {method}.")
     if "inputs_embeds" in kwargs:
         raise ValueError("`inputs_embeds` is not supported (as in upstream LLaVA generate); pass input_ids and images.")
 
 
 def _check_mode(config, model_kwargs: dict, method: str) -> None:
-    if config.num_beams != 1:
-        raise ValueError(
-            f"`num_beams` (={config.num_beams}) must be 1 with {method}=: contrastive decoding is defined "
-            f"for greedy and sampling only. Set num_beams=1, or drop {method}= for beam search."
-        )
-    if config.num_return_sequences != 1:
-        raise ValueError(
-            f"`num_return_sequences` (={config.num_return_sequences}) must be 1 with {method}=; "
-            "repeat the prompt in the batch instead."
-        )
+    check_one_sequence_per_prompt(config, method)
     if config.penalty_alpha is not None and config.penalty_alpha > 0 and (config.top_k or 0) > 1:
-        raise ValueError(f"contrastive search (`penalty_alpha`) cannot be combined with {method}=.")
+        raise ValueError(f"contrastive search (`penalty_alpha`) cannot be combined with {method}.")
     unused = sorted(set(model_kwargs) - _ACCEPTED_MODEL_KWARGS)
     if unused:
         raise ValueError(f"The following `model_kwargs` are not used by the model: {unused}")

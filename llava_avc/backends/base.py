@@ -1,0 +1,77 @@
+"""What the backends share: a ModelAdapter for a Hugging Face language model inside a LLaVA model
+(forward from embeddings with a DynamicCache, the attention probe, cache surgery), and the checks
+of a generation config that every backend makes."""
+
+from __future__ import annotations
+
+import abc
+from contextlib import AbstractContextManager
+from typing import Sequence
+
+import torch
+
+from ..decode.adapter import ModelAdapter
+from . import kv_cache
+from .attention_probe import last_query_probe
+
+
+class LanguageModelAdapter(ModelAdapter):
+    """A ModelAdapter whose language model is a transformers Llama-family model (`.layers`, a
+    DynamicCache, `last_hidden_state`) with the LLaVA model's `lm_head` on top. A backend gives
+    `language_model` and the image-specific methods."""
+
+    @property
+    @abc.abstractmethod
+    def language_model(self):
+        """The decoder (embeddings in, hidden states out; `.layers` with `.self_attn`)."""
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, S) ids -> (B, S, D) input embeddings."""
+        return self.model.get_input_embeddings()(input_ids)
+
+    def new_cache(self):
+        return kv_cache.new_cache()
+
+    @torch.no_grad()
+    def forward_last_logits(self, embeds, attention_mask, position_ids, cache):
+        """One language-model forward over (B, S, D) embeds with the cache; returns the last position's
+        (B, V) float32 logits (as the models' own heads return them) and the updated cache."""
+        outputs = self.language_model(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask.long(),
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            return_dict=True,
+        )
+        hidden_last = outputs.last_hidden_state[:, -1, :]  # (B, D)
+        logits = self.model.lm_head(hidden_last).float()  # (B, V)
+        return logits, outputs.past_key_values
+
+    def stack_caches(self, first, second):
+        return kv_cache.stack_caches(first, second)
+
+    def cache_rows(self, cache, rows: Sequence[int] | slice):
+        return kv_cache.cache_rows(cache, rows)
+
+    def last_query_probe(self, key_mask: torch.Tensor) -> AbstractContextManager:
+        return last_query_probe(self.language_model.layers, key_mask)
+
+
+def check_one_sequence_per_prompt(config, method: str) -> None:
+    """Beam search and several return sequences are not contrastive decoding: one clear error each.
+
+    Args:
+        config: the call's generation config.
+        method: how the caller is named in the message, e.g. "avc=".
+    """
+    if config.num_beams != 1:
+        raise ValueError(
+            f"`num_beams` (={config.num_beams}) must be 1 with {method}: contrastive decoding is defined for greedy "
+            f"and sampling only. Set num_beams=1, or drop {method} for beam search."
+        )
+    if config.num_return_sequences != 1:
+        raise ValueError(
+            f"`num_return_sequences` (={config.num_return_sequences}) must be 1 with {method}; repeat the prompt "
+            "in the batch instead."
+        )
