@@ -270,3 +270,5 @@ def test_a_config_under_the_wrong_keyword_is_refused(llava15, sample_image):
         greedy(model, inputs, avc=VCDConfig())
     with pytest.raises(ValueError, match="needs a method"):
         model.generate(**inputs, custom_generate=llava_avc.hf.contrastive_decoding, max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"model_kwargs.*\['avcc'\]"):  # a misspelt method keyword
+        greedy(model, inputs, avcc=AVCConfig())

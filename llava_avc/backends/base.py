@@ -75,3 +75,9 @@ def check_one_sequence_per_prompt(config, method: str) -> None:
             f"`num_return_sequences` (={config.num_return_sequences}) must be 1 with {method}; repeat the prompt "
             "in the batch instead."
         )
+
+
+def check_one_quantization(load_4bit: bool, load_8bit: bool) -> None:
+    """Raise ValueError when both 4-bit and 8-bit loading are asked for (the one place that says so)."""
+    if load_4bit and load_8bit:
+        raise ValueError("--load-4bit and --load-8bit are exclusive; pick one.")

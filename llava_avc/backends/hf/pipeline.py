@@ -11,6 +11,8 @@ from typing import Any, Optional
 
 import torch
 
+from ..base import check_one_quantization
+
 #: config.json model_type -> the transformers class that loads it.
 MODEL_TYPES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration"}
 #: Modules kept unquantized under 4/8-bit (as the original backend keeps mm_projector, lm_head and the
@@ -57,8 +59,7 @@ class HFPipeline:
         if model_base is not None:
             raise ValueError(f"--model-base (={model_base!r}) is for original-LLaVA LoRA checkpoints; a llava-hf "
                              "checkpoint is complete: drop --model-base.")
-        if load_4bit and load_8bit:
-            raise ValueError("--load-4bit and --load-8bit are exclusive; pick one.")
+        check_one_quantization(load_4bit, load_8bit)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         on_cuda = str(device).startswith("cuda")
         kwargs: dict = {"dtype": torch.float16 if on_cuda or load_4bit or load_8bit else torch.float32}

@@ -25,6 +25,8 @@ from typing import Optional
 
 import torch
 
+from ..base import check_one_quantization
+
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 #: modules LLaVA keeps in fp16 when training/loading quantized (llava/train/train.py).
 UNQUANTIZED_MODULES = ["mm_projector", "lm_head"]
@@ -78,12 +80,6 @@ def _version(distribution: str) -> Optional[tuple[int, int, int]]:
         return version_tuple(metadata.version(distribution))
     except metadata.PackageNotFoundError:
         return None
-
-
-def check_one_quantization(load_4bit: bool, load_8bit: bool) -> None:
-    """Raise ValueError when both 4-bit and 8-bit loading are asked for (the one place that says so)."""
-    if load_4bit and load_8bit:
-        raise ValueError("--load-4bit and --load-8bit are exclusive; pick one.")
 
 
 def check_quantization_supported(load_4bit: bool, load_8bit: bool, device: str) -> None:
