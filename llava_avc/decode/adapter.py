@@ -61,6 +61,8 @@ class GenerationSetup:
     has_default_min_length: bool = True
     prompt_streamed: bool = False  # the caller already put the prompt ids into the streamer
     pad_token_id: Optional[int] = None  # written into finished rows; None: the config's
+    sampling_seeds: Optional[list] = None  # one seed per row for sampling; None: torch's global RNG
+    row_generators: Optional[list] = None  # made from sampling_seeds on the logits' device at the first draw
 
     def __post_init__(self) -> None:
         if self.pad_token_id is None:

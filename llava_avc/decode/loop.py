@@ -15,8 +15,9 @@ structure this replaces.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -24,6 +25,7 @@ from ..algorithm.blind import BlindTokens, find_blind_tokens_from_attention, mas
 from ..algorithm.config import AVCConfig, M3IDConfig, VCDConfig
 from ..algorithm.contrast import avc_logits, check_finite, m3id_logits, vcd_logits
 from ..algorithm.noise import add_diffusion_noise
+from ..algorithm.seeds import derived_seed
 from .adapter import GenerationSetup, ModelAdapter, left_pad_to, position_ids_from_mask, stopping_rows
 
 ContrastiveConfig = Union[AVCConfig, VCDConfig, M3IDConfig]
@@ -128,33 +130,37 @@ def avc_original_prefill(adapter: ModelAdapter, input_ids, attention_mask, image
     return merged, original, records
 
 
-def biased_embeds(embeds: torch.Tensor, records: list[BlindTokens], config: AVCConfig) -> torch.Tensor:
+def biased_embeds(embeds: torch.Tensor, records: list[BlindTokens], config: AVCConfig,
+                  noise_seeds: Optional[Sequence[int]] = None) -> torch.Tensor:
     """(B, L, D) merged embeds -> a copy whose NON-blind image rows are replaced per `config.masking`.
 
     Blind tokens keep their embeddings; nothing is removed and the attention mask is unchanged.
+    `noise_seeds` (one per row; default `config.noise_seed` for every row) seed the `noise` masking.
     """
+    seeds = noise_seeds if noise_seeds is not None else [config.noise_seed] * len(records)
     out = embeds.clone()
     for row, record in enumerate(records):
         start, end = record.image_span
         # A fresh generator per row: a row's noise does not depend on its position in the batch.
-        generator = noise_generator(config.noise_seed)
+        generator = noise_generator(seeds[row])
         out[row, start:end] = mask_non_blind(embeds[row, start:end], record.blind, config.masking, generator)
     return out
 
 
-def _prefill_avc(adapter, input_ids, attention_mask, images, image_sizes, config, sequential):
+def _prefill_avc(adapter, input_ids, attention_mask, images, image_sizes, config, sequential, noise_seeds):
     merged, original, records = avc_original_prefill(adapter, input_ids, attention_mask, images, image_sizes, config)
     mask = merged.attention_mask
     biased = adapter.forward_last_logits(
-        biased_embeds(merged.embeds, records, config), mask, merged.position_ids, adapter.new_cache()
+        biased_embeds(merged.embeds, records, config, noise_seeds), mask, merged.position_ids, adapter.new_cache()
     )
     return BranchState.from_branches(adapter, original, biased, mask, sequential), records
 
 
-def noised_images(images, config: VCDConfig):
-    """VCD's diffusion-noised copy of each image, each drawn from a fresh generator seeded with
-    `config.noise_seed`, so a row's noise does not depend on its position in the batch."""
-    noised = [add_diffusion_noise(image, config.noise_step, noise_generator(config.noise_seed)) for image in images]
+def noised_images(images, config: VCDConfig, noise_seeds: Optional[Sequence[int]] = None):
+    """VCD's diffusion-noised copy of each image, each drawn from a fresh generator seeded with its
+    row's seed (default `config.noise_seed`), so a row's noise does not depend on its batch position."""
+    seeds = noise_seeds if noise_seeds is not None else [config.noise_seed] * len(images)
+    noised = [add_diffusion_noise(image, config.noise_step, noise_generator(seed)) for image, seed in zip(images, seeds)]
     return noised if isinstance(images, list) else torch.stack(noised)
 
 
@@ -164,9 +170,9 @@ def _stack_images(images, noised):
     return torch.cat([images, noised], 0)
 
 
-def _prefill_vcd(adapter, input_ids, attention_mask, images, image_sizes, config: VCDConfig, sequential):
+def _prefill_vcd(adapter, input_ids, attention_mask, images, image_sizes, config: VCDConfig, sequential, noise_seeds):
     """The biased branch sees a diffusion-noised copy of the image; one merge for both branches."""
-    noised = noised_images(images, config)
+    noised = noised_images(images, config, noise_seeds)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
     sizes = None if image_sizes is None else list(image_sizes) * 2
@@ -176,7 +182,8 @@ def _prefill_vcd(adapter, input_ids, attention_mask, images, image_sizes, config
     return BranchState.from_prefill(adapter, merged.embeds, merged.attention_mask, sequential), None
 
 
-def _prefill_m3id(adapter, input_ids, attention_mask, images, image_sizes, config: M3IDConfig, sequential):
+def _prefill_m3id(adapter, input_ids, attention_mask, images, image_sizes, config: M3IDConfig, sequential,
+                  noise_seeds):
     """The biased (unconditioned) branch sees the prompt without the image."""
     merged = adapter.merge_image(input_ids, attention_mask, images, image_sizes)
     text_embeds, text_mask = adapter.text_only_prompt(input_ids, attention_mask)
@@ -187,7 +194,7 @@ def _prefill_m3id(adapter, input_ids, attention_mask, images, image_sizes, confi
     return BranchState.from_prefill(adapter, *stacked, sequential), None
 
 
-def _prefill_lean(adapter, input_ids, attention_mask, images, image_sizes, config, sequential):
+def _prefill_lean(adapter, input_ids, attention_mask, images, image_sizes, config, sequential, noise_seeds):
     """One branch, no contrast: the apples-to-apples baseline of the benchmarks."""
     merged = adapter.merge_image(input_ids, attention_mask, images, image_sizes)
     mask = merged.attention_mask
@@ -223,7 +230,14 @@ def _choose(scores: torch.Tensor, sequences: torch.Tensor, setup: GenerationSetu
     if setup.logits_warper is not None:
         scores = setup.logits_warper(sequences, scores)
     probs = torch.softmax(scores, dim=-1)
-    return torch.multinomial(probs, num_samples=1).squeeze(1), scores
+    if setup.sampling_seeds is None:
+        return torch.multinomial(probs, num_samples=1).squeeze(1), scores
+    if setup.row_generators is None:
+        setup.row_generators = [_generator(seed, probs.device) for seed in setup.sampling_seeds]
+    # One generator per row: a row's draw does not depend on the other rows of the batch.
+    tokens = [torch.multinomial(row, num_samples=1, generator=generator)
+              for row, generator in zip(probs, setup.row_generators)]
+    return torch.cat(tokens), scores
 
 
 def _decode(adapter: ModelAdapter, state: BranchState, config: Optional[ContrastiveConfig], setup: GenerationSetup):
@@ -281,7 +295,11 @@ def contrastive_generate(
         sequential: two forwards per token with two caches (comparison mode for benchmarks).
         generate_kwargs: generation kwargs as the model's `generate` takes them (max_new_tokens,
             do_sample, temperature, top_k, top_p, repetition_penalty, eos_token_id,
-            stopping_criteria, streamer, return_dict_in_generate, output_scores, attention_mask, ...).
+            stopping_criteria, streamer, return_dict_in_generate, output_scores, attention_mask, ...),
+            and `row_seeds`: one int per row (e.g. `llava_avc.algorithm.seeds.question_seed`); each
+            row then draws its VCD / AVC noise and its sampled tokens from generators of its own, so
+            a row's answer does not depend on the batch it is in. Without it: `config.noise_seed`
+            and torch's global RNG.
     Returns:
         (B, T') LongTensor as the model's `generate` returns, or the backend's dict-style output
         (with `blind_tokens`) when `return_dict_in_generate=True`.
@@ -307,15 +325,40 @@ def _generate(adapter: ModelAdapter, input_ids, images, image_sizes, config, seq
     if images is None:
         raise ValueError(f"{name} needs an image: pass it to generate (images= for original LLaVA, the processor's "
                          "pixel_values= for llava-hf).")
+    row_seeds = _row_seeds(generate_kwargs.pop("row_seeds", None), input_ids.shape[0])
     setup = adapter.prepare_generation(input_ids, generate_kwargs, name)
+    noise_seeds = None
+    if row_seeds is not None:
+        setup.sampling_seeds = [derived_seed(seed, "sample") for seed in row_seeds]
+        noise_seed = getattr(config, "noise_seed", 0)
+        noise_seeds = [derived_seed(seed, f"noise:{noise_seed}") for seed in row_seeds]
     method = config.method if config is not None else None
-    state, records = _PREFILL[method](adapter, input_ids, setup.attention_mask, images, image_sizes, config, sequential)
+    state, records = _PREFILL[method](adapter, input_ids, setup.attention_mask, images, image_sizes, config, sequential,
+                                      noise_seeds)
     adapter.bind_prompt_length(setup, state.prompt_length)
     sequences, scores = _decode(adapter, state, config, setup)
     if not setup.return_dict:
         return sequences
     return adapter.make_output(sequences, scores if setup.output_scores else None,
                                state.original_cache_rows(adapter), records)
+
+
+def _row_seeds(row_seeds, batch_size: int) -> Optional[list]:
+    """Validated per-row seeds (ints, one per row) or None."""
+    if row_seeds is None:
+        return None
+    seeds = list(row_seeds)
+    if len(seeds) != batch_size or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0
+                                       for s in seeds):
+        raise ValueError(f"`row_seeds` (={seeds!r}) must be {batch_size} non-negative ints, one per prompt row; "
+                         "e.g. llava_avc.algorithm.seeds.question_seed(run_seed, question_id) for each row.")
+    return [int(s) for s in seeds]
+
+
+def _generator(seed: int, device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
 
 
 @torch.no_grad()

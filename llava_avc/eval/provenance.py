@@ -46,3 +46,35 @@ def git_sha() -> Optional[str]:
         return None
     sha = result.stdout.strip()
     return sha if result.returncode == 0 and sha else None
+
+
+#: Files whose identity makes the weights' fingerprint.
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "config.json")
+
+
+def weights_fingerprint(model_path: str) -> Optional[str]:
+    """A cheap fingerprint of the weights a path names: the names, sizes and modification times of
+    its weight and config files (a checkpoint rebuilt at the same path gets a new one). For a hub id,
+    the snapshot directory of its local cache (one per commit), or None when it is not cached."""
+    import hashlib
+
+    path = Path(model_path).expanduser()
+    if not path.is_dir():
+        return _hub_snapshot(model_path)
+    digest = hashlib.sha256()
+    for file in sorted({found for pattern in _WEIGHT_PATTERNS for found in path.rglob(pattern)}):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(path)}\x1f{stat.st_size}\x1f{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _hub_snapshot(model_id: str) -> Optional[str]:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        found = try_to_load_from_cache(model_id, "config.json")
+    except ValueError:  # not a valid repo id
+        return None
+    return str(Path(found).parent.name) if isinstance(found, str) else None

@@ -80,12 +80,13 @@ def contrastive_decoding(model, input_ids, logits_processor, stopping_criteria, 
                          synced_gpus=False, streamer=None, avc: Optional[AVCConfig] = None,
                          vcd: Optional[VCDConfig] = None, m3id: Optional[M3IDConfig] = None,
                          pixel_values=None, image_sizes=None, token_streamer=None, sequential: bool = False,
-                         **model_kwargs):
+                         row_seeds=None, **model_kwargs):
     """A transformers decoding method: `model.generate(**inputs, custom_generate=contrastive_decoding,
     avc=AVCConfig(), max_new_tokens=64)` (or `vcd=` / `m3id=`).
 
     `sequential=True` runs the two branches as two forwards with two caches (the official code's
-    structure), for benchmarks. Returns what `generate` returns: (B, T + new) ids (prompt first), or a
+    structure), for benchmarks. `row_seeds` (one int per row) make each row's noise and sampling
+    independent of the batch (see `llava_avc.decode.loop.contrastive_generate`). Returns what `generate` returns: (B, T + new) ids (prompt first), or a
     `ContrastiveGenerateOutput` with `return_dict_in_generate=True`.
 
     Raises:
@@ -99,18 +100,20 @@ def contrastive_decoding(model, input_ids, logits_processor, stopping_criteria, 
         )
     return _decode(model, input_ids, config, sequential, pixel_values, image_sizes,
                    dict(logits_processor=logits_processor, stopping_criteria=stopping_criteria,
-                        generation_config=generation_config, streamer=token_streamer or streamer),
+                        generation_config=generation_config, streamer=token_streamer or streamer,
+                        row_seeds=row_seeds),
                    synced_gpus, model_kwargs)
 
 
 def lean_decoding(model, input_ids, logits_processor, stopping_criteria, generation_config,
                   synced_gpus=False, streamer=None, pixel_values=None, image_sizes=None, token_streamer=None,
-                  **model_kwargs):
+                  row_seeds=None, **model_kwargs):
     """The package's own loop with one branch and no contrast, as a transformers decoding method
     (the benchmarks' apples-to-apples baseline); equals greedy `generate` token for token."""
     return _decode(model, input_ids, None, False, pixel_values, image_sizes,
                    dict(logits_processor=logits_processor, stopping_criteria=stopping_criteria,
-                        generation_config=generation_config, streamer=token_streamer or streamer),
+                        generation_config=generation_config, streamer=token_streamer or streamer,
+                        row_seeds=row_seeds),
                    synced_gpus, model_kwargs)
 
 

@@ -95,12 +95,22 @@ class HFPipeline:
     def _pixel_dtype(self) -> torch.dtype:
         return self.model.model.vision_tower.get_input_embeddings().weight.dtype
 
-    def generate(self, inputs: dict, config=None, **generate_kwargs):
-        """`llava_avc.generate` on the model: `config`'s method, or the model's own generate for None."""
-        from . import generate
+    def generate(self, inputs: dict, config=None, row_seeds=None, **generate_kwargs):
+        """`llava_avc.generate` on the model: `config`'s method, or the model's own generate for None.
 
+        `row_seeds` (one int per row) give each row its own noise and sampling generators; plain
+        SAMPLED decoding then runs as `lean_decoding` (transformers draws from torch's global RNG).
+        """
+        from . import generate
+        from .generation import lean_decoding
+
+        kwargs = dict(inputs, **generate_kwargs)
+        if row_seeds is not None and (config is not None or kwargs.get("do_sample")):
+            kwargs["row_seeds"] = row_seeds
         with torch.inference_mode():
-            return generate(self.model, config=config, **inputs, **generate_kwargs)
+            if config is None and "row_seeds" in kwargs:
+                return self.model.generate(custom_generate=lean_decoding, **kwargs)
+            return generate(self.model, config=config, **kwargs)
 
     def decode(self, sequences: torch.Tensor, inputs: dict) -> list:
         """generate's output (the prompt ids of `inputs` first) -> the stripped answers."""

@@ -14,7 +14,9 @@ from typing import Any, Optional
 
 import torch
 
+from ...decode.loop import lean_generate
 from . import prompts
+from .adapter import LlavaAdapter
 from .loading import load_model
 
 
@@ -61,15 +63,24 @@ class LlavaPipeline:
         return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device), "images": images,
                 "image_sizes": [image.size for image in pil_images]}
 
-    def generate(self, inputs: dict, config=None, **generate_kwargs):
-        """`model.generate` under llava-avc's patch, with `config`'s method (None: upstream decoding)."""
+    def generate(self, inputs: dict, config=None, row_seeds=None, **generate_kwargs):
+        """`model.generate` under llava-avc's patch, with `config`'s method (None: upstream decoding).
+
+        `row_seeds` (one int per row) give each row its own noise and sampling generators, so that a
+        row's answer does not depend on its batch; plain SAMPLED decoding then runs in llava-avc's
+        one-branch loop (upstream generate draws from torch's global RNG), greedy stays upstream's.
+        """
         from llava_avc.patches.llava_patch import patched
 
         kwargs = dict(generate_kwargs, use_cache=True, attention_mask=inputs["attention_mask"],
                       images=inputs["images"], image_sizes=inputs["image_sizes"])
         if config is not None:
             kwargs[config.method] = config
+        if row_seeds is not None and (config is not None or kwargs.get("do_sample")):
+            kwargs["row_seeds"] = row_seeds
         with patched(), _left_padding(self.model), torch.inference_mode():
+            if config is None and "row_seeds" in kwargs:
+                return lean_generate(LlavaAdapter(self.model), inputs["input_ids"], **kwargs)
             return self.model.generate(inputs["input_ids"], **kwargs)
 
     def decode(self, sequences: torch.Tensor, inputs: dict) -> list:
