@@ -24,30 +24,35 @@ label / category when the question file has them), one fsync'ed line per answer,
 Rerunning the same command resumes: answered questions are skipped. A different configuration
 (method, its hyperparameters, protocol, model, seed, generation settings or question set) in the
 same folder is refused. ``--batch-size`` changes speed only, so it may differ between resumes.
-Under the paper protocol (sampling) the random stream is seeded once per process, so a resumed
-or chunked run samples different (equally distributed) tokens than one uninterrupted run.
+Every question draws its sampled tokens and its VCD / AVC noise from seeds of its own, hashes of
+the run's ``--seed`` and the question id (``llava_avc.algorithm.seeds``): an answer is the same
+whatever the batch size, the number of processes, or the resumes that produced it. The
+configuration hash includes a fingerprint of the weights (names, sizes and times of the weight
+files), so answers of a checkpoint rebuilt at the same path are never mixed in. ``--seeds 42,43,44``
+answers each seed into ``<out>/seed<S>/`` (each a resumable run folder of its own).
 
 Protocols (`llava_avc.eval.protocols`): ``paper`` = the AvisC paper's setup (llava_v1, sampling
 T=1 / top-p 1, 64 new tokens, seed 42, MME first question line, CLIP center crop, recorder rule);
 ``llava`` = LLaVA's own evaluation scripts (vicuna_v1, greedy, "Answer the question using a single
 word or phrase.", 128 new tokens, pad-to-square, eval_pope.py rule).
 
-Multi-GPU launch (one process per GPU, as LLaVA's ``scripts/v1_5/eval/*.sh`` do)::
+Many GPUs, many nodes: torch's own launchers (``--out`` on a filesystem all ranks share)::
 
-    K=4
-    for i in $(seq 0 $((K-1))); do
-      CUDA_VISIBLE_DEVICES=$i llava-avc eval pope --model-path liuhaotian/llava-v1.5-7b \\
-          --image-folder coco/val2014 --question-file coco_pope_random.json --out runs/pope-avc \\
-          --method avc --num-chunks $K --chunk-idx $i &
-    done
-    wait
-    llava-avc merge --out runs/pope-avc        # -> runs/pope-avc/answers.jsonl, in question order
+    torchrun --nproc-per-node 8 -m llava_avc eval pope --model-path P --image-folder D --out runs/pope-avc
+    accelerate launch --num_processes 8 -m llava_avc eval pope ...
+    torchrun --nnodes 2 --node-rank $R --rdzv-endpoint HOST:29500 --nproc-per-node 8 -m llava_avc eval pope ...
+    srun -n 16 llava-avc eval pope ...                 # Slurm: SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID
 
-Each process writes ``answers.chunk{i}of{K}.jsonl`` (chunk i of LLaVA's ``get_chunk``: ceil(N/K)
-questions each) and can be resumed on its own; ``merge`` refuses while a chunk is missing or
-incomplete. Scoring reads the merged file.
+Each rank (``llava_avc.eval.distributed``) answers chunk ``RANK`` of ``WORLD_SIZE`` on
+``cuda:LOCAL_RANK`` (the CPU where there is no GPU) into ``answers.chunk{r}of{W}.jsonl``, resumable on
+its own, and marks it done; rank 0 waits for every shard (``--shard-timeout``), merges them into
+``answers.jsonl`` in question order and scores. The ranks meet through the run folder, not through
+a process group, so the same code serves torchrun, accelerate and srun, across nodes. A rank that
+dies loses nothing: the same command answers only the missing questions (resume with the same
+number of processes). Explicit ``--num-chunks K --chunk-idx I`` (one process per chunk, as LLaVA's
+``scripts/v1_5/eval/*.sh`` do, then ``llava-avc merge --out DIR``) keep working without a launcher.
 
-Modules: ``cli`` (argparse: `register(subparsers)`), ``runner`` (answering, merging),
+Modules: ``runner`` (answering, sharding, seeds, merging), ``distributed`` (launcher ranks, shard markers),
 ``answers`` (crash-safe files, configuration hash, chunks), ``questions`` / ``benchmarks``
 (readers and registry), ``protocols``, ``rules`` (yes/no rules), ``score_pope``, ``score_mme``,
 ``score_amber``, ``compare`` (tables and charts).

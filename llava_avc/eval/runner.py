@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
+from ..algorithm.seeds import question_seed
 from . import answers as ans
 from . import provenance
+from .distributed import LaunchContext, launch_context, mark_done, rank_device, wait_for_shards
 from .benchmarks import get_benchmark
 from .protocols import generation_kwargs, get_protocol, question_text
 from .questions import fingerprint
@@ -78,7 +80,9 @@ def _canonical_model_path(path: str) -> str:
 
 
 def run_settings(options: EvalOptions, protocol, question_set: str) -> dict:
-    """The hashed configuration: method + config + protocol + model + seed + generation + questions."""
+    """The hashed configuration: method + config + protocol + model (path and a fingerprint of its
+    weights: a checkpoint rebuilt at the same path is another configuration) + seed + generation +
+    questions. The batch size and the number of processes are not in it: they do not change answers."""
     config = options.config
     return {
         "benchmark": options.benchmark,
@@ -89,6 +93,7 @@ def run_settings(options: EvalOptions, protocol, question_set: str) -> dict:
         "model_path": _canonical_model_path(options.model_path),
         "model_base": options.model_base,
         "quantization": "4bit" if options.load_4bit else "8bit" if options.load_8bit else None,
+        "weights": provenance.weights_fingerprint(options.model_path),
         "seed": options.seed,
         "questions": question_set,
     }
@@ -130,8 +135,9 @@ def _run_record(options: EvalOptions, settings: dict, digest: str, question_file
     }
 
 
-def generate_answers(pipeline, texts: list, pil_images: list, settings: dict, config) -> list:
-    """Answer a batch of questions (one image each) with one left-padded `generate` call.
+def generate_answers(pipeline, texts: list, pil_images: list, settings: dict, config, row_seeds=None) -> list:
+    """Answer a batch of questions (one image each) with one left-padded `generate` call; `row_seeds`
+    (one per question) make each answer independent of the batch it is in.
 
     Raises:
         ValueError: CUDA out of memory (with the advice to halve the batch size).
@@ -142,7 +148,7 @@ def generate_answers(pipeline, texts: list, pil_images: list, settings: dict, co
     inputs = pipeline.inputs(texts, pil_images, generation["conv_mode"], generation["center_crop"])
     batch = len(texts)
     try:
-        output = pipeline.generate(inputs, config, **generation_kwargs(generation))
+        output = pipeline.generate(inputs, config, row_seeds=row_seeds, **generation_kwargs(generation))
     except torch.cuda.OutOfMemoryError as error:
         torch.cuda.empty_cache()
         hint = f"try --batch-size {batch // 2}" if batch > 1 else "try a 4-bit model (--load-4bit) or a larger GPU"
@@ -182,7 +188,8 @@ def _answer_all(pending, pipeline, options, settings, digest, image_root, writer
         for batch in _batches(pending, options.batch_size):
             images = [_open_image(question, image_root) for question in batch]
             texts = [question_text(q.text, q.yes_no, protocol, options.benchmark) for q in batch]
-            outputs = generate_answers(pipeline, texts, images, settings, options.config)
+            seeds = [question_seed(options.seed, question.qid) for question in batch]
+            outputs = generate_answers(pipeline, texts, images, settings, options.config, seeds)
             for question, text, answer in zip(batch, texts, outputs):
                 writer.write(_record(question, text, answer, model_id, settings, digest))
                 written += 1
@@ -209,8 +216,6 @@ def run_eval(options: EvalOptions, pipeline=None) -> EvalSummary:
     Raises:
         ValueError / FileNotFoundError: bad options, question file, image, configuration mismatch.
     """
-    import torch
-
     start = time.time()
     benchmark = get_benchmark(options.benchmark)
     protocol = get_protocol(options.protocol)
@@ -232,9 +237,60 @@ def run_eval(options: EvalOptions, pipeline=None) -> EvalSummary:
         pipeline = pipeline if pipeline is not None or not pending else _load(options)
         device = str(pipeline.device) if pipeline is not None else (options.device or "unknown")
         ans.write_json_atomic(out / ans.RUN_FILE, _run_record(options, settings, digest, question_file, device))
-        torch.manual_seed(options.seed)
         written = _answer_all(pending, pipeline, options, settings, digest, image_root, writer) if pending else 0
     return EvalSummary(path, written, len(chunk) - len(pending), len(chunk), digest, time.time() - start)
+
+
+@dataclass
+class ShardedSummary:
+    """What this process did in a (possibly multi-process) run, and, on rank 0, the merged file."""
+
+    shard: EvalSummary
+    context: LaunchContext
+    merged: Optional[Path] = None  # rank 0 of a launcher run: answers.jsonl of all shards
+
+
+def run_sharded(options: EvalOptions, context: Optional[LaunchContext] = None, pipeline=None,
+                shard_timeout_s: float = 7 * 24 * 3600.0, log=lambda message: None) -> ShardedSummary:
+    """`run_eval` for one process of a launcher (torchrun, accelerate launch, srun) or a single one.
+
+    Under a launcher, rank r of W answers chunk r of W into its own resumable file on its own device
+    (`cuda:LOCAL_RANK` or the CPU), marks it done, and rank 0 waits for every shard (up to
+    `shard_timeout_s`), then merges them into answers.jsonl in question order.
+
+    Raises:
+        ValueError: --num-chunks / --chunk-idx given under a launcher (the launcher decides them).
+        TimeoutError: rank 0 waited `shard_timeout_s` for a shard that did not finish.
+    """
+    context = context or launch_context()
+    if context.is_distributed:
+        if options.num_chunks != 1 or options.chunk_idx != 0:
+            raise ValueError(f"--num-chunks/--chunk-idx (={options.num_chunks}/{options.chunk_idx}) under "
+                             f"{context.launcher} (world size {context.world_size}): the launcher shards the "
+                             "questions itself; drop those flags.")
+        options = replace(options, num_chunks=context.world_size, chunk_idx=context.rank,
+                          device=rank_device(context, options.device), progress=False if context.rank else options.progress)
+    summary = run_eval(options, pipeline)
+    result = ShardedSummary(summary, context)
+    if not context.is_distributed:
+        return result
+    mark_done(summary.answers_file, summary.total, summary.config_hash)
+    if context.rank == 0:
+        shards = [ans.answers_path(Path(options.out), context.world_size, rank) for rank in range(context.world_size)]
+        wait_for_shards(shards, summary.config_hash, shard_timeout_s, log=log)
+        result.merged = merge_chunks(options.out, force=True)
+    return result
+
+
+def seed_runs(options: EvalOptions, seeds: Optional[list]) -> list:
+    """One EvalOptions per seed: `--seeds 42,43,44` answers each seed into `<out>/seed<S>/` (its own
+    resumable run folder, which `llava-avc score` reads as one run with mean +- std); a single seed
+    (`--seed`) keeps `<out>` itself."""
+    if not seeds:
+        return [options]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds (={','.join(map(str, seeds))}) repeats a seed; give each seed once.")
+    return [replace(options, seed=seed, out=str(Path(options.out) / f"seed{seed}")) for seed in seeds]
 
 
 def merge_chunks(out, force: bool = False) -> Path:

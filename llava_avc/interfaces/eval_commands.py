@@ -22,7 +22,8 @@ def _add_eval(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  llava-avc eval pope --model-path liuhaotian/llava-v1.5-7b --image-folder val2014 \\\n"
                "      --question-file coco_pope_random.json --out runs/pope-avc --method avc\n"
-               "multi-GPU: one process per GPU, see `python -c 'import llava_avc.eval; help(llava_avc.eval)'`.")
+               "many GPUs: torchrun --nproc-per-node 8 -m llava_avc eval pope ... (or accelerate launch, srun):\n"
+               "  each rank answers its shard on its own GPU; rank 0 merges and scores.")
     parser.add_argument("benchmark", help=BENCHMARK_HELP)
     add_model_arguments(parser)
     data = parser.add_argument_group("data")
@@ -39,7 +40,14 @@ def _add_eval(subparsers) -> None:
                           "(greedy, short-answer suffix, 128 tokens, vicuna_v1); default paper")
     decoding.add_argument("--conv-mode", default=None, help="override the protocol's conversation template")
     decoding.add_argument("--max-new-tokens", type=int, default=None, help="override the protocol's limit")
-    decoding.add_argument("--seed", type=int, default=42, help="torch.manual_seed once at the start (default 42)")
+    seeds = decoding.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=42,
+                       help="the run's seed; each question's sampling and noise come from hash(seed, question id), "
+                       "so answers do not depend on batch size, processes or resumes (default 42)")
+    seeds.add_argument("--seeds", type=_seed_list, default=None, metavar="S1,S2,...",
+                       help="several runs, one per seed, into <out>/seed<S>/ (score reports mean +- std)")
+    decoding.add_argument("--shard-timeout", type=float, default=7 * 24 * 3600.0, metavar="SECONDS",
+                          help="under a launcher, how long rank 0 waits for the other shards (default 7 days)")
     decoding.add_argument("--batch-size", type=int, default=1, help="questions per generate call (left-padded)")
     parser.add_argument("--progress", dest="progress", action="store_true", default=None,
                         help="always show the progress bar (default: only on a terminal)")
@@ -50,21 +58,34 @@ def _add_score(subparsers) -> None:
     parser = subparsers.add_parser(
         "score", help="score answers (POPE as upstream eval_pope.py, MME as calculation.py, AMBER)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  llava-avc score pope --answers-file runs/pope-avc --question-file coco_pope_random.json\n"
+        epilog="examples:\n  llava-avc score pope --answers-file runs/pope-avc\n"
+               "  llava-avc score pope --answers-file runs/pope-avc --reference avisc-paper --chart pope.png\n"
                "  llava-avc score mme --answers-file runs/mme-avc --question-file MME_Benchmark_release_version\n"
-               "  llava-avc score amber --answers-file runs/amber-avc --annotation-dir AMBER/data\n"
-               "  llava-avc score pope --compare runs/pope-none runs/pope-avc --chart pope.png")
+               "  llava-avc score amber --answers-file runs/amber-avc --strict\n"
+               "  llava-avc score pope --compare runs/pope-none runs/pope-avc --chart pope.png\n"
+               "a run folder holding seed<S>/ run folders (eval --seeds) is scored per seed, reported as mean ± std.")
     parser.add_argument("benchmark", help=BENCHMARK_HELP)
     runs = parser.add_mutually_exclusive_group(required=True)
-    runs.add_argument("--answers-file", metavar="A", help="answers .jsonl or a run folder")
+    runs.add_argument("--answers-file", metavar="A", help="answers .jsonl, a run folder, or a folder of seed<S>/ runs")
     runs.add_argument("--compare", nargs="+", metavar="A", help="several answers files / run folders side by side")
-    parser.add_argument("--question-file", default=None, help="the question file (POPE) or MME folder")
+    parser.add_argument("--question-file", default=None, metavar="F",
+                        help="the question set: a packaged name (coco_pope_random, query_all, ...) or your file "
+                             "(MME: the MME folder); every question must have an answer (default: the run's own)")
     parser.add_argument("--annotation-dir", default=None,
-                        help="POPE: folder of coco_pope_<category>.json; AMBER: folder of annotations.json, "
-                             "relation.json, safe_words.txt")
+                        help="POPE: folder of coco_pope_<category>.json (positional matching, as upstream); AMBER: "
+                             "folder of annotations.json, relation.json, safe_words.txt (default: the packaged copy)")
     parser.add_argument("--rule", choices=("llava", "paper"), default=None,
                         help="yes/no rule: llava = upstream eval_pope.py, paper = AvisC recorder "
                              "(default: the protocol the answers were made with)")
+    parser.add_argument("--reference", default=None, metavar="NAME",
+                        help="set published numbers beside yours, with the difference: avisc-paper (the AvisC "
+                             "paper's LLaVA-1.5-7B results, same method)")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail on any problem in the answers (partial line, unreadable or duplicate answers, "
+                             "missing answers, mixed configurations) instead of counting it")
+    parser.add_argument("--amber-nouns", choices=("auto", "official", "fallback"), default="auto",
+                        help="AMBER nouns: official (NLTK + spaCy en_core_web_lg, as AMBER's evaluator), fallback "
+                             "(documented word matching), auto = official where installed (default)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--chart", default=None, metavar="PNG", help="write a bar chart of the headline metrics")
     parser.add_argument("--labels", nargs="+", default=None, help="names of the --compare runs")
@@ -85,11 +106,22 @@ def register(subparsers) -> None:
     _add_merge(subparsers)
 
 
+def _seed_list(text: str) -> list:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 42,43,44, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("expected at least one seed, e.g. --seeds 42,43,44")
+    return seeds
+
+
 def run_eval_command(args, argv) -> int:
-    """Handler of `llava-avc eval`."""
+    """Handler of `llava-avc eval`: one process, or one rank of torchrun / accelerate launch / srun."""
     from .flags import config_from_args
     from ..eval.benchmarks import get_benchmark
-    from ..eval.runner import EvalOptions, run_eval
+    from ..eval.distributed import launch_context
+    from ..eval.runner import EvalOptions, run_sharded, seed_runs
 
     benchmark = get_benchmark(args.benchmark).name
     options = EvalOptions(
@@ -98,13 +130,30 @@ def run_eval_command(args, argv) -> int:
         batch_size=args.batch_size, seed=args.seed, num_chunks=args.num_chunks, chunk_idx=args.chunk_idx,
         limit=args.limit, device=args.device, max_new_tokens=args.max_new_tokens, conv_mode=args.conv_mode,
         model_base=args.model_base, load_4bit=args.load_4bit, load_8bit=args.load_8bit, progress=args.progress)
-    summary = run_eval(options)
-    print(f"{summary.new} new answers, {summary.skipped} already there, {summary.total} questions "
-          f"-> {summary.answers_file} (config {summary.config_hash}, {summary.seconds:.1f} s)")
-    if options.num_chunks > 1:
-        print(f"when every chunk is done: llava-avc merge --out {args.out}")
-    else:
-        print(f"next: llava-avc score {benchmark} --answers-file {args.out}")
+    context = launch_context()
+    where = f"rank {context.rank}/{context.world_size}: " if context.is_distributed else ""
+    pipeline = None
+    for run in seed_runs(options, args.seeds):
+        result = run_sharded(run, context, pipeline, args.shard_timeout,
+                             log=lambda message: print(f"{where}{message}", file=sys.stderr, flush=True))
+        shard = result.shard
+        print(f"{where}{shard.new} new answers, {shard.skipped} already there, {shard.total} questions "
+              f"-> {shard.answers_file} (config {shard.config_hash}, {shard.seconds:.1f} s)", flush=True)
+        if result.merged is not None:
+            print(f"merged {context.world_size} shards -> {result.merged}", flush=True)
+    if context.rank != 0:
+        return 0
+    if run.num_chunks > 1:
+        print(f"when every chunk is done: llava-avc merge --out {run.out}")
+        return 0
+    if context.is_distributed:  # rank 0 of a launcher run scores what the shards answered together
+        from .cli import main
+
+        print(f"score ({benchmark}, {args.out}):", flush=True)
+        if main(["score", benchmark, "--answers-file", args.out]) != 0:
+            print(f"scoring needs more (see the line above); then: llava-avc score {benchmark} --answers-file {args.out}")
+        return 0
+    print(f"next: llava-avc score {benchmark} --answers-file {args.out}")
     return 0
 
 
@@ -119,10 +168,8 @@ def _scorer(benchmark: str):
         return score_mme.score_mme(records, args.question_file, rule)
 
     def amber(records, args, rule):
-        if not args.annotation_dir:
-            raise ValueError("score amber needs --annotation-dir (AMBER's data/ folder with annotations.json, "
-                             "relation.json, safe_words.txt).")
-        return score_amber.score_amber(records, score_amber.load_references(args.annotation_dir), rule)
+        references = score_amber.load_references(args.annotation_dir)
+        return score_amber.score_amber(records, references, rule, score_amber.noun_matcher(args.amber_nouns))
 
     return {
         "pope": (pope, score_pope.report, score_pope.public, score_pope.headline),
@@ -132,15 +179,129 @@ def _scorer(benchmark: str):
 
 
 def _score_file(benchmark: str, path, args) -> tuple:
-    from ..eval.answers import read_answers
-    from ..eval.compare import resolve_answers
+    """(result, rule, AnswerFile) of one answers file, after the checks of the answers themselves."""
+    from ..eval import answers as ans
+    from ..eval.benchmarks import expected_questions, get_benchmark, missing_answers
     from ..eval.rules import default_rule
 
-    records = read_answers(resolve_answers(path))
-    if not records:
-        raise ValueError(f"{path}: no answers to score.")
-    rule = args.rule or default_rule(records)
-    return _scorer(benchmark)[0](records, args, rule), rule
+    answers = ans.load_answer_file(path)
+    ans.check_benchmark(answers, benchmark)
+    questions = expected_questions(get_benchmark(benchmark), args.question_file, path)
+    if questions is not None:
+        answers.expected = len(questions)
+        answers.missing = missing_answers(get_benchmark(benchmark), questions, answers.records)
+    if not answers.records:
+        raise ValueError(f"{path}: no answers to score ({answers.summary()}).")
+    if args.strict:
+        _strict(answers)
+    rule = args.rule or default_rule(answers.records)
+    return _scorer(benchmark)[0](answers.records, args, rule), rule, answers
+
+
+def _strict(answers) -> None:
+    problems = answers.issues() + (["missing answers cannot be checked (no question file known: pass "
+                                    "--question-file)"] if answers.expected is None else [])
+    if problems:
+        raise ValueError(f"--strict: {answers.path}: {'; '.join(problems)}.")
+
+
+def _score_run(benchmark: str, args) -> tuple:
+    """Score every answers file of one run: (Run, [(seed name, result, rule, AnswerFile)])."""
+    from ..eval import compare as cmp
+
+    run = cmp.resolve_run(args.answers_file)
+    cmp.check_same_configuration(run)
+    return run, [(name, *_score_file(benchmark, path, args)) for name, path in run.files]
+
+
+def _reference_rows(benchmark: str, args, run, scored: list, stats: dict) -> tuple:
+    """(Reference, method, rows beside yours, notes) for --reference."""
+    from ..eval import references as refs
+
+    reference = refs.load_reference(args.reference)
+    facts = refs.run_facts(run.files[0][1], scored[0][3].records, args.question_file)
+    if not facts["method"]:
+        raise ValueError(f"--reference needs the method the answers were made with; {run.path} has no run.json and "
+                         "its answers no metadata.method.")
+    paper = refs.published(reference, benchmark, facts["method"], facts["dataset"])
+    notes = refs.notes(reference, benchmark, facts["method"], facts["protocol"], len(scored))
+    return reference, facts["method"], refs.rows_beside(stats, paper), notes
+
+
+def _print_run(benchmark: str, args, run, scored: list, stats: dict, compared) -> None:
+    from ..eval import compare as cmp
+    from ..eval import references as refs
+
+    _, report, public, _ = _scorer(benchmark)
+    summaries = {name or str(answers.path): answers.summary() for name, _, _, answers in scored}
+    if args.json:
+        plain = not run.seeded and compared is None
+        data = public(scored[0][1]) if plain else {
+            "runs": {name or cmp.label_of(run): public(result) for name, result, _, _ in scored},
+            "metrics": {metric: {"mean": s.mean, "std": s.std, "n": s.n} for metric, s in stats.items()},
+            "answers": summaries}
+        if compared is not None:
+            data["reference"] = refs.as_json(compared[0], compared[1], compared[2])
+        print(json.dumps(data, indent=2))
+        for name, summary in summaries.items():
+            print(f"{name}: {summary}", file=sys.stderr)
+        return
+    if run.seeded:
+        print(f"{benchmark.upper()}, {len(scored)} seeds (mean ± sample std), answer rule: {scored[0][2]}")
+        rows = {metric: [_headline_of(benchmark, result).get(metric) for _, result, _, _ in scored] + [stat]
+                for metric, stat in stats.items()}
+        print(cmp.table([name for name, *_ in scored] + ["mean ± std"], rows))
+    else:
+        print(report(scored[0][1], scored[0][2]))
+    for name, summary in summaries.items():
+        print(f"{name}: {summary}" if run.seeded else summary)
+    if compared is not None:
+        print()
+        print(refs.table(compared[2], "yours"))
+        print("\n".join(compared[3]))
+
+
+def _headline_of(benchmark: str, result) -> dict:
+    return _scorer(benchmark)[3](result)
+
+
+def _score_one(benchmark: str, args) -> tuple:
+    """`score --answers-file`: print the report; return (chart labels, chart rows)."""
+    from ..eval import compare as cmp
+
+    run, scored = _score_run(benchmark, args)
+    stats = cmp.aggregate([_headline_of(benchmark, result) for _, result, _, _ in scored])
+    compared = _reference_rows(benchmark, args, run, scored, stats) if args.reference else None
+    _print_run(benchmark, args, run, scored, stats, compared)
+    if compared is None:
+        return [cmp.label_of(run)], {metric: [stat] for metric, stat in stats.items()}
+    rows = {row.metric: [row.ours, (row.paper, row.paper_std)] for row in compared[2]}
+    return [cmp.label_of(run), f"{compared[0].name} ({compared[1]})"], rows
+
+
+def _score_compare(benchmark: str, args) -> tuple:
+    """`score --compare`: print the table (and each file's answer summary); return (labels, rows)."""
+    from ..eval import compare as cmp
+
+    if args.reference:
+        raise ValueError("--reference goes with --answers-file (one run, or one folder of seeds), not --compare.")
+    summaries = []
+
+    def headline(path):
+        result, _, answers = _score_file(benchmark, path, args)
+        summaries.append(f"{path}: {answers.summary()}")
+        return _headline_of(benchmark, result)
+
+    names, rows = cmp.compare(args.compare, headline, args.labels)
+    if args.json:
+        print(json.dumps({"runs": names, "metrics": {metric: [None if v is None else v.mean for v in values]
+                                                     for metric, values in rows.items()},
+                          "std": {metric: [None if v is None else v.std for v in values]
+                                  for metric, values in rows.items()}}, indent=2))
+    else:
+        print(cmp.table(names, rows))
+    print("\n".join(summaries), file=sys.stderr if args.json else sys.stdout)
+    return names, rows
 
 
 def run_score_command(args, argv) -> int:
@@ -149,15 +310,7 @@ def run_score_command(args, argv) -> int:
     from ..eval.benchmarks import get_benchmark
 
     benchmark = get_benchmark(args.benchmark).name
-    _, report, public, headline = _scorer(benchmark)
-    if args.compare:
-        names, rows = cmp.compare(args.compare, lambda p: headline(_score_file(benchmark, p, args)[0]), args.labels)
-        print(json.dumps({"runs": names, "metrics": rows}, indent=2) if args.json else cmp.table(names, rows))
-    else:
-        result, rule = _score_file(benchmark, args.answers_file, args)
-        print(json.dumps(public(result), indent=2) if args.json else report(result, rule))
-        names, rows = [cmp.run_label(cmp.resolve_answers(args.answers_file))], \
-            {k: [v] for k, v in headline(result).items()}
+    names, rows = _score_compare(benchmark, args) if args.compare else _score_one(benchmark, args)
     if args.chart:
         path = cmp.bar_chart(names, rows, args.chart, f"{benchmark.upper()}")
         print(f"chart: {path}", file=sys.stderr)
