@@ -18,7 +18,7 @@ import pytest
 from llava_avc.interfaces.cli import main as eval_main
 
 from llava_avc.eval.rules import llava_rule, mme_answer, paper_rule, parse_pred_ans
-from llava_avc.eval.score_amber import extract_objects, load_references, score_amber
+from llava_avc.eval.score_amber import extract_objects, fallback_matcher, load_references, score_amber
 from llava_avc.eval.score_mme import score_mme
 from llava_avc.eval.score_pope import public, score_pope
 
@@ -220,7 +220,7 @@ def test_amber_hand_computed_on_the_real_annotations(amber_refs, capsys, tmp_pat
     ]
     truths = [amber_refs.annotations[i]["truth"] for i in (1005, 1006, 1007, 1008)]
     assert truths == ["yes", "no", "yes", "no"]
-    result = score_amber(answers, amber_refs, "paper")
+    result = score_amber(answers, amber_refs, "paper", fallback_matcher())
     gen, dis = result["generative"], result["discriminative"]
     assert gen["counts"] == {"mentions": 10, "hallucinated": 3, "covered": 7, "truth": 20, "cog": 3, "hallu": 15}
     assert gen["CHAIR"] == pytest.approx(30.0) and gen["Cover"] == pytest.approx(35.0)
@@ -228,14 +228,16 @@ def test_amber_hand_computed_on_the_real_annotations(amber_refs, capsys, tmp_pat
     assert dis["Accuracy"] == pytest.approx(100.0) and dis["F1"] == pytest.approx(100.0)
     assert result["amber_score"] == pytest.approx((100 - 30 + 100) / 2)
     assert "spaCy en_core_web_lg similarity matching is absent" in result["noun_extractor"]
+    assert result["nouns"] == "fallback"
     wrong = score_amber([_record(1005, "No"), _record(1006, "No"), _record(1007, "No"), _record(1008, "Yes")],
-                        amber_refs, "paper")["discriminative"]
+                        amber_refs, "paper", fallback_matcher())["discriminative"]
     # answered no: 1005 (truth yes), 1006 (no), 1007 (yes) -> precision 1/3; truly no: 1006, 1008 -> recall 1/2
     assert wrong["Accuracy"] == pytest.approx(25.0) and wrong["Precision"] == pytest.approx(100 / 3)
     assert wrong["Recall"] == pytest.approx(50.0) and wrong["F1"] == pytest.approx(40.0)
     answers_file = _write_jsonl(tmp_path / "amber.jsonl", answers)
-    assert eval_main(["score", "amber", "--answers-file", str(answers_file), "--annotation-dir", str(AMBER)]) == 0
-    assert "spaCy en_core_web_lg similarity matching is absent" in capsys.readouterr().out
+    assert eval_main(["score", "amber", "--answers-file", str(answers_file), "--annotation-dir", str(AMBER),
+                      "--amber-nouns", "fallback"]) == 0
+    assert "nouns: fallback:" in capsys.readouterr().out
 
 
 def test_compare_prints_a_table_and_writes_a_chart(tmp_path, capsys):
@@ -252,4 +254,8 @@ def test_compare_prints_a_table_and_writes_a_chart(tmp_path, capsys):
     assert eval_main(["score", "pope", "--compare", *runs, "--chart", str(chart)]) == 0
     printed = capsys.readouterr().out
     assert "none (none, llava)" in printed and "avc (avc, llava)" in printed and "random accuracy" in printed
+    # none answers "Yes" to all 30 questions (15 labelled yes); avc "No" except where q % 3 == 0 (10 answered
+    # "Yes", 5 of them labelled yes): accuracies 15/30 and (15 - 5 + 5)/30 = 50.00
+    assert re.search(r"^random accuracy\s+50\.00\s+50\.00$", printed, re.M)
+    assert re.search(r"^random recall\s+100\.00\s+33\.33$", printed, re.M)
     assert chart.stat().st_size > 0 and chart.read_bytes()[:4] == b"\x89PNG"

@@ -14,8 +14,11 @@ Workflow::
         --image-folder AMBER/image --out runs/amber-avc
     llava-avc score amber --answers-file runs/amber-avc --annotation-dir AMBER/data
 
-Question files are the benchmarks'
-original files, unchanged; images are the user's own copies and are never downloaded.
+Question files are the benchmarks' original files, unchanged. POPE's nine files and AMBER's query and
+annotation files ship with the package (``data/``, with their licences and sha256 sums): give one by
+name (``--question-file coco_pope_adversarial``) or give none (POPE: ``coco_pope_random``; AMBER:
+``query_all``, scored against the packaged annotations). MME is not redistributable. Images are the
+user's own copies and are never downloaded.
 
 Output of a run (``--out DIR``): ``answers.jsonl`` in LLaVA's format (``question_id, prompt, text,
 answer_id, model_id, metadata``; ``metadata`` adds ``config_hash``, method, protocol, image and the
@@ -52,8 +55,14 @@ dies loses nothing: the same command answers only the missing questions (resume 
 number of processes). Explicit ``--num-chunks K --chunk-idx I`` (one process per chunk, as LLaVA's
 ``scripts/v1_5/eval/*.sh`` do, then ``llava-avc merge --out DIR``) keep working without a launcher.
 
+``score`` trusts nothing it has not checked (``answers.load_answer_file``): a partial last line,
+repeated questions, unreadable answers, answers of another benchmark or of several configurations and
+missing questions are counted on an ``answers:`` line, and ``--strict`` makes each an error.
+``--reference avisc-paper`` sets the paper's published row beside yours (``references``).
+
 Modules: ``runner`` (answering, sharding, seeds, merging), ``distributed`` (launcher ranks, shard markers),
-``answers`` (crash-safe files, configuration hash, chunks), ``questions`` / ``benchmarks``
-(readers and registry), ``protocols``, ``rules`` (yes/no rules), ``score_pope``, ``score_mme``,
-``score_amber``, ``compare`` (tables and charts).
+``answers`` (crash-safe files, configuration hash, chunks, checked reading), ``questions`` / ``benchmarks``
+(readers, packaged data and registry), ``inputs`` (checks of queries, question records and images),
+``protocols``, ``rules`` (yes/no rules), ``score_pope``, ``score_mme``, ``score_amber``, ``compare``
+(tables, mean ± std over seeds, charts), ``references`` (published results), ``provenance``.
 """

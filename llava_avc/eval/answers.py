@@ -3,8 +3,11 @@
 An answers file is LLaVA's JSONL (``question_id, prompt, text, answer_id, model_id, metadata``),
 one answer per line. Each line is written with ONE ``os.write`` of the complete line on an
 ``O_APPEND`` descriptor, then ``fsync``: a killed run leaves complete lines plus at most one
-partial last line, which the next run drops. ``metadata.config_hash`` ties each answer to the
-configuration that made it; a rerun with another configuration is refused.
+partial last line, which the next run drops (only a last line that is not valid JSON is partial: a
+complete answer without its final newline is kept). Scoring reads a file with `load_answer_file`,
+which sets aside (and counts) unreadable answers, duplicates and a partial last line.
+``metadata.config_hash`` ties each answer to the configuration that made it; a rerun with another
+configuration is refused.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import math
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -92,40 +96,211 @@ class AnswerWriter:
         self.close()
 
 
+def _is_json(raw: bytes) -> bool:
+    try:
+        json.loads(raw)
+    except ValueError:  # json.JSONDecodeError and undecodable bytes
+        return False
+    return True
+
+
+def _lines(data: bytes) -> tuple:
+    """(complete lines, whether a partial last line was left out) of an answers file's bytes.
+
+    Only a last line that is not valid JSON is partial (a killed run wrote part of it); a complete
+    answer that merely lacks its final newline counts.
+    """
+    lines = data.split(b"\n")
+    tail = lines.pop()
+    if not tail.strip():
+        return lines, False
+    if _is_json(tail):
+        return lines + [tail], False
+    return lines, True
+
+
 def drop_partial_line(path) -> bool:
-    """Truncate a trailing partial line (left by a killed run). Returns whether one was dropped."""
+    """Truncate a trailing partial line (left by a killed run); a complete last answer without its
+    newline gets the newline instead (so the next append starts a new line). Returns whether a line
+    was dropped."""
     path = Path(path)
     if not path.is_file():
         return False
     data = path.read_bytes()
     if not data or data.endswith(b"\n"):
         return False
-    os.truncate(path, data.rfind(b"\n") + 1)
-    return True
+    if _lines(data)[1]:
+        os.truncate(path, data.rfind(b"\n") + 1)
+        return True
+    with open(path, "ab") as handle:
+        handle.write(b"\n")
+    return False
 
 
 def read_answers(path) -> list:
-    """The answer records of a JSONL file; a partial last line is ignored.
+    """The answer records of a JSONL file; a partial last line (not valid JSON) is ignored.
 
     Raises:
         ValueError: a complete line that is not a JSON object with a question_id (names the line).
     """
+    answers = load_answer_file(path)
+    if answers.invalid:
+        lineno, reason = answers.invalid[0]
+        raise ValueError(f"{answers.path}, line {lineno}: {reason}.")
+    return [record for _, record in answers.lines]
+
+
+@dataclass
+class AnswerFile:
+    """One answers file as scoring reads it: what is scored and what was set aside, with why.
+
+    Attributes:
+        path: the file.
+        lines: (line number, record) of every readable answer, in file order (duplicates included).
+        invalid: (line number, reason) of answers that cannot be scored (no question_id, text not a string).
+        partial_line: a last line that is not valid JSON (an interrupted write) was left out.
+        missing: question ids of the question set with no answer (None: not checked).
+        expected: size of the question set checked against (None: not checked).
+    """
+
+    path: Path
+    lines: list
+    invalid: list
+    partial_line: bool = False
+    missing: Optional[list] = None
+    expected: Optional[int] = None
+
+    @property
+    def records(self) -> list:
+        """The answers to score: the first answer of each question (see `duplicates`)."""
+        seen, first = set(), []
+        for _, record in self.lines:
+            if answer_key(record) not in seen:
+                seen.add(answer_key(record))
+                first.append(record)
+        return first
+
+    @property
+    def duplicates(self) -> list:
+        """(line number, question_id) of answers to a question already answered earlier in the file."""
+        seen, repeated = set(), []
+        for lineno, record in self.lines:
+            key = answer_key(record)
+            if key in seen:
+                repeated.append((lineno, record["question_id"]))
+            seen.add(key)
+        return repeated
+
+    def config_hashes(self) -> list:
+        """The distinct configuration hashes of the answers (LLaVA's own answers have none)."""
+        return sorted({str(answer_hash(record)) for _, record in self.lines if answer_hash(record)})
+
+    def issues(self) -> list:
+        """One short sentence per kind of problem found (empty: a clean file)."""
+        found = []
+        if self.partial_line:
+            found.append("a partial last line (an interrupted write) was left out")
+        if self.invalid:
+            lineno, reason = self.invalid[0]
+            found.append(f"{len(self.invalid)} unreadable answer(s) left out (first: line {lineno}, {reason})")
+        if self.duplicates:
+            lineno, qid = self.duplicates[0]
+            found.append(f"{len(self.duplicates)} duplicate answer(s) left out, the first answer of each question "
+                         f"scored (first: question {qid!r}, line {lineno})")
+        if self.missing:
+            found.append(f"{len(self.missing)} of {self.expected} questions have no answer (first: "
+                         f"{self.missing[0]!r})")
+        if len(self.config_hashes()) > 1:
+            found.append(f"answers of {len(self.config_hashes())} configurations mixed in one file (config_hash "
+                         f"{', '.join(self.config_hashes())})")
+        return found
+
+    def summary(self) -> str:
+        """One line: how many answers are scored, and every problem found."""
+        if self.expected is None:
+            checked = "; missing answers not checked (no question file known: pass --question-file)"
+        else:
+            checked = "" if self.missing else f", every one of the {self.expected} questions answered"
+        return f"answers: {len(self.records)} scored{checked}" + "".join(f"; {issue}" for issue in self.issues())
+
+
+def answer_key(record: dict) -> tuple:
+    """What makes two answer lines the same answer: the question id and the prompt (LLaVA's MME answers
+    give both questions of an image the same id, with different prompts)."""
+    return json.dumps(record["question_id"], sort_keys=True), record.get("prompt")
+
+
+def _invalid_reason(record) -> Optional[str]:
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an answer object"
+    if "question_id" not in record:
+        return "an answer needs a question_id"
+    if "text" not in record:
+        return "an answer needs a text"
+    if not isinstance(record["text"], str):
+        found = "null" if record["text"] is None else type(record["text"]).__name__
+        return f"its text is {found}, not a string"
+    return None
+
+
+def load_answer_file(path) -> AnswerFile:
+    """Read an answers file for scoring: every answer line, with the unreadable ones and a partial last
+    line set aside (`AnswerFile`).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a complete line (not the last) that is not JSON (names the line).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"answers file {str(path)!r} does not exist.")
-    records = []
-    lines = path.read_bytes().split(b"\n")
-    for lineno, raw in enumerate(lines[:-1], 1):  # the part after the last newline is partial
+    lines, partial = _lines(path.read_bytes())
+    readable, invalid = [], []
+    for lineno, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
         try:
             record = json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}, line {lineno}: not a JSON answer ({error.msg}).") from error
-        if not isinstance(record, dict) or "question_id" not in record:
-            raise ValueError(f"{path}, line {lineno}: an answer needs a question_id.")
-        records.append(record)
-    return records
+        except ValueError as error:
+            raise ValueError(f"{path}, line {lineno}: not a JSON answer ({getattr(error, 'msg', error)}); fix or "
+                             "delete that line.") from error
+        reason = _invalid_reason(record)
+        if reason:
+            invalid.append((lineno, reason))
+        else:
+            readable.append((lineno, record))
+    return AnswerFile(path, readable, invalid, partial)
+
+
+def run_record(answers_file) -> dict:
+    """The run.json beside an answers file ({} when there is none or it is unreadable)."""
+    try:
+        record = json.loads((Path(answers_file).parent / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def check_benchmark(answers: AnswerFile, benchmark: str) -> None:
+    """Refuse answers that their metadata (or their run.json) says were made for another benchmark.
+
+    Raises:
+        ValueError: names the benchmark(s) found and the command to use.
+    """
+    found = {str(record["metadata"]["benchmark"]) for _, record in answers.lines
+             if isinstance(record.get("metadata"), dict) and record["metadata"].get("benchmark")}
+    found |= {str(run_record(answers.path)["benchmark"])} if run_record(answers.path).get("benchmark") else set()
+    other = sorted(found - {benchmark})
+    if other:
+        hint = f"; score them with `llava-avc score {other[0]}`" if len(found) == 1 else ""
+        raise ValueError(f"{answers.path} holds answers made for {', '.join(other)} (metadata.benchmark), not "
+                         f"{benchmark}{hint}.")
+
+
+def chunk_of(answers_file) -> Optional[tuple]:
+    """(chunk index, chunk count) of an answers.chunk<I>of<K>.jsonl file, None for other names."""
+    match = _CHUNK_RE.match(Path(answers_file).name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def answer_hash(record: dict) -> Optional[str]:

@@ -1,8 +1,9 @@
 """Readers of the benchmarks' ORIGINAL question files, accepted unchanged.
 
-- POPE: one JSON object per line with ``question_id``, ``image``, ``text`` (``label``,
-  ``category`` optional; the category defaults to random / popular / adversarial from a file
-  name such as ``coco_pope_random.json``).
+- POPE: one JSON object per line (the MS-COCO files), or one JSON array of them (the A-OKVQA
+  and GQA files), with ``question_id``, ``image``, ``text`` (``label``, ``category`` optional; the
+  category defaults to random / popular / adversarial from a file name such as
+  ``coco_pope_random.json``).
 - AMBER: ``query_all.json`` (or any of its ``query_*.json``): a JSON list of
   ``{"id", "image", "query"}``; ids 1-1004 are the generative "Describe this image." items.
 - MME: the official ``MME_Benchmark_release_version`` folder (per category either
@@ -10,11 +11,16 @@
   ``<category>/*.png|jpg`` next to ``<category>/*.txt``; each txt line ``question<TAB>answer``, or
   ``image<TAB>question<TAB>answer``), or LLaVA's converted ``llava_mme.jsonl``.
 
-Every reader returns a list of `Question`; errors name the file and the line.
+Every reader returns a list of `Question`; errors name the file and the line. POPE's question files
+and AMBER's queries also ship inside the package (``data/``, gzip-compressed, licences and sources in
+``data/README.md``): a bare name such as ``coco_pope_random`` or ``query_all`` that is not an existing
+path reads the packaged copy (`question_path`); ``.gz`` files are read transparently.
 """
 
 from __future__ import annotations
 
+import difflib
+import gzip
 import hashlib
 import json
 import re
@@ -29,6 +35,10 @@ MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_transla
 MME_YES_NO_SUFFIX = "Please answer yes or no."
 AMBER_GENERATIVE_MAX_ID = 1004
 _IMAGE_EXTENSIONS = (".jpg", ".png", ".jpeg", ".JPG", ".PNG", ".JPEG")
+#: the benchmark data shipped inside the package (data/README.md: sources, licences, checksums)
+DATA_DIR = Path(__file__).resolve().parent / "data"
+_PACKAGED_QUESTIONS = {"pope": "*_pope_*.json.gz", "amber": "query_*.json.gz"}
+_DATA_SUFFIXES = (".json.gz", ".jsonl.gz", ".json", ".jsonl")
 
 
 @dataclass
@@ -64,6 +74,56 @@ def fingerprint(questions: list) -> str:
     return digest.hexdigest()[:16]
 
 
+def packaged_question_files(benchmark: str) -> dict:
+    """{name: path} of the question files shipped for `benchmark` (none for MME: not redistributable)."""
+    pattern = _PACKAGED_QUESTIONS.get(benchmark)
+    if pattern is None:
+        return {}
+    return {bare_name(path.name): path for path in sorted((DATA_DIR / benchmark).glob(pattern))}
+
+
+def bare_name(name: str) -> str:
+    """A data file's name without its .json / .jsonl / .gz extensions (coco_pope_random)."""
+    for suffix in _DATA_SUFFIXES:
+        if name.endswith(suffix):
+            return name[:-len(suffix)]
+    return name
+
+
+def question_path(benchmark: str, value) -> Path:
+    """The question file `value` names: a path that exists, else (a bare name) the packaged copy.
+
+    Raises:
+        FileNotFoundError: neither; the message lists the packaged names and the nearest one.
+    """
+    path = Path(str(value)).expanduser()
+    if path.exists():
+        return path
+    packaged = packaged_question_files(benchmark)
+    if path.name == str(value) and bare_name(path.name) in packaged:
+        return packaged[bare_name(path.name)]
+    if not packaged:
+        raise FileNotFoundError(f"question file {str(value)!r} does not exist.")
+    close = difflib.get_close_matches(bare_name(path.name), packaged, n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise FileNotFoundError(f"question file {str(value)!r} does not exist and is not a packaged {benchmark} "
+                            f"question set ({', '.join(packaged)}).{hint}")
+
+
+def open_text(path):
+    """A UTF-8 text handle on `path`, decompressed when its name ends in .gz."""
+    path = Path(path)
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def read_text(path) -> str:
+    """The whole text of `path` (gunzipped when it ends in .gz)."""
+    with open_text(path) as handle:
+        return handle.read()
+
+
 def _json_line(path: Path, lineno: int, raw: str, required: tuple) -> dict:
     try:
         item = json.loads(raw)
@@ -84,7 +144,7 @@ def read_jsonl(path, required: tuple) -> list:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"question file {str(path)!r} does not exist.")
-    with open(path, encoding="utf-8") as handle:
+    with open_text(path) as handle:
         return [(lineno, _json_line(path, lineno, raw, required))
                 for lineno, raw in enumerate(handle, 1) if raw.strip()]
 
@@ -93,6 +153,9 @@ def check_unique(questions: list) -> list:
     """Raise ValueError naming both places when a question id appears twice."""
     seen: dict = {}
     for question in questions:
+        if isinstance(question.qid, bool) or not isinstance(question.qid, (int, str)):
+            raise ValueError(f"{question.source}: 'question_id' is {question.qid!r} ({type(question.qid).__name__}); "
+                             "it must be an integer or a string; fix that record (nothing was answered).")
         if question.qid in seen:
             raise ValueError(f"question_id {question.qid!r} appears twice ({seen[question.qid]} and "
                              f"{question.source}); question ids must be unique.")
@@ -102,54 +165,113 @@ def check_unique(questions: list) -> list:
 
 def pope_category(path) -> Optional[str]:
     """random / popular / adversarial from a POPE file name (coco_pope_random.json, ...)."""
-    match = re.search(r"_pope_(?:seem_)?([a-z]+)\.jsonl?$", Path(path).name)
+    match = re.search(r"_pope_(?:seem_)?([a-z]+)\.jsonl?(?:\.gz)?$", Path(path).name)
+    return match.group(1) if match else None
+
+
+def pope_dataset(path) -> Optional[str]:
+    """coco / aokvqa / gqa from a POPE file name (coco_pope_random.json, gqa_pope_seem_popular.json, ...;
+    LLaVA's llava_pope_test.jsonl is MS-COCO)."""
+    name = Path(str(path)).name
+    if name.startswith("llava_pope"):
+        return "coco"
+    match = re.match(r"([a-z]+)_pope_", name)
     return match.group(1) if match else None
 
 
 def load_pope(path) -> list:
-    """POPE questions from a JSONL file (the POPE authors' files or LLaVA's llava_pope_test.jsonl)."""
+    """POPE questions from a JSONL file or a JSON array (the POPE files, LLaVA's llava_pope_test.jsonl),
+    or a packaged question set by name (coco_pope_random, ...)."""
+    path = question_path("pope", path)
     default_category = pope_category(path)
     questions = [
         Question(item["question_id"], item["image"], item["text"], True, item.get("label"),
-                 item.get("category", default_category), f"{path}, line {lineno}")
-        for lineno, item in read_jsonl(path, ("question_id", "image", "text"))
+                 item.get("category", default_category), f"{path}, line {lineno or '?'}")
+        for lineno, item in _pope_items(path)
     ]
     return check_unique(questions)
 
 
-def _line_of(text: str, needle: str) -> int:
-    position = text.find(needle)
-    return text.count("\n", 0, position) + 1 if position >= 0 else 0
+def _pope_items(path: Path) -> list:
+    required = ("question_id", "image", "text")
+    text = read_text(path)
+    if not _is_json_array(text):
+        return read_jsonl(path, required)
+    items = _array_items(path, text, "question_id")
+    for index, (lineno, item) in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"{path}, line {lineno or '?'} (item {index}): expected a JSON object, found "
+                             f"{type(item).__name__}.")
+        missing = [key for key in required if key not in item]
+        if missing:
+            raise ValueError(f"{path}, line {lineno or '?'} (item {index}): missing "
+                             f"{', '.join(repr(k) for k in missing)} (a question needs {', '.join(required)}).")
+    return items
 
 
-def _amber_items(path: Path) -> tuple:
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}).") from error
-        return text, [(None, item) for item in items]
-    return text, read_jsonl(path, ())
+def _is_json_array(text: str) -> bool:
+    return text.lstrip().startswith("[")
+
+
+def _array_items(path: Path, text: str, id_key: str) -> list:
+    """(line number or None, element) of a JSON array file; the line is where the element's id is."""
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}).") from error
+    return list(zip(_array_lines(text, items, id_key), items))
+
+
+def _array_lines(text: str, items: list, id_key: str) -> list:
+    """The line of each element's ``"id_key": value``, found in ONE forward pass over the file (the
+    elements are in file order)."""
+    keys = re.compile(rf'"{re.escape(id_key)}"\s*:\s*("(?:[^"\\]|\\.)*"|[-+\w.]+)')
+    found = [(match.start(), _json_value(match.group(1))) for match in keys.finditer(text)]
+    lines, line, position, cursor = [], 1, 0, 0
+    for item in items:
+        has_id = isinstance(item, dict) and id_key in item
+        index = cursor
+        while has_id and index < len(found) and found[index][1] != item[id_key]:
+            index += 1
+        if not has_id or index == len(found):
+            lines.append(None)
+            continue
+        line += text.count("\n", position, found[index][0])
+        position, cursor = found[index][0], index + 1
+        lines.append(line)
+    return lines
+
+
+def _json_value(raw: str):
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+
+
+def _amber_items(path: Path) -> list:
+    text = read_text(path)
+    if _is_json_array(text):
+        return _array_items(path, text, "id")
+    return read_jsonl(path, ())
 
 
 def load_amber(path) -> list:
-    """AMBER queries from query_all.json (a JSON list of {"id", "image", "query"}) or a JSONL file."""
-    path = Path(path)
+    """AMBER queries from query_all.json (a JSON list of {"id", "image", "query"}) or a JSONL file, or a
+    packaged query set by name (query_all, query_generative, ...)."""
+    path = question_path("amber", path)
     if not path.is_file():
-        raise FileNotFoundError(f"question file {str(path)!r} does not exist.")
-    text, items = _amber_items(path)
+        raise FileNotFoundError(f"question file {str(path)!r} is not a file (AMBER's query_all.json).")
     questions = []
-    for index, (lineno, item) in enumerate(items):
+    for index, (lineno, item) in enumerate(_amber_items(path)):
         missing = [k for k in ("id", "image", "query") if not isinstance(item, dict) or k not in item]
-        if lineno is None and isinstance(item, dict) and "id" in item:
-            lineno = _line_of(text, f'"id": {json.dumps(item["id"])}')
         if missing:
             raise ValueError(f"{path}, line {lineno or '?'} (item {index}): missing "
                              f"{', '.join(repr(k) for k in missing)}; AMBER queries have id, image, query.")
         generative = int(item["id"]) <= AMBER_GENERATIVE_MAX_ID
         questions.append(Question(item["id"], item["image"], item["query"], not generative, None,
-                                  "generative" if generative else "discriminative", f"{path}, line {lineno}"))
+                                  "generative" if generative else "discriminative",
+                                  f"{path}, line {lineno or '?'}"))
     return check_unique(questions)
 
 

@@ -38,25 +38,41 @@ def _image_key(question_id: str, image: str) -> str:
 def _truth_index(question_folder) -> tuple:
     from .questions import load_mme
 
-    questions = load_mme(question_folder)
+    return _index(load_mme(question_folder))
+
+
+def _index(questions: list) -> tuple:
     by_id = {q.qid: q for q in questions}
     by_text = {(q.category, _image_key(q.qid, q.image), _normalised_question(q.text)): q for q in questions}
     return by_id, by_text
 
 
+def _question(record: dict, index: tuple):
+    """The MME question an answer answers: by (category, image, question text), else by id; or None."""
+    metadata = record.get("metadata") or {}
+    qid = str(record["question_id"])
+    by_id, by_text = index
+    category = metadata.get("category") or qid.split("/")[0]
+    key = (category, _image_key(qid, None), _normalised_question(record.get("prompt") or ""))
+    return by_text.get(key) or by_id.get(record["question_id"])
+
+
 def _truth(record: dict, index: Optional[tuple]) -> tuple:
     """(category, image key, label) of one answer."""
     metadata = record.get("metadata") or {}
-    qid = str(record["question_id"])
     if index is None:
+        qid = str(record["question_id"])
         return metadata.get("category"), _image_key(qid, metadata.get("image")), metadata.get("label")
-    by_id, by_text = index
-    category = metadata.get("category") or qid.split("/")[0]
-    key = (category, _image_key(qid, None), _normalised_question(record.get("prompt", "")))
-    question = by_text.get(key) or by_id.get(record["question_id"])
+    question = _question(record, index)
     if question is None:
         return None, None, None
     return question.category, _image_key(question.qid, question.image), question.label
+
+
+def answered_questions(records: list, questions: list) -> set:
+    """The ids of the MME `questions` that `records` answer, matched as scoring matches them."""
+    index = _index(questions)
+    return {question.qid for question in (_question(record, index) for record in records) if question is not None}
 
 
 def _subtask(items: list) -> dict:

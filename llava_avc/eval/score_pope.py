@@ -4,10 +4,12 @@ Two ways to find the ground truth:
 
 - ``--annotation-dir D`` (upstream's way): the files ``coco_pope_<category>.json`` in D, matched to
   the answers of that category BY POSITION (the answers file must follow the annotation file's
-  order, as LLaVA's scripts produce it); the category of each answer comes from the question
-  file's ``category`` field (or, for the POPE authors' files, from the file name).
+  order, as LLaVA's scripts produce it; a category with more or fewer answers than labels is an
+  error, where upstream's ``zip`` pairs them silently); the category of each answer comes from the
+  question file's ``category`` field (or, for the POPE authors' files, from the file name).
 - otherwise: the ``label`` of each question, matched BY question_id, from ``--question-file``
-  or, when that is not given, from the answers' own ``metadata`` (written by ``llava-avc eval``).
+  (a path, or a packaged set by name such as ``coco_pope_random``) or, when that is not given, from
+  the answers' own ``metadata`` (written by ``llava-avc eval``).
 
 Metrics per category, as fractions: accuracy, precision, recall, f1 (positive class "yes") and
 yes_ratio. Upstream divides by zero when there is no positive prediction; here such a ratio is 0.
@@ -68,6 +70,10 @@ def by_annotation_dir(records: list, questions: dict, annotation_dir, rule: str)
             continue
         with open(Path(annotation_dir) / name, encoding="utf-8") as handle:
             labels = [_label_value(json.loads(line)["label"]) for line in handle if line.strip()]
+        if len(current) != len(labels):  # upstream's zip would pair the rest silently
+            raise ValueError(f"{name}: {len(current)} {category} answers for {len(labels)} labels; matching by "
+                             "position needs one answer per label in the file's order: score by label instead "
+                             "(leave out --annotation-dir).")
         results[category] = pope_metrics(_predictions(current, rule), labels)
     if not results:
         raise ValueError(f"no coco_pope_<category>.json in {annotation_dir} matches the answers' categories.")
@@ -122,10 +128,10 @@ def public(results: dict) -> dict:
 
 
 def headline(results: dict) -> dict:
-    """Metrics for side-by-side comparisons (percent)."""
+    """Accuracy, precision, recall and F1 per category, for comparisons (percent)."""
     table = {}
     for category, values in results.items():
-        for key in ("accuracy", "f1"):
+        for key in ("accuracy", "precision", "recall", "f1"):
             table[f"{category} {key}"] = 100 * values[key]
     return table
 
