@@ -129,10 +129,12 @@ def _patched_loader(original):
     @functools.wraps(original)
     def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, load_4bit=False,
                               device_map="auto", device="cuda", use_flash_attn=False, **kwargs):
+        from llava_avc.backends.llava.loading import checkpoint_vision_tower, load_quantized
+
         if not (load_4bit or load_8bit):
-            return original(model_path, model_base, model_name, load_8bit=False, load_4bit=False,
-                            device_map=device_map, device=device, use_flash_attn=use_flash_attn, **kwargs)
-        from llava_avc.backends.llava.loading import load_quantized
+            with checkpoint_vision_tower(model_path, model_base):  # copied / moved tiny checkpoints
+                return original(model_path, model_base, model_name, load_8bit=False, load_4bit=False,
+                                device_map=device_map, device=device, use_flash_attn=use_flash_attn, **kwargs)
 
         return load_quantized(original, model_path, model_base, model_name, load_4bit=load_4bit,
                               load_8bit=load_8bit, device_map=device_map, device=device,

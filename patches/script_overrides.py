@@ -57,8 +57,7 @@ def check_quantization(load_4bit: bool, load_8bit: bool, device: Optional[str]) 
     With a device: whether this machine can load quantized (CUDA; on the CPU transformers >= 4.53
     and bitsandbytes >= 0.48). With None: only that 4-bit and 8-bit are not both asked for.
     """
-    from llava_avc.backends.base import check_one_quantization
-    from llava_avc.backends.llava.loading import check_quantization_supported
+    from llava_avc.backends.devices import check_one_quantization, check_quantization_supported
 
     try:
         if device is None:

@@ -229,12 +229,10 @@ def test_convert_command_through_argparse(tiny_llava_dir, tmp_path, capsys):
         _parser().parse_args(["convert", "--to", "gguf", str(tiny_llava_dir), str(out)])
 
 
-def test_main_cli_once_wired(tiny_llava_dir, tmp_path, capsys):
-    """`llava-avc convert` through the real entry point; skipped until cli.build_parser registers it."""
+def test_main_cli_converts_and_refuses_to_overwrite(tiny_llava_dir, tmp_path, capsys):
+    """`llava-avc convert` through the real entry point."""
     from llava_avc.interfaces import cli
 
-    if "convert" not in cli.build_parser()._subparsers._group_actions[0].choices:
-        pytest.skip("`convert` is not wired into llava_avc/interfaces/cli.py yet")
     out = tmp_path / "main-hf"
     assert cli.main(["convert", "--to", "hf", str(tiny_llava_dir), str(out)]) == 0
     assert cli.main(["convert", "--to", "hf", str(tiny_llava_dir), str(out)]) == 2

@@ -232,6 +232,13 @@ def test_chunks_follow_llava_get_chunk_and_merge_in_question_order(setup, tiny_l
     assert [r["question_id"] for r in _lines(out / "answers.jsonl")] == [1, 2, 3, 4, 5, 6]
     with pytest.raises(ValueError, match="already exists"):
         merge_chunks(out)
+    merged = (out / "answers.jsonl").read_text()
+    setup["questions"].rename(setup["tmp"] / "moved.json")  # the recorded file is gone: its packaged copy is used
+    assert merge_chunks(out, force=True).read_text() == merged
+    run = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**run, "question_file": str(setup["tmp"] / "my_questions.json")}))
+    with pytest.raises(FileNotFoundError, match="my_questions.json .* is gone; restore it"):
+        merge_chunks(out, force=True)
 
 
 def _mme_folder(root: Path, sample_image) -> Path:

@@ -4,6 +4,7 @@ one folder per seed. The paper protocol SAMPLES (T=1), so these equalities are n
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -58,21 +59,29 @@ TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_llava_dir, data):
+def model(request):
+    """The tiny checkpoint of the backend this profile has: original LLaVA where llava-torch is installed,
+    else llava-hf (transformers 5)."""
+    name = "tiny_llava_dir" if importlib.util.find_spec("llava") is not None else "tiny_hf_dir"
+    return request.getfixturevalue(name)
+
+
+@pytest.fixture(scope="module")
+def reference(model, data):
     """One process, batch size 1: the answers everything else must equal."""
-    _run(_eval_argv(tiny_llava_dir, data, data / "single"))
+    _run(_eval_argv(model, data, data / "single"))
     texts = _texts(data / "single" / "answers.jsonl")
     assert len(texts) == QUESTIONS and len(set(texts.values())) > 1
     return texts
 
 
-def test_batch_size_does_not_change_a_sampled_answer(tiny_llava_dir, data, reference):
-    _run(_eval_argv(tiny_llava_dir, data, data / "batched", "--batch-size", 3))
+def test_batch_size_does_not_change_a_sampled_answer(model, data, reference):
+    _run(_eval_argv(model, data, data / "batched", "--batch-size", 3))
     assert _texts(data / "batched" / "answers.jsonl") == reference
 
 
-def test_torchrun_with_two_processes_gives_the_single_process_answers(tiny_llava_dir, data, reference):
-    proc = _run(_eval_argv(tiny_llava_dir, data, data / "torchrun", "--batch-size", 2), launcher=TORCHRUN)
+def test_torchrun_with_two_processes_gives_the_single_process_answers(model, data, reference):
+    proc = _run(_eval_argv(model, data, data / "torchrun", "--batch-size", 2), launcher=TORCHRUN)
     out = data / "torchrun"
     for rank in range(2):
         assert (out / f"answers.chunk{rank}of2.jsonl").is_file()
@@ -82,9 +91,9 @@ def test_torchrun_with_two_processes_gives_the_single_process_answers(tiny_llava
     assert "Accuracy" in proc.stdout or "accuracy" in proc.stdout  # rank 0 scored the merged answers
 
 
-def test_a_killed_torchrun_run_resumes_with_every_answer_once(tiny_llava_dir, data, reference):
+def test_a_killed_torchrun_run_resumes_with_every_answer_once(model, data, reference):
     out = data / "killed"
-    argv = _eval_argv(tiny_llava_dir, data, out)
+    argv = _eval_argv(model, data, out)
     process = subprocess.Popen([sys.executable, *TORCHRUN, *argv], env=_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     shard = out / "answers.chunk1of2.jsonl"
@@ -102,15 +111,15 @@ def test_a_killed_torchrun_run_resumes_with_every_answer_once(tiny_llava_dir, da
     assert _texts(out / "answers.jsonl") == reference
 
 
-def test_seeds_run_one_folder_per_seed_and_each_equals_its_single_run(tiny_llava_dir, data, reference):
-    _run(_eval_argv(tiny_llava_dir, data, data / "seeds", "--seeds", "42,7"))
+def test_seeds_run_one_folder_per_seed_and_each_equals_its_single_run(model, data, reference):
+    _run(_eval_argv(model, data, data / "seeds", "--seeds", "42,7"))
     assert _texts(data / "seeds" / "seed42" / "answers.jsonl") == reference  # 42 is the default --seed
-    _run(_eval_argv(tiny_llava_dir, data, data / "seed7", "--seed", 7))
+    _run(_eval_argv(model, data, data / "seed7", "--seed", 7))
     seven = _texts(data / "seed7" / "answers.jsonl")
     assert _texts(data / "seeds" / "seed7" / "answers.jsonl") == seven and seven != reference
 
 
-def test_chunk_flags_under_a_launcher_are_refused(tiny_llava_dir, data):
-    proc = subprocess.run([sys.executable, *TORCHRUN, *_eval_argv(tiny_llava_dir, data, data / "x", "--num-chunks", 2)],
+def test_chunk_flags_under_a_launcher_are_refused(model, data):
+    proc = subprocess.run([sys.executable, *TORCHRUN, *_eval_argv(model, data, data / "x", "--num-chunks", 2)],
                           capture_output=True, text=True, env=_env(), timeout=600)
     assert proc.returncode != 0 and "the launcher shards the questions itself; drop those flags" in proc.stderr

@@ -48,7 +48,10 @@ def test_both_flags_is_an_error(tiny_llava_dir):
 
 
 def test_4bit_on_cpu_with_llavas_transformers_pin_says_what_to_do(tiny_llava_dir, monkeypatch):
-    monkeypatch.setattr(compat, "TRANSFORMERS_VERSION", (4, 37, 2))
+    from llava_avc.backends import devices
+
+    real = devices._version
+    monkeypatch.setattr(devices, "_version", lambda name: (4, 37, 2) if name == "transformers" else real(name))
     with pytest.raises(ValueError, match=CPU_ERROR):
         load_model(str(tiny_llava_dir), load_4bit=True, device="cpu")
 
@@ -62,8 +65,9 @@ def test_cuda_requested_without_a_gpu_says_what_to_do(tiny_llava_dir):
 
 @pytest.mark.parametrize("installed, message", [(None, "not installed"), ((0, 40, 0), "too old")])
 def test_missing_or_old_bitsandbytes_is_refused(tiny_llava_dir, monkeypatch, installed, message):
-    monkeypatch.setattr(compat, "TRANSFORMERS_VERSION", (4, 57, 6))
-    monkeypatch.setattr(loading, "_version", lambda name: installed)
+    from llava_avc.backends import devices
+
+    monkeypatch.setattr(devices, "_version", lambda name: (4, 57, 6) if name == "transformers" else installed)
     with pytest.raises(ValueError, match=message):
         load_model(str(tiny_llava_dir), load_4bit=True, device="cpu")
 

@@ -14,7 +14,6 @@ decode loop, never the command line or the eval harness.
 from __future__ import annotations
 
 import importlib
-import json
 import re
 from pathlib import Path
 from typing import Callable, Optional
@@ -83,10 +82,12 @@ def checkpoint_backend(model_path: str) -> str:
     if config_file is None:
         name = model_path.rstrip("/")
         return "hf" if name.startswith("llava-hf/") or name.endswith("-hf") else "llava"
-    try:
-        config = json.loads(Path(config_file).read_text())
-    except ValueError as error:
-        raise ValueError(f"{config_file} is not valid JSON ({error}); re-download the checkpoint.") from None
+    from .checkpoints import check_json_file
+
+    config = check_json_file(Path(config_file))
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file} holds a JSON {type(config).__name__}, not a model config (an object with "
+                         "model_type); re-download the checkpoint.")
     model_type = config.get("model_type")
     if "mm_vision_tower" in config and model_type != "llava_next":
         return "llava"  # original LLaVA configs carry mm_* fields (some name their model_type "llava")
@@ -109,8 +110,58 @@ def _cached_hub_config(model_path: str) -> Optional[str]:
     return found if isinstance(found, str) else None
 
 
+def check_before_loading(model_path: str, model_base: Optional[str] = None, device: Optional[str] = None,
+                         load_4bit: bool = False, load_8bit: bool = False) -> str:
+    """Everything that can be checked before a model loads, in seconds: the device, quantization on this
+    machine, a hub id that is not cached while the hub is out of reach, damaged checkpoint files, and
+    the checkpoint's format. Returns the backend name.
+
+    Raises:
+        ValueError: one line naming the value, the constraint and the fix.
+    """
+    from .checkpoints import preflight
+    from .devices import check_quantization_supported, default_device, resolve_device
+
+    check_quantization_supported(load_4bit, load_8bit, device or default_device())
+    device = resolve_device(device)
+    preflight(model_path, model_base)
+    backend = checkpoint_backend(model_path)
+    check_backend_available(backend, model_path)
+    return backend
+
+
+#: Oldest transformers the llava-hf backend runs on (its model layout and custom_generate callables).
+HF_MIN_TRANSFORMERS = (4, 56, 0)
+
+
+def check_backend_available(backend: str, model_path: str) -> None:
+    """Raise ValueError when this environment lacks what the checkpoint's backend needs (without
+    importing it): llava-torch for original checkpoints, transformers >= 4.56 for llava-hf ones."""
+    import importlib.util
+    from importlib import metadata
+
+    if backend == "llava" and importlib.util.find_spec("llava") is None:
+        raise ValueError(
+            f"{model_path!r} is an original-LLaVA checkpoint and this environment has no original LLaVA (llava-torch); "
+            "install it (pip install 'llava-avc[llava]' and pip install --no-deps llava-torch==1.2.2.post1), or "
+            f"convert the checkpoint for this one: llava-avc convert --to hf {model_path} OUT_DIR.")
+    if backend == "hf":
+        try:
+            found = metadata.version("transformers")
+        except metadata.PackageNotFoundError:
+            found = "none"
+        numbers = tuple(int(part) for part in re.findall(r"\d+", found)[:3]) + (0, 0, 0)
+        if numbers[:3] < HF_MIN_TRANSFORMERS:
+            raise ValueError(
+                f"{model_path!r} is a llava-hf checkpoint; the llava-hf backend needs transformers >= 4.56 and this "
+                f"environment has {found}: run it where transformers >= 4.56 is installed (e.g. bash "
+                "scripts/install.sh --profile hf), or use the original LLaVA checkpoint here.")
+
+
 def load_pipeline(model_path: str, model_base: Optional[str] = None, **kwargs):
     """The ask/eval pipeline of the checkpoint's backend, loaded (kwargs: device, load_4bit, load_8bit)."""
+    check_before_loading(model_path, model_base, kwargs.get("device"), kwargs.get("load_4bit", False),
+                         kwargs.get("load_8bit", False))
     module_name, class_name = PIPELINES[checkpoint_backend(model_path)].split(":")
     pipeline_class = getattr(importlib.import_module(module_name), class_name)
     return pipeline_class.load(model_path, model_base, **kwargs)

@@ -12,6 +12,8 @@ import torch
 
 from ..decode.adapter import ModelAdapter
 from . import kv_cache
+from .devices import (DEVICE_TYPES, MIN_BNB_CPU, MIN_BNB_CUDA, MIN_TRANSFORMERS_CPU_QUANT,  # noqa: F401 (shared names)
+                      check_one_quantization, check_quantization_supported, default_device, resolve_device)
 from .attention_probe import last_query_probe
 
 
@@ -77,7 +79,16 @@ def check_one_sequence_per_prompt(config, method: str) -> None:
         )
 
 
-def check_one_quantization(load_4bit: bool, load_8bit: bool) -> None:
-    """Raise ValueError when both 4-bit and 8-bit loading are asked for (the one place that says so)."""
-    if load_4bit and load_8bit:
-        raise ValueError("--load-4bit and --load-8bit are exclusive; pick one.")
+def quiet_length_warning(tokenizer) -> None:
+    """Silence the tokenizer's "Token indices sequence length is longer than the specified maximum"
+    warning: the pipelines check the prompt's length against the model's context themselves and
+    refuse a prompt that does not fit with one clear error."""
+    warnings = getattr(tokenizer, "deprecation_warnings", None)
+    if isinstance(warnings, dict):
+        warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
+
+
+def prompt_too_long(positions: int, limit: int, what: str, upstream: str) -> ValueError:
+    """The one refusal of a prompt that does not fit the model's context, for every method."""
+    return ValueError(f"the prompt takes {positions} positions with the image's tokens, but {what} is {limit}; "
+                      f"{upstream} Shorten the question.")

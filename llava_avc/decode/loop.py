@@ -27,6 +27,7 @@ from ..algorithm.contrast import avc_logits, check_finite, m3id_logits, vcd_logi
 from ..algorithm.noise import add_diffusion_noise
 from ..algorithm.seeds import derived_seed
 from .adapter import GenerationSetup, ModelAdapter, left_pad_to, position_ids_from_mask, stopping_rows
+from .sampling import check_generation_config
 
 ContrastiveConfig = Union[AVCConfig, VCDConfig, M3IDConfig]
 
@@ -327,6 +328,7 @@ def _generate(adapter: ModelAdapter, input_ids, images, image_sizes, config, seq
                          "pixel_values= for llava-hf).")
     row_seeds = _row_seeds(generate_kwargs.pop("row_seeds", None), input_ids.shape[0])
     setup = adapter.prepare_generation(input_ids, generate_kwargs, name)
+    check_generation_config(setup.config)  # the same rules as the command line's, on every backend
     noise_seeds = None
     if row_seeds is not None:
         setup.sampling_seeds = [derived_seed(seed, "sample") for seed in row_seeds]

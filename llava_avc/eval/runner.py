@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -18,7 +19,7 @@ from ..algorithm.seeds import question_seed
 from . import answers as ans
 from . import provenance
 from .distributed import LaunchContext, launch_context, mark_done, rank_device, wait_for_shards
-from .benchmarks import get_benchmark
+from .benchmarks import get_benchmark, recorded_question_file
 from .protocols import generation_kwargs, get_protocol, question_text
 from .questions import fingerprint
 
@@ -53,8 +54,8 @@ class EvalOptions:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"--batch-size (={self.batch_size}) must be at least 1.")
-        if self.limit is not None and self.limit < 0:
-            raise ValueError(f"--limit (={self.limit}) must be >= 0.")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit (={self.limit}) must be at least 1; drop --limit to answer every question.")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"--max-new-tokens (={self.max_new_tokens}) must be at least 1.")
         ans.get_chunk([], self.num_chunks, self.chunk_idx)  # validates the chunk flags
@@ -73,6 +74,7 @@ class EvalSummary:
     config_hash: str
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    question_file: str = ""  # the file the questions came from (a packaged copy or the user's)
 
 
 def _canonical_model_path(path: str) -> str:
@@ -110,16 +112,10 @@ def _check_images(pending: list, image_root: str) -> None:
 
 
 def _open_image(question, image_root: str):
-    from PIL import Image, UnidentifiedImageError
+    from .inputs import open_rgb
 
     path = Path(image_root) / question.image
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"question {question.qid!r}: image {str(path)!r} does not exist.") from error
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"question {question.qid!r}: image {str(path)!r} cannot be read ({error}).") from error
+    return open_rgb(path, f"question {question.qid!r}: image {str(path)!r}")
 
 
 def _run_record(options: EvalOptions, settings: dict, digest: str, question_file: str, device: str) -> dict:
@@ -191,10 +187,61 @@ def _answer_all(pending, pipeline, options, settings, digest, image_root, writer
             seeds = [question_seed(options.seed, question.qid) for question in batch]
             outputs = generate_answers(pipeline, texts, images, settings, options.config, seeds)
             for question, text, answer in zip(batch, texts, outputs):
-                writer.write(_record(question, text, answer, model_id, settings, digest))
+                with _naming(writer.path):
+                    writer.write(_record(question, text, answer, model_id, settings, digest))
                 written += 1
             bar.update(len(batch))
     return written
+
+
+@contextmanager
+def _naming(path):
+    """An OSError while writing `path` (a full disk) names the file."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None or error.strerror is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from None
+
+
+@contextmanager
+def _answer_writer(path: Path):
+    """`AnswerWriter(path)`; when this run created the file and fails (or is interrupted) before its
+    first answer, the empty file is removed again, while the lock is still held."""
+    created = not path.exists()
+    with ans.AnswerWriter(path) as writer:
+        try:
+            yield writer
+        except BaseException:
+            if created and path.is_file() and path.stat().st_size == 0:
+                path.unlink()
+            raise
+
+
+def _checked_questions(benchmark, question_file: str, image_root: str) -> list:
+    """The benchmark's questions, each field's type checked, and the image folder present."""
+    from .inputs import check_questions
+
+    if Path(question_file).is_dir() and not benchmark.images_in_question_folder:
+        raise ValueError(f"--question-file (={question_file!r}) is a directory; pass the question file itself "
+                         f"({benchmark.question_hint}).")
+    if not Path(image_root).is_dir():
+        raise FileNotFoundError(f"--image-folder (={image_root!r}) is not a folder; pass the folder holding the "
+                                f"{benchmark.title} images.")
+    try:
+        questions = benchmark.load(question_file)
+    except TypeError as error:  # a reader met a field of the wrong type (e.g. an AMBER id that is a list)
+        raise ValueError(f"{question_file}: a question has a field of the wrong type ({error}); fix that record "
+                         "(nothing was answered).") from None
+    return check_questions(questions, question_file)
+
+
+def _check_model(options: EvalOptions) -> None:
+    from ..backends import check_before_loading
+
+    check_before_loading(options.model_path, options.model_base, options.device, options.load_4bit,
+                         options.load_8bit)
 
 
 def _load(options: EvalOptions):
@@ -221,24 +268,30 @@ def run_eval(options: EvalOptions, pipeline=None) -> EvalSummary:
     protocol = get_protocol(options.protocol)
     question_file = benchmark.question_source(options.question_file, options.image_folder)
     image_root = benchmark.image_root(question_file, options.image_folder)
-    questions = benchmark.load(question_file)
+    questions = _checked_questions(benchmark, question_file, image_root)
     settings = run_settings(options, protocol, fingerprint(questions))
     digest = ans.config_hash(settings)
     questions = questions[:options.limit] if options.limit is not None else questions
     chunk = ans.get_chunk(questions, options.num_chunks, options.chunk_idx)
+    if pipeline is None:
+        _check_model(options)  # device, quantization, hub, damaged files: before any file is written
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     ans.check_run_file(out, digest, settings)
     path = ans.answers_path(out, options.num_chunks, options.chunk_idx)
-    with ans.AnswerWriter(path) as writer:  # locked: a second run on the same file is refused
+    with _answer_writer(path) as writer:  # locked: a second run on the same file is refused
         done = ans.done_answers(path, digest, settings)
         pending = [question for question in chunk if question.qid not in done]
         _check_images(pending, image_root)
         pipeline = pipeline if pipeline is not None or not pending else _load(options)
         device = str(pipeline.device) if pipeline is not None else (options.device or "unknown")
-        ans.write_json_atomic(out / ans.RUN_FILE, _run_record(options, settings, digest, question_file, device))
+        if pending or not (out / ans.RUN_FILE).is_file():  # the record describes the file: a no-op keeps it
+            with _naming(out / ans.RUN_FILE):
+                ans.write_json_atomic(out / ans.RUN_FILE, _run_record(options, settings, digest, question_file,
+                                                                      device))
         written = _answer_all(pending, pipeline, options, settings, digest, image_root, writer) if pending else 0
-    return EvalSummary(path, written, len(chunk) - len(pending), len(chunk), digest, time.time() - start)
+    return EvalSummary(path, written, len(chunk) - len(pending), len(chunk), digest, time.time() - start,
+                       question_file=str(question_file))
 
 
 @dataclass
@@ -324,7 +377,11 @@ def merge_chunks(out, force: bool = False) -> Path:
 
 def _merged_records(run: dict, files: dict, count: int, out: Path) -> list:
     benchmark = get_benchmark(run["benchmark"])
-    questions = benchmark.load(run["question_file"])
+    source = recorded_question_file(benchmark, run["question_file"])
+    if source is None:
+        raise FileNotFoundError(f"{run['question_file']} (the question file {out / ans.RUN_FILE} names) is gone; "
+                                "restore it to merge the chunks.")
+    questions = benchmark.load(str(source))
     questions = questions[:run["limit"]] if run.get("limit") is not None else questions
     records = []
     for index in range(count):

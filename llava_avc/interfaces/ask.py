@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import torch
 
 from ..algorithm.config import AVCConfig, default_config
+from ..eval.inputs import check_output_file, check_query, open_rgb
 
 
 @dataclass
 class AskResult:
     answer: str
     method: str
-    blind_tokens: Optional[list] = None
+    blind_tokens: Optional[list] = None  # AVC's records, one per row (None for the other methods)
     details: dict = field(default_factory=dict)
 
     def report_lines(self) -> list[str]:
@@ -27,20 +27,16 @@ class AskResult:
                 f"(span {record.image_span[0]}..{record.image_span[1]}), selected layers {record.layers}"
             )
         if "heatmap" in self.details:
-            lines.append(f"heatmap: {self.details['heatmap']}")
+            note = "" if self.method == "avc" else \
+                f" (the blind tokens AVC would use for this image; {self.method} itself uses none)"
+            lines.append(f"heatmap: {self.details['heatmap']}{note}")
         return lines
 
 
 def load_image(path: str):
-    """Open an image file as RGB, with a clear error for a missing or unreadable file."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"image file {path!r} does not exist.")
-    try:
-        return Image.open(path).convert("RGB")
-    except UnidentifiedImageError as error:
-        raise ValueError(f"{path!r} is not an image PIL can read ({error}).") from error
+    """Open an image file as RGB, with a one-line error naming the file when it is missing, a
+    directory, not an image, damaged (e.g. a truncated JPEG) or too small."""
+    return open_rgb(path)
 
 
 def ask(model_path: str, image: str, query: str, *, method: str = "avc", model_base: Optional[str] = None,
@@ -48,10 +44,19 @@ def ask(model_path: str, image: str, query: str, *, method: str = "avc", model_b
         top_p: Optional[float] = None, max_new_tokens: int = 64, seed: int = 42, config=None,
         loaded=None, load_4bit: bool = False, load_8bit: bool = False,
         heatmap: Optional[str] = None) -> AskResult:
-    """Load (or reuse `loaded`, a pipeline), build the prompt, generate, decode the answer."""
+    """Load (or reuse `loaded`, a pipeline), build the prompt, generate, decode the answer.
+
+    Everything that can be checked without the model (the question, the sampling settings, the image,
+    the heatmap path, the device and the checkpoint's files) is checked before it loads.
+    """
     from ..backends import load_pipeline
+    from ..decode.sampling import check_sampling
 
     config = config if config is not None else default_config(method)
+    check_query(query, "query")
+    check_sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    if heatmap:
+        check_output_file(heatmap, "--heatmap")
     pil_image = load_image(image)
     pipeline = loaded or load_pipeline(model_path, model_base, device=device, load_4bit=load_4bit,
                                        load_8bit=load_8bit)
@@ -65,8 +70,8 @@ def ask(model_path: str, image: str, query: str, *, method: str = "avc", model_b
     records = getattr(output, "blind_tokens", None)
     details = {}
     if heatmap:
-        records = records or pipeline.find_blind_tokens(inputs, AVCConfig())
-        details["heatmap"] = draw_heatmap(pipeline, pil_image, records[0], heatmap)
+        drawn = records or pipeline.find_blind_tokens(inputs, AVCConfig())
+        details["heatmap"] = draw_heatmap(pipeline, pil_image, drawn[0], heatmap)
     return AskResult(answer, method if config is not None else "none", records, details)
 
 
@@ -74,6 +79,9 @@ def draw_heatmap(pipeline, pil_image, record, out_path: str) -> str:
     """Save the blind-token picture of one record (LLaVA-1.6 anyres: the base image's grid)."""
     from .heatmap import draw_blind_tokens
 
-    draw_blind_tokens(pil_image, record, grid=pipeline.token_grid(), out_path=out_path,
-                      image_aspect_ratio=pipeline.image_aspect_ratio)
+    try:
+        draw_blind_tokens(pil_image, record, grid=pipeline.token_grid(), out_path=out_path,
+                          image_aspect_ratio=pipeline.image_aspect_ratio)
+    except OSError as error:
+        raise OSError(error.errno, f"cannot write the heatmap {out_path} ({error.strerror or error})") from None
     return str(out_path)

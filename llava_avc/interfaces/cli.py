@@ -36,7 +36,8 @@ def _add_ask(subparsers) -> None:
     decoding.add_argument("--seed", type=int, default=42)
     parser.add_argument("--heatmap", metavar="PNG", default=None,
                         help="save the image with the blind tokens and their attention scores drawn over it")
-    parser.set_defaults(handler=_run_ask)
+    parser.set_defaults(handler=_run_ask, on_interrupt=lambda args: "no answer was produced and nothing was written; "
+                        "rerun the command to ask again")
 
 
 def _add_doctor(subparsers) -> None:
@@ -45,12 +46,31 @@ def _add_doctor(subparsers) -> None:
     parser.set_defaults(handler=_run_doctor)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a SHORT usage line on errors (the required arguments and "[options]", not every
+    flag), so a usage error is two lines: usage, then `llava-avc COMMAND: error: ...` with the fix."""
+
+    def short_usage(self) -> str:
+        if self.usage:
+            return self.usage if self.usage.startswith(self.prog) else f"{self.prog} {self.usage}"
+        parts = [self.prog]
+        for action in self._actions:
+            if action.option_strings and action.required:
+                parts.append(f"{action.option_strings[0]} {action.metavar or action.dest.upper()}")
+            elif not action.option_strings and action.help is not argparse.SUPPRESS:
+                parts.append(action.metavar if isinstance(action.metavar, str) else action.dest)
+        return " ".join(parts + ["[options]"])
+
+    def error(self, message):
+        self.exit(2, f"usage: {self.short_usage()}\n{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="llava-avc",
         description="Attentional Vision Calibration (AVC, arXiv 2405.17820) for LLaVA.",
     )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _add_ask(subparsers)
     _add_doctor(subparsers)
     from .convert_command import register as register_convert
@@ -71,10 +91,19 @@ def _run_doctor(args, argv) -> int:
 
 def _run_ask(args, argv) -> int:
     from ..algorithm.config import method_name
-    from .ask import ask
+    from ..decode.sampling import FLAGS, check_sampling
+    from ..eval.inputs import check_output_file, check_query, image_problem
     from .flags import config_from_args
 
-    config = config_from_args(args)
+    config = config_from_args(args)  # every check that needs no torch first: a usage error is instant
+    check_query(args.query, "--query")
+    check_sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, names=FLAGS)
+    if image_problem(args.image):
+        raise FileNotFoundError(f"{image_problem(args.image)}; pass an image file (JPEG, PNG, ...) as --image.")
+    if args.heatmap:
+        check_output_file(args.heatmap, "--heatmap")
+    from .ask import ask
+
     result = ask(
         model_path=args.model_path,
         model_base=args.model_base,
@@ -98,17 +127,54 @@ def _run_ask(args, argv) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run one subcommand. Its handler gets the parsed args and the argv (for run records)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    from ..algorithm.contrast import NonFiniteLogitsError
+def describe_error(error: BaseException) -> str:
+    """One line for a user error: an OSError names its file (a full disk says to free space)."""
+    import errno
 
+    if isinstance(error, OSError) and error.strerror:
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+        if full and error.filename:
+            message = f"cannot write {error.filename}: {error.strerror}"
+        else:
+            message = f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+        if full:
+            message += "; free some disk space (or write elsewhere) and rerun the same command"
+    else:
+        message = str(error)
+    return " ".join(message.split()) or type(error).__name__
+
+
+def _is_user_error(error: BaseException) -> bool:
+    """ValueError, OSError and NonFiniteLogitsError (whose module, and torch, is imported only when a
+    model ran: `--help` and the early usage errors stay free of torch)."""
+    contrast = sys.modules.get("llava_avc.algorithm.contrast")
+    non_finite = getattr(contrast, "NonFiniteLogitsError", None)
+    return isinstance(error, (ValueError, OSError)) or (non_finite is not None and isinstance(error, non_finite))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one subcommand. Its handler gets the parsed args and the argv (for run records).
+
+    A user error (ValueError, OSError, NonFiniteLogitsError) is one line on stderr and exit status 2;
+    Ctrl-C is one line and exit status 130 (handlers that write files say what was kept).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = None
     try:
-        return args.handler(args, argv)
-    except (ValueError, OSError, NonFiniteLogitsError) as error:
-        print(f"llava-avc {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)
+        try:
+            return args.handler(args, argv)
+        except Exception as error:  # noqa: BLE001 - a user error is one line; anything else is a bug: re-raised
+            if not _is_user_error(error):
+                raise
+            print(f"llava-avc {args.command}: error: {describe_error(error)}", file=sys.stderr)
+            return 2
+    except KeyboardInterrupt:
+        command = args.command if args is not None else next((a for a in argv if not a.startswith("-")), "")
+        hook = getattr(args, "on_interrupt", None)
+        detail = f"; {hook(args)}" if hook is not None else ""
+        print(f"llava-avc{' ' + command if command else ''}: interrupted{detail}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -17,11 +17,15 @@ import importlib
 import importlib.metadata as metadata
 import importlib.util
 import json
+import os
 import platform
 import re
 import sys
+import tempfile
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from ..backends.llava import health
 
@@ -95,6 +99,30 @@ def _guard(name: str, fatal: bool, fn: Callable[[], Check]) -> Check:
         return fn()
     except Exception as exc:  # noqa: BLE001 - a doctor must never crash
         return Check(name, False, f"check crashed: {health.error_at(exc)}", fatal)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence file descriptors 1 and 2 and Python warnings for the block: what the checked libraries
+    print when imported or tried (bitsandbytes' kernel notes, deprecation warnings) is not the report."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with tempfile.TemporaryFile() as sink, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        for fd in saved:
+            os.close(fd)
 
 
 # --------------------------------------------------------------------------- pure logic
@@ -176,10 +204,23 @@ def check_transformers_compat() -> Check:
 
 
 def check_bnb_4bit() -> Check:
+    """Exactly what `--load-4bit` will do here: the loaders' own rule first
+    (`llava_avc.backends.devices.check_quantization_supported`, which both backends apply), then, when it
+    allows 4-bit, an nf4 layer quantized and run on the device the loaders would use."""
+    from ..backends.devices import check_quantization_supported, default_device
+
+    device = default_device()
+    try:
+        check_quantization_supported(True, False, device)
+    except ValueError as exc:
+        return Check("bnb-4bit", False, f"--load-4bit is refused on this machine ({device}): {_one_line(exc)}", False)
+    return _bnb_kernels(device)
+
+
+def _bnb_kernels(device: str) -> Check:
     import torch
     import bitsandbytes as bnb
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
     try:
         layer = bnb.nn.Linear4bit(64, 64, quant_type="nf4", compute_dtype=dtype).to(device)
@@ -190,7 +231,7 @@ def check_bnb_4bit() -> Check:
             return Check("bnb-4bit", False, f"forward on {device} gave a bad result {tuple(out.shape)}", False)
     except Exception as exc:  # noqa: BLE001
         return Check("bnb-4bit", False, f"nf4 Linear4bit on {device} failed: {health.error_at(exc)}", False)
-    return Check("bnb-4bit", True, f"nf4 Linear4bit quantize + forward works on {device}", False)
+    return Check("bnb-4bit", True, f"--load-4bit works on {device} (nf4 Linear4bit quantize + forward)", False)
 
 
 def check_llava_package() -> Check:
@@ -245,11 +286,10 @@ def collect() -> List[Check]:
         checks.append(_guard("cuda", False, check_cuda))
     for module, dist, fatal in LIBRARIES:
         checks.append(_guard(module, fatal, lambda m=module, d=dist, f=fatal: check_library(m, d, f)))
-    bnb_ok = any(c.name == "bitsandbytes" and c.ok for c in checks)
-    if torch_ok and bnb_ok:
+    if torch_ok:
         checks.append(_guard("bnb-4bit", False, check_bnb_4bit))
     else:
-        checks.append(Check("bnb-4bit", False, "skipped: torch or bitsandbytes does not import", False))
+        checks.append(Check("bnb-4bit", False, "skipped: torch does not import", False))
     # An installed but broken original LLaVA is an unhealthy environment; an absent one only means
     # that backend is unavailable.
     llava_present = importlib.util.find_spec("llava") is not None
@@ -284,7 +324,8 @@ def doctor_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the checks as JSON")
     args = parser.parse_args(argv)
     try:
-        checks = collect()
+        with _quiet():  # libraries' own prints and warnings while imported and tried are not the report
+            checks = collect()
     except Exception as exc:  # noqa: BLE001 - last line of defence
         checks = [Check("doctor", False, f"crashed: {health.error_at(exc)}", True)]
     healthy = is_healthy(checks)

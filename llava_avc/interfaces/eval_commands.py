@@ -51,7 +51,7 @@ def _add_eval(subparsers) -> None:
     decoding.add_argument("--batch-size", type=int, default=1, help="questions per generate call (left-padded)")
     parser.add_argument("--progress", dest="progress", action="store_true", default=None,
                         help="always show the progress bar (default: only on a terminal)")
-    parser.set_defaults(handler=run_eval_command)
+    parser.set_defaults(handler=run_eval_command, on_interrupt=_saved_answers)
 
 
 def _add_score(subparsers) -> None:
@@ -116,6 +116,33 @@ def _seed_list(text: str) -> list:
     return seeds
 
 
+def _check_folder(path: str, flag: str) -> None:
+    """A run folder that is a file (or lies under one) is a usage error, before anything is written."""
+    from pathlib import Path
+
+    target = Path(path).expanduser()
+    blocking = next((p for p in [target, *target.parents] if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"{flag} (={path!r}) must be a folder, but {str(blocking)!r} is a file; choose another "
+                         f"{flag}.")
+
+
+def _saved_answers(args) -> str:
+    """What an interrupted `eval` kept: complete answers in the run folder's answers*.jsonl files
+    (every answer is on disk the moment it is made), and how to resume."""
+    from pathlib import Path
+
+    files = sorted(Path(args.out).expanduser().rglob("answers*.jsonl")) if Path(args.out).expanduser().is_dir() else []
+    count = 0
+    for file in files:
+        try:
+            count += file.read_bytes().count(b"\n")  # complete lines; a partial last one is dropped on resume
+        except OSError:
+            pass
+    where = f" in {files[0]}" if len(files) == 1 else f" in {args.out}" if files else ""
+    return f"{count} answer{'s are' if count != 1 else ' is'} saved{where}; rerun the same command to resume"
+
+
 def run_eval_command(args, argv) -> int:
     """Handler of `llava-avc eval`: one process, or one rank of torchrun / accelerate launch / srun."""
     from .flags import config_from_args
@@ -124,6 +151,7 @@ def run_eval_command(args, argv) -> int:
     from ..eval.runner import EvalOptions, run_sharded, seed_runs
 
     benchmark = get_benchmark(args.benchmark).name
+    _check_folder(args.out, "--out")
     options = EvalOptions(
         benchmark=benchmark, model_path=args.model_path, out=args.out, image_folder=args.image_folder,
         question_file=args.question_file, config=config_from_args(args), protocol=args.protocol,
@@ -138,7 +166,8 @@ def run_eval_command(args, argv) -> int:
                              log=lambda message: print(f"{where}{message}", file=sys.stderr, flush=True))
         shard = result.shard
         print(f"{where}{shard.new} new answers, {shard.skipped} already there, {shard.total} questions "
-              f"-> {shard.answers_file} (config {shard.config_hash}, {shard.seconds:.1f} s)", flush=True)
+              f"from {shard.question_file} -> {shard.answers_file} (config {shard.config_hash}, "
+              f"{shard.seconds:.1f} s)", flush=True)
         if result.merged is not None:
             print(f"merged {context.world_size} shards -> {result.merged}", flush=True)
     if context.rank != 0:
@@ -214,8 +243,8 @@ def _score_run(benchmark: str, args) -> tuple:
     return run, [(name, *_score_file(benchmark, path, args)) for name, path in run.files]
 
 
-def _reference_rows(benchmark: str, args, run, scored: list, stats: dict) -> tuple:
-    """(Reference, method, rows beside yours, notes) for --reference."""
+def _reference_rows(benchmark: str, args, run, scored: list, stats: dict):
+    """The `Comparison` with the published numbers that --reference names."""
     from ..eval import references as refs
 
     reference = refs.load_reference(args.reference)
@@ -224,8 +253,12 @@ def _reference_rows(benchmark: str, args, run, scored: list, stats: dict) -> tup
         raise ValueError(f"--reference needs the method the answers were made with; {run.path} has no run.json and "
                          "its answers no metadata.method.")
     paper = refs.published(reference, benchmark, facts["method"], facts["dataset"])
+    rows = refs.rows_beside(stats, paper)
+    if not rows:
+        raise ValueError(f"--reference {reference.name}: none of your metrics ({', '.join(stats) or 'none'}) is among "
+                         f"the published ones ({', '.join(paper)}).")
     notes = refs.notes(reference, benchmark, facts["method"], facts["protocol"], len(scored))
-    return reference, facts["method"], refs.rows_beside(stats, paper), notes
+    return refs.Comparison(reference, facts["method"], rows, notes)
 
 
 def _print_run(benchmark: str, args, run, scored: list, stats: dict, compared) -> None:
@@ -241,7 +274,7 @@ def _print_run(benchmark: str, args, run, scored: list, stats: dict, compared) -
             "metrics": {metric: {"mean": s.mean, "std": s.std, "n": s.n} for metric, s in stats.items()},
             "answers": summaries}
         if compared is not None:
-            data["reference"] = refs.as_json(compared[0], compared[1], compared[2])
+            data["reference"] = refs.as_json(compared)
         print(json.dumps(data, indent=2))
         for name, summary in summaries.items():
             print(f"{name}: {summary}", file=sys.stderr)
@@ -257,8 +290,8 @@ def _print_run(benchmark: str, args, run, scored: list, stats: dict, compared) -
         print(f"{name}: {summary}" if run.seeded else summary)
     if compared is not None:
         print()
-        print(refs.table(compared[2], "yours"))
-        print("\n".join(compared[3]))
+        print(refs.table(compared.rows, "yours"))
+        print("\n".join(compared.notes))
 
 
 def _headline_of(benchmark: str, result) -> dict:
@@ -275,8 +308,8 @@ def _score_one(benchmark: str, args) -> tuple:
     _print_run(benchmark, args, run, scored, stats, compared)
     if compared is None:
         return [cmp.label_of(run)], {metric: [stat] for metric, stat in stats.items()}
-    rows = {row.metric: [row.ours, (row.paper, row.paper_std)] for row in compared[2]}
-    return [cmp.label_of(run), f"{compared[0].name} ({compared[1]})"], rows
+    rows = {row.metric: [row.ours, (row.paper, row.paper_std)] for row in compared.rows}
+    return [cmp.label_of(run), f"{compared.reference.name} ({compared.method})"], rows
 
 
 def _score_compare(benchmark: str, args) -> tuple:
@@ -319,9 +352,15 @@ def run_score_command(args, argv) -> int:
 
 def run_merge_command(args, argv) -> int:
     """Handler of `llava-avc merge`."""
+    from pathlib import Path
+
     from ..eval.answers import read_answers
     from ..eval.runner import merge_chunks
 
+    _check_folder(args.out, "--out")
+    if not Path(args.out).expanduser().is_dir():
+        raise FileNotFoundError(f"--out (={args.out!r}) does not exist; give the run folder that `llava-avc eval "
+                                "--num-chunks K --chunk-idx I` wrote the chunks into.")
     target = merge_chunks(args.out, force=args.force)
     print(f"merged {len(read_answers(target))} answers -> {target}")
     return 0

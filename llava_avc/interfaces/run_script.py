@@ -208,13 +208,24 @@ class ScriptPlan:
         return method_name(self.config)
 
 
-def _check_model_path(model_path: Optional[str]) -> None:
-    """A local --model-path that is not a LLaVA checkpoint is a usage error, before anything runs."""
+#: The --model-path every tested LLaVA script uses when none is given (their argparse default).
+SCRIPT_DEFAULT_MODEL = "facebook/opt-350m"
+
+
+def _check_model_path(model_path: Optional[str], module: str) -> None:
+    """A --model-path that cannot load is a usage error, before anything runs: a local directory that
+    is not a LLaVA checkpoint or has damaged files, or a hub id (the script's own default included)
+    that is not cached while the hub is out of reach."""
+    from ..backends.checkpoints import preflight
     from ..backends.llava.loading import check_local_checkpoint
 
+    what = "--model-path"
     if model_path is None:
-        return
+        if module not in KNOWN_MODULES:
+            return
+        model_path, what = SCRIPT_DEFAULT_MODEL, f"--model-path (not given after `--`, so {module}'s default)"
     try:
+        preflight(model_path, what=what)
         check_local_checkpoint(model_path)
     except ValueError as error:
         raise _UsageError(str(error)) from None
@@ -267,7 +278,7 @@ def plan_run(args: argparse.Namespace) -> ScriptPlan:
             if flag in module_args and flag in own_flags:
                 check_quantization(flag == "--load-4bit", flag == "--load-8bit", "cpu")
 
-    _check_model_path(_option_value(module_args, "--model-path"))
+    _check_model_path(_option_value(module_args, "--model-path"), args.module)
     record_path = run_record_path(module_args, args.run_json)
     answers = _option_value(module_args, "--answers-file")
     answers_path = Path(answers).expanduser().resolve() if answers else None

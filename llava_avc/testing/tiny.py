@@ -15,7 +15,9 @@ Layout of ``DIR`` (its last path component must contain ``llava``)::
     tokenizer.model             sentencepiece BPE trained here on llava_avc/data (see below)
     tokenizer_config.json, special_tokens_map.json
     vision_tower/               random CLIPVisionModel + CLIPImageProcessor; config.json's
-                                mm_vision_tower is the ABSOLUTE path of this folder
+                                mm_vision_tower is the ABSOLUTE path of this folder (LLaVA's own
+                                loader needs it); llava-avc's loaders use the folder inside a copied
+                                or moved checkpoint instead (backends.checkpoints.own_vision_tower)
     tiny_llava_build.json       how it was made (preset, seed, overrides, corpus version)
 
 Tokenizer: a sentencepiece BPE model trained at build time (``num_threads=1``, in memory) on

@@ -566,7 +566,13 @@ def _hub_cache_snapshot(repo_id: str) -> Optional[Path]:
 
 def _vision_tower_dir(name: str, original: Path) -> Path:
     """``mm_vision_tower``: a local directory (absolute, or relative to the checkpoint) or a hub id
-    already in the local Hugging Face cache."""
+    already in the local Hugging Face cache. A tiny checkpoint's own ``vision_tower/`` folder wins over
+    a recorded path that is gone or another copy's (`llava_avc.backends.checkpoints.own_vision_tower`)."""
+    from ..checkpoints import own_vision_tower
+
+    own = own_vision_tower(name, original)
+    if own is not None:
+        return Path(own)
     for candidate in (Path(name).expanduser(), original / name):
         if (candidate / "config.json").is_file():
             return candidate.resolve()
@@ -712,9 +718,12 @@ def convert_to_hf(original_dir, out_dir, *, force: bool = False) -> Path:
     vision tower that cannot be found locally. Memory: the LLM's tensors are held once in their
     stored dtype (about the checkpoint's size on disk, ~14 GB for a 7B fp16), plus the CLIP tower.
     """
+    from ..checkpoints import check_checkpoint_files
+
     original = Path(original_dir).expanduser().resolve()
     final = Path(out_dir).expanduser().resolve()
     config = _original_config(original)
+    check_checkpoint_files(original)  # a damaged (half-downloaded) weight or JSON file is named, before any work
     _check_supported(config)
     if final == original:
         raise ValueError(f"out_dir {final} is the original checkpoint; choose a new directory")

@@ -4,14 +4,17 @@ with its `AutoProcessor`) with what `llava-avc ask` and `llava-avc eval` need: t
 
 from __future__ import annotations
 
-import json
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from ..base import check_one_quantization
+from ..base import (check_quantization_supported, default_device, prompt_too_long, quiet_length_warning,
+                    resolve_device)
+from ..checkpoints import check_json_file, preflight, quiet_loading_notes
 
 #: config.json model_type -> the transformers class that loads it.
 MODEL_TYPES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration"}
@@ -36,11 +39,28 @@ def _model_class(model_path: str):
     import transformers
 
     config_file = Path(model_path) / "config.json"
-    model_type = json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else "llava"
+    model_type = check_json_file(config_file).get("model_type") if config_file.is_file() else "llava"
     if model_type not in MODEL_TYPES:
         raise ValueError(f"{model_path!r} has model_type {model_type!r}; the llava-hf backend loads "
                          f"{', '.join(MODEL_TYPES)} checkpoints.")
     return getattr(transformers, MODEL_TYPES[model_type])
+
+
+@contextmanager
+def _quiet_progress():
+    """transformers 5's "Loading weights" bar only on a terminal (in a log it is noise on stderr)."""
+    from transformers.utils import logging as hf_logging
+
+    if sys.stderr.isatty() or not hasattr(hf_logging, "disable_progress_bar"):
+        yield
+        return
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 @dataclass
@@ -59,16 +79,20 @@ class HFPipeline:
         if model_base is not None:
             raise ValueError(f"--model-base (={model_base!r}) is for original-LLaVA LoRA checkpoints; a llava-hf "
                              "checkpoint is complete: drop --model-base.")
-        check_one_quantization(load_4bit, load_8bit)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        check_quantization_supported(load_4bit, load_8bit, device or default_device())
+        device = resolve_device(device)
+        preflight(model_path)
         on_cuda = str(device).startswith("cuda")
         kwargs: dict = {"dtype": torch.float16 if on_cuda or load_4bit or load_8bit else torch.float32}
         if load_4bit or load_8bit:
             kwargs.update(quantization_config=quantization_config(load_4bit, load_8bit), device_map=device)
-        model = _model_class(model_path).from_pretrained(model_path, **kwargs)
+        with _quiet_progress(), quiet_loading_notes():
+            model = _model_class(model_path).from_pretrained(model_path, **kwargs)
+            processor = AutoProcessor.from_pretrained(model_path)
         if not (load_4bit or load_8bit):
             model.to(device)
-        return cls(AutoProcessor.from_pretrained(model_path), model.eval())
+        quiet_length_warning(processor.tokenizer)
+        return cls(processor, model.eval())
 
     @property
     def device(self) -> torch.device:
@@ -104,6 +128,7 @@ class HFPipeline:
         from . import generate
         from .generation import lean_decoding
 
+        self.check_prompt_fits(inputs)
         kwargs = dict(inputs, **generate_kwargs)
         if row_seeds is not None and (config is not None or kwargs.get("do_sample")):
             kwargs["row_seeds"] = row_seeds
@@ -111,6 +136,22 @@ class HFPipeline:
             if config is None and "row_seeds" in kwargs:
                 return self.model.generate(custom_generate=lean_decoding, **kwargs)
             return generate(self.model, config=config, **kwargs)
+
+    def check_prompt_fits(self, inputs: dict) -> None:
+        """Refuse, for every method, a prompt (text and image tokens) that reaches the language model's
+        `max_position_embeddings`: transformers does not truncate it, but the model was never trained
+        on such positions.
+
+        Raises:
+            ValueError: the positions the prompt needs, the limit, and the fix.
+        """
+        text_config = getattr(self.model.config, "text_config", self.model.config)
+        limit = getattr(text_config, "max_position_embeddings", None)
+        positions = int(inputs["input_ids"].shape[1])
+        if limit is not None and positions >= limit:
+            raise prompt_too_long(positions, int(limit), "the language model's context (max_position_embeddings)",
+                                  "transformers would run it past the positions the model was trained on; llava-avc "
+                                  "refuses it for every method, --method none included.")
 
     def decode(self, sequences: torch.Tensor, inputs: dict) -> list:
         """generate's output (the prompt ids of `inputs` first) -> the stripped answers."""

@@ -17,6 +17,7 @@ from transformers.generation import LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from ...decode.adapter import GenerationSetup
+from ...decode.sampling import check_generation_config
 from ..base import check_one_sequence_per_prompt
 from .compat import generate_returns_leading_bos
 
@@ -53,6 +54,7 @@ def prepare_generation(model, batch_size: int, device, kwargs: dict, method: str
     _reject_unsupported(kwargs, method)
     config = copy.deepcopy(base_config)
     model_kwargs = config.update(**kwargs)
+    check_generation_config(config)  # before transformers' own checks: the same message on every version
     config.validate()
     _check_mode(config, model_kwargs, method)
     if config.pad_token_id is None and config.eos_token_id is not None:

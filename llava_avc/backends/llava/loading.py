@@ -18,31 +18,23 @@ the eval scripts) routes its `load_4bit` / `load_8bit` to it (patches/llava_patc
 
 from __future__ import annotations
 
-import json
-import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
-from ..base import check_one_quantization
+from ..devices import (MIN_BNB_CPU, MIN_BNB_CUDA, MIN_TRANSFORMERS_CPU_QUANT,  # noqa: F401 (shared names)
+                       check_quantization_supported, default_device, resolve_device)
+from ..checkpoints import HUB_ID as _HUB_ID
+from ..checkpoints import check_json_file, own_vision_tower, preflight, quiet_loading_notes
 
-_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 #: modules LLaVA keeps in fp16 when training/loading quantized (llava/train/train.py).
 UNQUANTIZED_MODULES = ["mm_projector", "lm_head"]
-#: oldest bitsandbytes with working 4-bit kernels on a CUDA GPU / on a CPU.
-MIN_BNB_CUDA = (0, 43, 0)
-MIN_BNB_CPU = (0, 48, 0)
-#: oldest transformers whose bitsandbytes integration accepts a CPU device.
-MIN_TRANSFORMERS_CPU_QUANT = (4, 53, 0)
 
 
 class NotALlavaCheckpointError(ValueError):
     """The path is not a LLaVA checkpoint directory (the message names what is missing)."""
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def check_local_checkpoint(model_path: str) -> None:
@@ -58,7 +50,7 @@ def check_local_checkpoint(model_path: str) -> None:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise NotALlavaCheckpointError(f"{model_path!r} is not a LLaVA checkpoint: config.json is missing.")
-    config = json.loads(config_file.read_text())
+    config = check_json_file(config_file)
     missing = [key for key in ("mm_vision_tower", "mm_hidden_size") if key not in config]
     if missing:
         raise NotALlavaCheckpointError(
@@ -71,47 +63,36 @@ def check_local_checkpoint(model_path: str) -> None:
         )
 
 
-def _version(distribution: str) -> Optional[tuple[int, int, int]]:
-    from importlib import metadata
-
-    from .versions import version_tuple
-
-    try:
-        return version_tuple(metadata.version(distribution))
-    except metadata.PackageNotFoundError:
-        return None
+def _recorded_tower(model_path: str) -> Optional[str]:
+    config_file = Path(str(model_path)).expanduser() / "config.json"
+    return check_json_file(config_file).get("mm_vision_tower") if config_file.is_file() else None
 
 
-def check_quantization_supported(load_4bit: bool, load_8bit: bool, device: str) -> None:
-    """Raise ValueError with a fix when this machine cannot load the model quantized."""
-    check_one_quantization(load_4bit, load_8bit)
-    if not (load_4bit or load_8bit):
+@contextmanager
+def checkpoint_vision_tower(model_path: str, model_base: Optional[str] = None) -> Iterator[None]:
+    """While LLaVA's loader runs in the block, build the vision tower from the checkpoint's own
+    `vision_tower/` folder when config.json's `mm_vision_tower` is a path that no longer exists or
+    another copy's tower (`llava_avc.backends.checkpoints.own_vision_tower`): copied and moved tiny
+    checkpoints load their own tower. Nothing changes for any other checkpoint."""
+    recorded = _recorded_tower(model_path)
+    tower = own_vision_tower(recorded, model_path, model_base)
+    if tower is None:
+        yield
         return
-    from .compat import TRANSFORMERS_VERSION
+    from llava.model import llava_arch
 
-    flag = "--load-4bit" if load_4bit else "--load-8bit"
-    bits = "4-bit" if load_4bit else "8-bit"
-    on_cuda = str(device).startswith("cuda")
-    if on_cuda and not torch.cuda.is_available():
-        raise ValueError(f"{bits} loading needs a CUDA GPU; found none; drop {flag} to run in fp32 on the CPU.")
-    if not on_cuda and TRANSFORMERS_VERSION < MIN_TRANSFORMERS_CPU_QUANT:
-        raise ValueError(
-            f"{bits} loading needs a CUDA GPU; found none; drop {flag} to run in fp32 on the CPU "
-            f"(or use transformers >= 4.53 with bitsandbytes >= 0.48, which quantize on the CPU)."
-        )
-    _check_bitsandbytes(MIN_BNB_CUDA if on_cuda else MIN_BNB_CPU, flag)
+    original = llava_arch.build_vision_tower
 
+    def build_vision_tower(vision_tower_cfg, **kwargs):
+        if getattr(vision_tower_cfg, "mm_vision_tower", None) == recorded:
+            vision_tower_cfg.mm_vision_tower = tower  # the loaded model's config names the tower it used
+        return original(vision_tower_cfg, **kwargs)
 
-def _check_bitsandbytes(minimum: tuple[int, int, int], flag: str) -> None:
-    installed = _version("bitsandbytes")
-    wanted = ".".join(map(str, minimum))
-    if installed is None:
-        raise ValueError(f"{flag} needs bitsandbytes >= {wanted}, which is not installed: pip install 'bitsandbytes>={wanted}'.")
-    if installed < minimum:
-        raise ValueError(
-            f"bitsandbytes {'.'.join(map(str, installed))} is too old for {flag} here; "
-            f"need >= {wanted}: pip install -U 'bitsandbytes>={wanted}'."
-        )
+    llava_arch.build_vision_tower = build_vision_tower
+    try:
+        yield
+    finally:
+        llava_arch.build_vision_tower = original
 
 
 def quantization_config(load_4bit: bool, load_8bit: bool):
@@ -138,10 +119,11 @@ def load_quantized(original_loader, model_path, model_base, model_name, *, load_
     """
     check_quantization_supported(load_4bit, load_8bit, device)
     kwargs["quantization_config"] = quantization_config(load_4bit, load_8bit)
-    tokenizer, model, image_processor, context_len = original_loader(
-        model_path, model_base, model_name, load_8bit=False, load_4bit=False,
-        device_map=device_map, device=device, **kwargs,
-    )
+    with checkpoint_vision_tower(model_path, model_base):
+        tokenizer, model, image_processor, context_len = original_loader(
+            model_path, model_base, model_name, load_8bit=False, load_4bit=False,
+            device_map=device_map, device=device, **kwargs,
+        )
     vision_device = device if not str(device).startswith("cuda") else model.get_model().embed_tokens.weight.device
     model.get_vision_tower().to(device=vision_device, dtype=torch.float16)  # the tower is never quantized
     return tokenizer, model, image_processor, context_len
@@ -171,9 +153,10 @@ def load_model(
     Raises:
         ValueError: both flags, quantization impossible here, not a LLaVA checkpoint.
     """
-    device = device or default_device()
-    check_quantization_supported(load_4bit, load_8bit, device)
+    check_quantization_supported(load_4bit, load_8bit, device or default_device())
+    device = resolve_device(device)
     check_local_checkpoint(model_path)
+    preflight(model_path, model_base)
     from llava.mm_utils import get_model_name_from_path
     from llava.model import builder
 
@@ -183,10 +166,12 @@ def load_model(
     name = get_model_name_from_path(model_path)
     device_map = "auto" if str(device).startswith("cuda") else device
     if load_4bit or load_8bit:
-        loaded = load_quantized(loader, model_path, model_base, name, load_4bit=load_4bit, load_8bit=load_8bit,
-                                device_map=device_map, device=device)
+        with quiet_loading_notes():
+            loaded = load_quantized(loader, model_path, model_base, name, load_4bit=load_4bit, load_8bit=load_8bit,
+                                    device_map=device_map, device=device)
     else:
-        loaded = loader(model_path, model_base, name, device_map=device_map, device=device)
+        with checkpoint_vision_tower(model_path, model_base), quiet_loading_notes():
+            loaded = loader(model_path, model_base, name, device_map=device_map, device=device)
         dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
         loaded[1].to(device=device, dtype=dtype)
     loaded[1].eval()

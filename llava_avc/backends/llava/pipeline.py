@@ -18,6 +18,7 @@ from ...decode.loop import lean_generate
 from . import prompts
 from .adapter import LlavaAdapter
 from .loading import load_model
+from ..base import prompt_too_long, quiet_length_warning
 
 
 @contextmanager
@@ -29,6 +30,23 @@ def _left_padding(model):
         yield
     finally:
         model.config.tokenizer_padding_side = saved
+
+
+def _most_features(model) -> int:
+    """An upper bound of the image features one anyres image gives (every tile of the largest grid
+    pinpoint, the base image, and one newline per row of features)."""
+    import ast
+
+    try:
+        tower = model.get_vision_tower()
+        side = int(tower.config.image_size)
+        pinpoints = getattr(model.config, "image_grid_pinpoints", None) or [[side, side]]
+        if isinstance(pinpoints, str):
+            pinpoints = ast.literal_eval(pinpoints)
+        tiles = max((int(w) // side) * (int(h) // side) for w, h in pinpoints) + 1
+        return tiles * int(tower.num_patches) + tiles * int(tower.num_patches_per_side) * 2
+    except (AttributeError, TypeError, ValueError, SyntaxError):
+        return 1 << 30  # unknown: the caller merges the image to know exactly
 
 
 @dataclass
@@ -44,7 +62,9 @@ class LlavaPipeline:
     def load(cls, model_path: str, model_base: Optional[str] = None, *, device: Optional[str] = None,
              load_4bit: bool = False, load_8bit: bool = False) -> "LlavaPipeline":
         """Load a checkpoint with `llava_avc.backends.llava.loading.load_model`."""
-        return cls(*load_model(model_path, model_base, device=device, load_4bit=load_4bit, load_8bit=load_8bit))
+        pipeline = cls(*load_model(model_path, model_base, device=device, load_4bit=load_4bit, load_8bit=load_8bit))
+        quiet_length_warning(pipeline.tokenizer)  # check_prompt_fits says it in one line
+        return pipeline
 
     @property
     def device(self) -> torch.device:
@@ -72,6 +92,7 @@ class LlavaPipeline:
         """
         from llava_avc.patches.llava_patch import patched
 
+        self.check_prompt_fits(inputs)
         kwargs = dict(generate_kwargs, use_cache=True, attention_mask=inputs["attention_mask"],
                       images=inputs["images"], image_sizes=inputs["image_sizes"])
         if config is not None:
@@ -82,6 +103,27 @@ class LlavaPipeline:
             if config is None and "row_seeds" in kwargs:
                 return lean_generate(LlavaAdapter(self.model), inputs["input_ids"], **kwargs)
             return self.model.generate(inputs["input_ids"], **kwargs)
+
+    def check_prompt_fits(self, inputs: dict) -> None:
+        """Refuse, for every method (none included), a prompt whose text and image features reach
+        LLaVA's `tokenizer_model_max_length`: upstream LLaVA cuts such a prompt there silently and
+        answers from what is left; the contrastive methods cannot (the image span is lost).
+
+        Raises:
+            ValueError: the positions the prompt needs, the limit, and the fix.
+        """
+        limit = getattr(self.model.config, "tokenizer_model_max_length", None)
+        if limit is None:
+            return
+        text = int((inputs["attention_mask"].sum(-1) - 1).max())  # real tokens minus the image placeholder
+        per_image = int(self.model.get_vision_tower().num_patches)  # the fewest features an image gives
+        upstream = ("upstream LLaVA would cut the prompt there silently and answer from what is left; llava-avc "
+                    "refuses it for every method, --method none included.")
+        if text + per_image >= limit:
+            raise prompt_too_long(text + per_image, limit, "LLaVA's context (tokenizer_model_max_length)", upstream)
+        if str(self.image_aspect_ratio or "").startswith("anyres") and text + _most_features(self.model) >= limit:
+            LlavaAdapter(self.model).merge_image(inputs["input_ids"], inputs["attention_mask"], inputs["images"],
+                                                 inputs["image_sizes"])  # exact: raises when LLaVA truncates
 
     def decode(self, sequences: torch.Tensor, inputs: dict) -> list:
         """LLaVA's generate output (only the new tokens; a BOS column on transformers 4.37) -> stripped

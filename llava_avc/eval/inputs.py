@@ -1,0 +1,116 @@
+"""The inputs of `llava-avc ask` and `llava-avc eval`, checked before any model loads: images (missing,
+a directory, damaged, too small) and the questions read from a benchmark file (the type of every
+field). Every problem is one line naming the file (and line), what is wrong and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: The smallest side an image may have: LLaVA's CLIP preprocessing takes a side of 1 pixel for the
+#: colour-channel axis ("mean must have 1 elements if it is an iterable, got 3").
+MIN_SIDE = 2
+
+
+def check_query(query, what: str = "--query") -> str:
+    """The question as text a tokenizer can take: a non-empty str that is valid UTF-8.
+
+    A command-line argument with bytes that are not UTF-8 (e.g. Latin-1 text) reaches Python with
+    surrogate escapes, which the tokenizers cannot encode.
+    """
+    if not isinstance(query, str):
+        raise ValueError(f"{what} (={query!r}) must be text (a str).")
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = query[error.start:error.end].encode("utf-8", "surrogateescape")
+        raise ValueError(f"{what} is not valid UTF-8 text (bytes {bad!r} at character {error.start}); pass the "
+                         "question as UTF-8 (e.g. convert it with iconv -t UTF-8).") from None
+    if not query.strip():
+        raise ValueError(f"{what} is empty; ask a question, e.g. --query 'Is there a dog in the image?'.")
+    return query
+
+
+def check_output_file(path, what: str) -> None:
+    """Refuse, before any model work, an output path that is a directory or whose folder is a file."""
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{what} {str(target)!r} is a directory; give a file name such as blind.png.")
+    parent = next((p for p in target.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{what} {str(target)!r}: {str(parent)!r} is a file, not a folder; choose another path.")
+
+
+def image_problem(path) -> str | None:
+    """Why `path` cannot be an image file (missing, a directory), else None."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{str(path)!r} is a directory, not an image file"
+    if not path.exists():
+        return f"image file {str(path)!r} does not exist"
+    return None
+
+
+def check_size(image, label: str) -> None:
+    """Raise ValueError when an image is too small for LLaVA's preprocessing."""
+    width, height = image.size
+    if min(width, height) < MIN_SIDE:
+        raise ValueError(f"{label} is {width}x{height} pixels; images need at least {MIN_SIDE} pixels on each side "
+                         "(LLaVA's CLIP preprocessing reads a 1-pixel side as the colour axis); use a larger image.")
+
+
+def open_rgb(path, label: str | None = None):
+    """The image at `path` as an RGB PIL image, fully decoded.
+
+    Raises:
+        FileNotFoundError: missing file, or a directory.
+        ValueError: not an image PIL can read, truncated or damaged, or too small.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    label = label or f"image {str(path)!r}"
+    problem = image_problem(path)
+    if problem is not None:
+        raise FileNotFoundError(f"{problem}; pass an image file (JPEG, PNG, ...).")
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+    except UnidentifiedImageError:
+        raise ValueError(f"{label} cannot be read: it is not an image PIL can read (JPEG, PNG, ...); check the "
+                         "file.") from None
+    except OSError as error:  # truncated or damaged data
+        raise ValueError(f"{label} cannot be read ({error}); the file is damaged or incomplete: copy or "
+                         "download it again.") from None
+    check_size(rgb, label)
+    return rgb
+
+
+def _field_problem(name: str, value, kinds: tuple, non_empty: bool) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        wanted = " or ".join({int: "an integer", str: "a string"}[kind] for kind in kinds)
+        return f"{name!r} is {value!r} ({type(value).__name__}); it must be {wanted}"
+    if non_empty and isinstance(value, str) and not value.strip():
+        return f"{name!r} is empty; it must be a non-empty string"
+    return None
+
+
+def check_questions(questions: list, question_file) -> list:
+    """Check the type of every question's fields before anything is answered: the id an integer or a
+    string, the image and the text non-empty strings, label and category strings when present.
+
+    Raises:
+        ValueError: no questions at all, or the first bad field, naming the file, its line and the fix.
+    """
+    if not questions:
+        raise ValueError(f"{question_file} holds no questions; pass the benchmark's question file (e.g. "
+                         "coco_pope_random.json).")
+    for question in questions:
+        problem = (_field_problem("question_id", question.qid, (int, str), True)
+                   or _field_problem("image", question.image, (str,), True)
+                   or _field_problem("text", question.text, (str,), True)
+                   or (None if question.label is None else _field_problem("label", question.label, (str,), False))
+                   or (None if question.category is None
+                       else _field_problem("category", question.category, (str,), False)))
+        if problem is not None:
+            where = question.source or str(question_file)
+            raise ValueError(f"{where}: {problem}; fix that record (nothing was answered).")
+    return questions
