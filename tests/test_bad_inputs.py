@@ -515,6 +515,16 @@ def test_ask_heatmap_to_a_full_device_names_the_file(tiny_llava_dir, world):
 
 # ------------------------------------------------------------------------------- the Python API
 
+#: Runs one call and prints [name, "no error" | "<exception type>: <message>"] as a JSON line.
+_ATTEMPT = r"""
+def attempt(name, call):
+    try:
+        call()
+        print(json.dumps([name, "no error"]))
+    except Exception as error:
+        print(json.dumps([name, f"{type(error).__name__}: {error}"]))
+"""
+
 _API_SCRIPT = r"""
 import json, sys
 import torch
@@ -530,12 +540,7 @@ ids = prompt_ids(tokenizer, build_prompt("Is there a dog?", "llava_v1", model.co
 images = prepare_images([image], processor, model)
 common = dict(images=images, image_sizes=[image.size])
 
-def attempt(name, call):
-    try:
-        call()
-        print(json.dumps([name, "no error"]))
-    except Exception as error:
-        print(json.dumps([name, f"{type(error).__name__}: {error}"]))
+{attempt}
 
 attempt("unpatched-avc", lambda: model.generate(ids, avc=AVCConfig(), max_new_tokens=2, **common))
 attempt("max-new-tokens-0", lambda: llava_avc.generate(model, ids, avc=AVCConfig(), max_new_tokens=0, **common))
@@ -570,7 +575,7 @@ _API_EXPECTED = {
 
 @needs_llava
 def test_the_python_api_refuses_bad_generate_arguments_with_one_line(tiny_llava_dir):
-    proc = run(str(tiny_llava_dir), executable_args=("-c", _API_SCRIPT), timeout=300)
+    proc = run(str(tiny_llava_dir), executable_args=("-c", _API_SCRIPT.replace("{attempt}", _ATTEMPT)), timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     results = dict(json.loads(line) for line in proc.stdout.decode().splitlines() if line.startswith("["))
     assert set(results) == set(_API_EXPECTED)
@@ -590,12 +595,7 @@ pipeline = HFPipeline.load(sys.argv[1], device="cpu")
 model = pipeline.model
 inputs = pipeline.inputs(["Is there a dog?"], [sample_image()])
 
-def attempt(name, call):
-    try:
-        call()
-        print(json.dumps([name, "no error"]))
-    except Exception as error:
-        print(json.dumps([name, f"{type(error).__name__}: {error}"]))
+{attempt}
 
 attempt("avc-without-custom-generate", lambda: model.generate(**inputs, avc=AVCConfig(), max_new_tokens=2))
 attempt("top-p-2", lambda: llava_avc.generate(model, **inputs, avc=AVCConfig(), do_sample=True, top_p=2.0, max_new_tokens=2))
@@ -607,7 +607,7 @@ attempt("good", lambda: llava_avc.generate(model, **inputs, avc=AVCConfig(), max
 
 @needs_hf
 def test_the_python_api_on_llava_hf_refuses_bad_generate_arguments_with_one_line(tiny_hf_dir):
-    proc = run(str(tiny_hf_dir), executable_args=("-c", _HF_API_SCRIPT), timeout=300)
+    proc = run(str(tiny_hf_dir), executable_args=("-c", _HF_API_SCRIPT.replace("{attempt}", _ATTEMPT)), timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     results = dict(json.loads(line) for line in proc.stdout.decode().splitlines() if line.startswith("["))
     expected = {
