@@ -40,13 +40,13 @@ def test_every_method_runs_with_the_asked_batch_and_token_count(tiny_llava_dir):
 
 def test_nf4_rows_are_measured_where_possible_and_skipped_with_a_reason_otherwise(tiny_llava_dir):
     """transformers >= 4.53 quantizes on the CPU (measured rows); 4.37 needs a GPU (skipped rows)."""
-    from llava_avc.backends.llava import loading
+    from llava_avc.backends import devices
     from llava_avc.backends.llava import compat
 
     rows = bench.run_benchmark(checkpoint=tiny_llava_dir, methods=["plain", "avc"], dtypes=["nf4"], batches=[1],
                                new_tokens=[4, 8], runs=1, warmup=0, log=quiet)
     assert [(row["method"], row["new_tokens"]) for row in rows] == [("plain", 4), ("plain", 8), ("avc", 4), ("avc", 8)]
-    quantizes_here = compat.TRANSFORMERS_VERSION >= loading.MIN_TRANSFORMERS_CPU_QUANT
+    quantizes_here = compat.TRANSFORMERS_VERSION >= devices.MIN_TRANSFORMERS_CPU_QUANT
     for row in rows:
         if quantizes_here:
             assert not row.get("skipped") and row["decode_ms_per_token"] is not None and row["dtype"] == "nf4"

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import decode_benchmark as bench
-from llava_avc.backends.llava.loading import MIN_TRANSFORMERS_CPU_QUANT
+from llava_avc.backends.devices import MIN_TRANSFORMERS_CPU_QUANT
 from llava_avc.backends.llava.compat import TRANSFORMERS_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent

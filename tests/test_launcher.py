@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llava_avc.backends.llava import loading
+from llava_avc.backends import devices
 from llava_avc.interfaces import cli
 from llava_avc.backends.llava import compat
 from llava_avc.patches import script_overrides
@@ -25,7 +25,7 @@ QUESTIONS = [
 ]
 CPU_4BIT_MESSAGE = "4-bit loading needs a CUDA GPU; found none; drop --load-4bit to run in fp32 on the CPU"
 #: transformers >= 4.53 with bitsandbytes >= 0.48 quantize on the CPU; then --load-4bit --device cpu is allowed.
-CPU_QUANTIZATION = compat.TRANSFORMERS_VERSION >= loading.MIN_TRANSFORMERS_CPU_QUANT
+CPU_QUANTIZATION = compat.TRANSFORMERS_VERSION >= devices.MIN_TRANSFORMERS_CPU_QUANT
 CPU_4BIT_REFUSED = [] if CPU_QUANTIZATION else [(["--load-4bit", "--device", "cpu"], CPU_4BIT_MESSAGE)]
 
 

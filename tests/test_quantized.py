@@ -15,13 +15,13 @@ import torch
 
 import llava_avc
 from llava_avc import AVCConfig, M3IDConfig, VCDConfig
-from llava_avc.backends.llava import loading
+from llava_avc.backends import devices
 from llava_avc.backends.llava.loading import NotALlavaCheckpointError, load_model
 from llava_avc.backends.llava import compat
 
 from helpers import LEAD, QUESTIONS, images_for, left_padded, no_eos, prompt_ids, variant_images
 
-CPU_QUANTIZATION = compat.TRANSFORMERS_VERSION >= loading.MIN_TRANSFORMERS_CPU_QUANT
+CPU_QUANTIZATION = compat.TRANSFORMERS_VERSION >= devices.MIN_TRANSFORMERS_CPU_QUANT
 CPU_ERROR = "4-bit loading needs a CUDA GPU; found none; drop --load-4bit to run in fp32 on the CPU"
 needs_cpu_quantization = pytest.mark.skipif(
     not CPU_QUANTIZATION, reason="transformers < 4.53 quantizes only on a GPU (tested by the error tests)")
@@ -48,7 +48,6 @@ def test_both_flags_is_an_error(tiny_llava_dir):
 
 
 def test_4bit_on_cpu_with_llavas_transformers_pin_says_what_to_do(tiny_llava_dir, monkeypatch):
-    from llava_avc.backends import devices
 
     real = devices._version
     monkeypatch.setattr(devices, "_version", lambda name: (4, 37, 2) if name == "transformers" else real(name))
@@ -65,7 +64,6 @@ def test_cuda_requested_without_a_gpu_says_what_to_do(tiny_llava_dir):
 
 @pytest.mark.parametrize("installed, message", [(None, "not installed"), ((0, 40, 0), "too old")])
 def test_missing_or_old_bitsandbytes_is_refused(tiny_llava_dir, monkeypatch, installed, message):
-    from llava_avc.backends import devices
 
     monkeypatch.setattr(devices, "_version", lambda name: (4, 57, 6) if name == "transformers" else installed)
     with pytest.raises(ValueError, match=message):

@@ -12,8 +12,6 @@ import torch
 
 from ..decode.adapter import ModelAdapter
 from . import kv_cache
-from .devices import (DEVICE_TYPES, MIN_BNB_CPU, MIN_BNB_CUDA, MIN_TRANSFORMERS_CPU_QUANT,  # noqa: F401 (shared names)
-                      check_one_quantization, check_quantization_supported, default_device, resolve_device)
 from .attention_probe import last_query_probe
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Optional, Sequence
 
 from .flags import add_method_arguments, add_model_arguments
 

@@ -26,8 +26,6 @@ def generate(model, input_ids=None, config=None, **kwargs):
         kwargs["input_ids"] = input_ids
     if config is None:
         return model.generate(**kwargs)
-    from .generation import contrastive_decoding
-
     if kwargs.get("streamer") is not None:
         kwargs["token_streamer"] = kwargs["streamer"]
     return model.generate(custom_generate=contrastive_decoding, **{config.method: config}, **kwargs)

@@ -12,8 +12,8 @@ from typing import Any, Optional
 
 import torch
 
-from ..base import (check_quantization_supported, default_device, prompt_too_long, quiet_length_warning,
-                    resolve_device)
+from ..base import prompt_too_long, quiet_length_warning
+from ..devices import check_quantization_supported, default_device, resolve_device
 from ..checkpoints import check_json_file, preflight, quiet_loading_notes
 
 #: config.json model_type -> the transformers class that loads it.

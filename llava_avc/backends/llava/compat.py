@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import transformers
 
-from .versions import FIRST_NEEDING_PATCH, MAX_TRANSFORMERS_EXCLUSIVE, MIN_TRANSFORMERS, version_tuple  # noqa: F401
+from .versions import MAX_TRANSFORMERS_EXCLUSIVE, MIN_TRANSFORMERS, version_tuple
 
 
 TRANSFORMERS_VERSION = version_tuple(transformers.__version__)

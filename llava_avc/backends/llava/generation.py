@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from transformers.generation import LogitsProcessorList, StoppingCriteriaList

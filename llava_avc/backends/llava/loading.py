@@ -24,8 +24,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from ..devices import (MIN_BNB_CPU, MIN_BNB_CUDA, MIN_TRANSFORMERS_CPU_QUANT,  # noqa: F401 (shared names)
-                       check_quantization_supported, default_device, resolve_device)
+from ..devices import check_quantization_supported, default_device, resolve_device
 from ..checkpoints import HUB_ID as _HUB_ID
 from ..checkpoints import check_json_file, own_vision_tower, preflight, quiet_loading_notes
 
