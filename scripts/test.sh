@@ -29,6 +29,8 @@ for profile in $profiles; do
   # (tests/test_cross_backend.py) when the hf profile is installed.
   hf_python=""
   [ ! -x "$(python_of hf)" ] || hf_python="$(python_of hf)"
-  LLAVA_AVC_OTHER_PYTHON="$(python_of "$other")" LLAVA_AVC_HF_PYTHON="$hf_python" \
+  other_python=""
+  [ "$other" = "$profile" ] || other_python="$(python_of "$other")"
+  LLAVA_AVC_OTHER_PYTHON="$other_python" LLAVA_AVC_HF_PYTHON="$hf_python" \
     "$(python_of "$profile")" -m pytest -q "${marker[@]+"${marker[@]}"}" "$@" ${PYTEST_ARGS:-}
 done

@@ -43,11 +43,19 @@ def _hf_backend() -> bool:
 needs_hf = pytest.mark.skipif(not _hf_backend(), reason="the llava-hf backend needs transformers >= 4.56")
 
 
-def run(*argv, env=None, cwd=None, timeout=120, executable_args=("-m", "llava_avc")):
+def run(*argv, env=None, cwd=None, timeout=120, executable_args=("-m", "llava_avc"), preexec_fn=None):
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     environment = {key: value for key, value in environment.items() if value is not None}
     command = [sys.executable, *executable_args, *[os.fsencode(a) if isinstance(a, bytes) else str(a) for a in argv]]
-    return subprocess.run(command, capture_output=True, env=environment, cwd=cwd, timeout=timeout)
+    return subprocess.run(command, capture_output=True, env=environment, cwd=cwd, timeout=timeout,
+                          preexec_fn=preexec_fn)
+
+
+def ctrl_c_reaches_python() -> None:
+    """In the child, before Python starts: SIGINT back to its default. A test suite started in the background
+    (`pytest &`, a CI runner) inherits SIGINT ignored, and Python then never turns Ctrl-C into
+    KeyboardInterrupt; a user at a terminal has the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def assert_one_line_error(proc, code: int, pattern: str) -> str:
@@ -448,7 +456,8 @@ def test_ctrl_c_in_eval_keeps_every_answer_and_says_how_to_resume(tiny_llava_dir
     out = tmp_path / "run"
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "llava_avc", *_eval_tiny(tiny_llava_dir, world, out, tokens="48")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment,
+                            preexec_fn=ctrl_c_reaches_python)
     answers = out / "answers.jsonl"
     deadline = time.monotonic() + 300
     while not (answers.is_file() and answers.read_bytes().count(b"\n") >= 1) and time.monotonic() < deadline:
@@ -501,7 +510,7 @@ sys.exit(main(sys.argv[1:]))
 @needs_llava
 def test_ctrl_c_in_ask_is_one_line_and_exit_130(tiny_llava_dir, world):
     argv = [_fill(item, world) for item in _ask("--max-new-tokens", "64", model_path=str(tiny_llava_dir))]
-    proc = run(*argv, executable_args=("-c", _ASK_INTERRUPTED), timeout=300)
+    proc = run(*argv, executable_args=("-c", _ASK_INTERRUPTED), timeout=300, preexec_fn=ctrl_c_reaches_python)
     assert_one_line_error(proc, 130, r"^llava-avc ask: interrupted; no answer was produced and nothing was written")
 
 

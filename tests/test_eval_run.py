@@ -232,6 +232,9 @@ def test_chunks_follow_llava_get_chunk_and_merge_in_question_order(setup, tiny_l
     assert [r["question_id"] for r in _lines(out / "answers.jsonl")] == [1, 2, 3, 4, 5, 6]
     with pytest.raises(ValueError, match="already exists"):
         merge_chunks(out)
+    with pytest.raises(ValueError, match=r"holds the shards of a run split 4 ways .* resume with 4 processes"):
+        run_eval(_options(setup, out, num_chunks=2, chunk_idx=0), pipeline=LlavaPipeline(*tiny_llava))
+    assert run_eval(_options(setup, out), pipeline=LlavaPipeline(*tiny_llava)).new == 0  # one process: merged file
     merged = (out / "answers.jsonl").read_text()
     setup["questions"].rename(setup["tmp"] / "moved.json")  # the recorded file is gone: its packaged copy is used
     assert merge_chunks(out, force=True).read_text() == merged

@@ -55,14 +55,31 @@ def hub_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "").strip() or DEFAULT_ENDPOINT
 
 
+def _proxy_for(parsed) -> Optional[str]:
+    """The proxy the hub library's requests would go through for this URL (HTTPS_PROXY, HTTP_PROXY,
+    ALL_PROXY, honouring NO_PROXY), or None."""
+    import urllib.request
+
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parsed.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parsed.hostname):
+        return None
+    return proxy
+
+
 def hub_unreachable_reason(timeout: float = HUB_TIMEOUT_S) -> Optional[str]:
-    """Why the hub cannot be reached (no TCP connection to HF_ENDPOINT within `timeout` s), or None."""
+    """Why the hub cannot be reached (no TCP connection to HF_ENDPOINT, or to the proxy the environment
+    routes it through, within `timeout` s), or None."""
     endpoint = hub_endpoint()
     parsed = urlparse(endpoint)
-    host = parsed.hostname
-    if not host:
+    if not parsed.hostname:
         return f"HF_ENDPOINT (={endpoint!r}) is not a URL"
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    proxy = _proxy_for(parsed)
+    target = urlparse(proxy if "://" in proxy else f"http://{proxy}") if proxy else parsed
+    host = target.hostname
+    if not host:
+        return f"the proxy setting (={proxy!r}) is not a URL"
+    port = target.port or (443 if target.scheme == "https" else 80)
     outcome: dict = {}
 
     def connect() -> None:
@@ -77,7 +94,8 @@ def hub_unreachable_reason(timeout: float = HUB_TIMEOUT_S) -> Optional[str]:
     worker.join(timeout + 0.5)
     if outcome.get("ok"):
         return None
-    return f"no connection to {endpoint}: {outcome.get('error', f'no answer within {timeout:.0f} s')}"
+    via = f" through the proxy {proxy}" if proxy else ""
+    return f"no connection to {endpoint}{via}: {outcome.get('error', f'no answer within {timeout:.0f} s')}"
 
 
 def cached_hub_file(repo_id: str, filename: str = "config.json") -> Optional[str]:

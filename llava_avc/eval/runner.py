@@ -276,6 +276,7 @@ def run_eval(options: EvalOptions, pipeline=None) -> EvalSummary:
     if pipeline is None:
         _check_model(options)  # device, quantization, hub, damaged files: before any file is written
     out = Path(options.out)
+    _check_shard_count(out, options.num_chunks)
     out.mkdir(parents=True, exist_ok=True)
     ans.check_run_file(out, digest, settings)
     path = ans.answers_path(out, options.num_chunks, options.chunk_idx)
@@ -292,6 +293,22 @@ def run_eval(options: EvalOptions, pipeline=None) -> EvalSummary:
         written = _answer_all(pending, pipeline, options, settings, digest, image_root, writer) if pending else 0
     return EvalSummary(path, written, len(chunk) - len(pending), len(chunk), digest, time.time() - start,
                        question_file=str(question_file))
+
+
+def _check_shard_count(out: Path, num_chunks: int) -> None:
+    """Refuse to answer into a folder whose shards were split differently: their answers would be asked
+    again and the merge would then refuse two sets of shards. A single process may rerun a merged run."""
+    if not out.is_dir():
+        return
+    try:
+        found = ans.chunk_files(out)["num_chunks"]
+    except FileNotFoundError:
+        return
+    if found == num_chunks or (num_chunks == 1 and (out / ans.ANSWERS_FILE).is_file()):
+        return
+    raise ValueError(f"--out {str(out)!r} holds the shards of a run split {found} ways (answers.chunk<I>of{found}.jsonl) "
+                     f"and this run is split {num_chunks} way(s); resume with {found} processes (or --num-chunks "
+                     f"{found}), or use another --out.")
 
 
 @dataclass
