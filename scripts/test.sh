@@ -6,15 +6,19 @@
 #   bash scripts/test.sh --fast [pytest args]     # the fast lane: unit tests + one end-to-end AVC test,
 #                                                 #   on the 4.37 profile only (under 2 minutes on 2 cores)
 #   PROFILES=4.57 bash scripts/test.sh [args]     # one profile
+#   TEST_WORKERS=4 bash scripts/test.sh            # pytest workers of the full run (default 2; 0 = none)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-marker=()
+pytest_options=()
 if [ "${1:-}" = "--fast" ]; then
   shift
   profiles=${PROFILES:-4.37}
-  marker=(-m "not slow")
+  pytest_options=(-m "not slow")
 else
   profiles=${PROFILES:-"4.37 4.57 hf"}
+  # Two pytest workers (pytest-xdist): most tests wait on a subprocess's imports, so two overlap well on
+  # two cores. TEST_WORKERS=0 runs in one process.
+  pytest_options=(-n "${TEST_WORKERS:-2}")
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
@@ -32,5 +36,5 @@ for profile in $profiles; do
   other_python=""
   [ "$other" = "$profile" ] || other_python="$(python_of "$other")"
   LLAVA_AVC_OTHER_PYTHON="$other_python" LLAVA_AVC_HF_PYTHON="$hf_python" \
-    "$(python_of "$profile")" -m pytest -q "${marker[@]+"${marker[@]}"}" "$@" ${PYTEST_ARGS:-}
+    "$(python_of "$profile")" -m pytest -q "${pytest_options[@]+"${pytest_options[@]}"}" "$@" ${PYTEST_ARGS:-}
 done
