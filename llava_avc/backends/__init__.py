@@ -31,8 +31,6 @@ def _is_llava_hf(model) -> bool:
                and cls.__module__.startswith("transformers.models.llava") for cls in type(model).__mro__)
 
 
-_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
-
 #: backend name -> (does it serve this model?, its package: `model_adapter(model)`, `generate(model, ...)`)
 BACKENDS: dict[str, tuple[Callable[[object], bool], str]] = {
     "llava": (_is_llava_torch, "llava_avc.backends.llava"),
@@ -78,7 +76,9 @@ def checkpoint_backend(model_path: str) -> str:
     """
     config_file = Path(model_path).expanduser() / "config.json"
     if not config_file.is_file():
-        config_file = _cached_hub_config(model_path)
+        from .checkpoints import HUB_ID, cached_hub_file
+
+        config_file = cached_hub_file(model_path) if HUB_ID.fullmatch(model_path) else None
     if config_file is None:
         name = model_path.rstrip("/")
         return "hf" if name.startswith("llava-hf/") or name.endswith("-hf") else "llava"
@@ -96,18 +96,6 @@ def checkpoint_backend(model_path: str) -> str:
                          f"(llava_llama) and llava-hf ({', '.join(k for k, v in CHECKPOINT_FORMATS.items() if v == 'hf')}) "
                          "checkpoints.")
     return CHECKPOINT_FORMATS[model_type]
-
-
-def _cached_hub_config(model_path: str) -> Optional[str]:
-    """config.json of a hub id in the local cache (no network), or None."""
-    if not _HUB_ID.fullmatch(model_path):
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    found = try_to_load_from_cache(model_path, "config.json")
-    return found if isinstance(found, str) else None
 
 
 def check_before_loading(model_path: str, model_base: Optional[str] = None, device: Optional[str] = None,
@@ -158,13 +146,17 @@ def check_backend_available(backend: str, model_path: str) -> None:
                 "scripts/install.sh --profile hf), or use the original LLaVA checkpoint here.")
 
 
+def pipeline_class(backend: str):
+    """The ask/eval pipeline class of a backend ("llava" or "hf", as `check_before_loading` returns)."""
+    module_name, class_name = PIPELINES[backend].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
 def load_pipeline(model_path: str, model_base: Optional[str] = None, **kwargs):
     """The ask/eval pipeline of the checkpoint's backend, loaded (kwargs: device, load_4bit, load_8bit)."""
-    check_before_loading(model_path, model_base, kwargs.get("device"), kwargs.get("load_4bit", False),
-                         kwargs.get("load_8bit", False))
-    module_name, class_name = PIPELINES[checkpoint_backend(model_path)].split(":")
-    pipeline_class = getattr(importlib.import_module(module_name), class_name)
-    return pipeline_class.load(model_path, model_base, **kwargs)
+    backend = check_before_loading(model_path, model_base, kwargs.get("device"), kwargs.get("load_4bit", False),
+                                   kwargs.get("load_8bit", False))
+    return pipeline_class(backend).load(model_path, model_base, **kwargs)
 
 
 def adapter_for(model) -> ModelAdapter:

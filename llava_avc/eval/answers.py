@@ -173,23 +173,23 @@ class AnswerFile:
     @property
     def records(self) -> list:
         """The answers to score: the first answer of each question (see `duplicates`)."""
-        seen, first = set(), []
-        for _, record in self.lines:
-            if answer_key(record) not in seen:
-                seen.add(answer_key(record))
-                first.append(record)
-        return first
+        return self._first_and_repeated()[0]
 
     @property
     def duplicates(self) -> list:
         """(line number, question_id) of answers to a question already answered earlier in the file."""
-        seen, repeated = set(), []
+        return self._first_and_repeated()[1]
+
+    def _first_and_repeated(self) -> tuple:
+        seen, first, repeated = set(), [], []
         for lineno, record in self.lines:
             key = answer_key(record)
             if key in seen:
                 repeated.append((lineno, record["question_id"]))
-            seen.add(key)
-        return repeated
+            else:
+                seen.add(key)
+                first.append(record)
+        return first, repeated
 
     def config_hashes(self) -> list:
         """The distinct configuration hashes of the answers (LLaVA's own answers have none)."""
@@ -203,16 +203,18 @@ class AnswerFile:
         if self.invalid:
             lineno, reason = self.invalid[0]
             found.append(f"{len(self.invalid)} unreadable answer(s) left out (first: line {lineno}, {reason})")
-        if self.duplicates:
-            lineno, qid = self.duplicates[0]
-            found.append(f"{len(self.duplicates)} duplicate answer(s) left out, the first answer of each question "
+        duplicates = self.duplicates
+        if duplicates:
+            lineno, qid = duplicates[0]
+            found.append(f"{len(duplicates)} duplicate answer(s) left out, the first answer of each question "
                          f"scored (first: question {qid!r}, line {lineno})")
         if self.missing:
             found.append(f"{len(self.missing)} of {self.expected} questions have no answer (first: "
                          f"{self.missing[0]!r})")
-        if len(self.config_hashes()) > 1:
-            found.append(f"answers of {len(self.config_hashes())} configurations mixed in one file (config_hash "
-                         f"{', '.join(self.config_hashes())})")
+        hashes = self.config_hashes()
+        if len(hashes) > 1:
+            found.append(f"answers of {len(hashes)} configurations mixed in one file (config_hash "
+                         f"{', '.join(hashes)})")
         return found
 
     def summary(self) -> str:
@@ -289,7 +291,8 @@ def check_benchmark(answers: AnswerFile, benchmark: str) -> None:
     """
     found = {str(record["metadata"]["benchmark"]) for _, record in answers.lines
              if isinstance(record.get("metadata"), dict) and record["metadata"].get("benchmark")}
-    found |= {str(run_record(answers.path)["benchmark"])} if run_record(answers.path).get("benchmark") else set()
+    run = run_record(answers.path)
+    found |= {str(run["benchmark"])} if run.get("benchmark") else set()
     other = sorted(found - {benchmark})
     if other:
         hint = f"; score them with `llava-avc score {other[0]}`" if len(found) == 1 else ""

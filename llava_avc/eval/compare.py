@@ -48,7 +48,12 @@ class Stat:
     n: int
 
     def text(self, digits: int = 2) -> str:
-        return f"{self.mean:.{digits}f}" if self.std is None else f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+        return mean_std_text(self.mean, self.std, digits)
+
+
+def mean_std_text(mean: float, std: Optional[float], digits: int = 2) -> str:
+    """"87.93 ± 0.41", or "87.93" without a std."""
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def resolve_answers(path) -> Path:
@@ -135,11 +140,8 @@ def aggregate(headlines: list) -> dict:
 
     The std is the sample standard deviation (n - 1), None with fewer than two values.
     """
-    metrics: list = []
-    for headline in headlines:
-        metrics += [key for key in headline if key not in metrics]
     stats = {}
-    for metric in metrics:
+    for metric in _first_seen_keys(headlines):
         values = [h[metric] for h in headlines if h.get(metric) is not None]
         if values:
             std = statistics.stdev(values) if len(values) > 1 else None
@@ -165,10 +167,12 @@ def compare(paths: list, score: Callable[[Path], dict], labels: Optional[list] =
         check_same_configuration(run)
     names = _unique(labels or [label_of(run) for run in runs])
     stats = [aggregate([score(path) for _, path in run.files]) for run in runs]
-    metrics: list = []
-    for summary in stats:
-        metrics += [key for key in summary if key not in metrics]
-    return names, {metric: [summary.get(metric) for summary in stats] for metric in metrics}
+    return names, {metric: [summary.get(metric) for summary in stats] for metric in _first_seen_keys(stats)}
+
+
+def _first_seen_keys(dicts: list) -> list:
+    """The keys of several dicts, each once, in the order they first appear."""
+    return list(dict.fromkeys(key for mapping in dicts for key in mapping))
 
 
 def _cell(value) -> str:

@@ -30,14 +30,29 @@ def check_query(query, what: str = "--query") -> str:
     return query
 
 
+def _file_in_the_way(folder: Path):
+    """The file that stands where `folder` or one of its parents should be a folder, else None (the
+    nearest existing one of them is the only one that can be a file)."""
+    nearest = next((p for p in [folder, *folder.parents] if p.exists()), None)
+    return nearest if nearest is not None and not nearest.is_dir() else None
+
+
 def check_output_file(path, what: str) -> None:
     """Refuse, before any model work, an output path that is a directory or whose folder is a file."""
     target = Path(path)
     if target.is_dir():
         raise ValueError(f"{what} {str(target)!r} is a directory; give a file name such as blind.png.")
-    parent = next((p for p in target.absolute().parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise ValueError(f"{what} {str(target)!r}: {str(parent)!r} is a file, not a folder; choose another path.")
+    blocking = _file_in_the_way(target.absolute().parent)
+    if blocking is not None:
+        raise ValueError(f"{what} {str(target)!r}: {str(blocking)!r} is a file, not a folder; choose another path.")
+
+
+def check_output_folder(path, what: str) -> None:
+    """Refuse, before anything is written, a run folder that is a file or lies under one."""
+    blocking = _file_in_the_way(Path(path).expanduser())
+    if blocking is not None:
+        raise ValueError(f"{what} (={path!r}) must be a folder, but {str(blocking)!r} is a file; choose another "
+                         f"{what}.")
 
 
 def image_problem(path) -> str | None:
@@ -84,7 +99,8 @@ def open_rgb(path, label: str | None = None):
     return rgb
 
 
-def _field_problem(name: str, value, kinds: tuple, non_empty: bool) -> str | None:
+def field_problem(name: str, value, kinds: tuple, non_empty: bool) -> str | None:
+    """Why a question record's field `name` is not of `kinds` (or is blank, with `non_empty`), else None."""
     if isinstance(value, bool) or not isinstance(value, kinds):
         wanted = " or ".join({int: "an integer", str: "a string"}[kind] for kind in kinds)
         return f"{name!r} is {value!r} ({type(value).__name__}); it must be {wanted}"
@@ -104,12 +120,12 @@ def check_questions(questions: list, question_file) -> list:
         raise ValueError(f"{question_file} holds no questions; pass the benchmark's question file (e.g. "
                          "coco_pope_random.json).")
     for question in questions:
-        problem = (_field_problem("question_id", question.qid, (int, str), True)
-                   or _field_problem("image", question.image, (str,), True)
-                   or _field_problem("text", question.text, (str,), True)
-                   or (None if question.label is None else _field_problem("label", question.label, (str,), False))
+        problem = (field_problem("question_id", question.qid, (int, str), True)
+                   or field_problem("image", question.image, (str,), True)
+                   or field_problem("text", question.text, (str,), True)
+                   or (None if question.label is None else field_problem("label", question.label, (str,), False))
                    or (None if question.category is None
-                       else _field_problem("category", question.category, (str,), False)))
+                       else field_problem("category", question.category, (str,), False)))
         if problem is not None:
             where = question.source or str(question_file)
             raise ValueError(f"{where}: {problem}; fix that record (nothing was answered).")

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .inputs import field_problem
+
 #: MME's own sub-task folder names (calculation.py's eval_type_dict).
 MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
                   "artwork", "OCR")
@@ -153,9 +155,9 @@ def check_unique(questions: list) -> list:
     """Raise ValueError naming both places when a question id appears twice."""
     seen: dict = {}
     for question in questions:
-        if isinstance(question.qid, bool) or not isinstance(question.qid, (int, str)):
-            raise ValueError(f"{question.source}: 'question_id' is {question.qid!r} ({type(question.qid).__name__}); "
-                             "it must be an integer or a string; fix that record (nothing was answered).")
+        problem = field_problem("question_id", question.qid, (int, str), False)  # an id must be hashable here
+        if problem is not None:
+            raise ValueError(f"{question.source}: {problem}; fix that record (nothing was answered).")
         if question.qid in seen:
             raise ValueError(f"question_id {question.qid!r} appears twice ({seen[question.qid]} and "
                              f"{question.source}); question ids must be unique.")

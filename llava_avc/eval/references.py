@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .answers import run_record
-from .compare import Stat
+from .compare import Stat, mean_std_text
 from .questions import DATA_DIR, pope_dataset
 
 REFERENCE_DIR = DATA_DIR / "references"
@@ -143,8 +143,7 @@ def table(rows: list, label: str) -> str:
     header = ["metric", label, "paper", "diff"] + (["within ±std"] if seeded else [])
     body = []
     for row in rows:
-        paper = f"{row.paper:.2f}" if row.paper_std is None else f"{row.paper:.2f} ± {row.paper_std:.2f}"
-        cells = [row.metric, row.ours.text(), paper, f"{row.diff:+.2f}"]
+        cells = [row.metric, row.ours.text(), mean_std_text(row.paper, row.paper_std), f"{row.diff:+.2f}"]
         body.append(cells + ([_within_text(row)] if seeded else []))
     widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
     return "\n".join("  ".join([line[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(line[1:], widths[1:])])

@@ -237,18 +237,20 @@ def _checked_questions(benchmark, question_file: str, image_root: str) -> list:
     return check_questions(questions, question_file)
 
 
-def _check_model(options: EvalOptions) -> None:
+def _check_model(options: EvalOptions) -> str:
+    """Everything about the model that can be checked before it loads; returns its backend's name."""
     from ..backends import check_before_loading
 
-    check_before_loading(options.model_path, options.model_base, options.device, options.load_4bit,
-                         options.load_8bit)
+    return check_before_loading(options.model_path, options.model_base, options.device, options.load_4bit,
+                                options.load_8bit)
 
 
-def _load(options: EvalOptions):
-    from ..backends import load_pipeline
+def _load(options: EvalOptions, backend: str):
+    """The checked model's pipeline (`_check_model` ran: not again here)."""
+    from ..backends import pipeline_class
 
-    return load_pipeline(options.model_path, options.model_base, device=options.device,
-                         load_4bit=options.load_4bit, load_8bit=options.load_8bit)
+    return pipeline_class(backend).load(options.model_path, options.model_base, device=options.device,
+                                        load_4bit=options.load_4bit, load_8bit=options.load_8bit)
 
 
 def run_eval(options: EvalOptions, pipeline=None) -> EvalSummary:
@@ -273,8 +275,7 @@ def run_eval(options: EvalOptions, pipeline=None) -> EvalSummary:
     digest = ans.config_hash(settings)
     questions = questions[:options.limit] if options.limit is not None else questions
     chunk = ans.get_chunk(questions, options.num_chunks, options.chunk_idx)
-    if pipeline is None:
-        _check_model(options)  # device, quantization, hub, damaged files: before any file is written
+    backend = _check_model(options) if pipeline is None else None  # before any file is written
     out = Path(options.out)
     _check_shard_count(out, options.num_chunks)
     out.mkdir(parents=True, exist_ok=True)
@@ -284,7 +285,7 @@ def run_eval(options: EvalOptions, pipeline=None) -> EvalSummary:
         done = ans.done_answers(path, digest, settings)
         pending = [question for question in chunk if question.qid not in done]
         _check_images(pending, image_root)
-        pipeline = pipeline if pipeline is not None or not pending else _load(options)
+        pipeline = pipeline if pipeline is not None or not pending else _load(options, backend)
         device = str(pipeline.device) if pipeline is not None else (options.device or "unknown")
         if pending or not (out / ans.RUN_FILE).is_file():  # the record describes the file: a no-op keeps it
             with _naming(out / ans.RUN_FILE):

@@ -115,17 +115,6 @@ def _seed_list(text: str) -> list:
     return seeds
 
 
-def _check_folder(path: str, flag: str) -> None:
-    """A run folder that is a file (or lies under one) is a usage error, before anything is written."""
-    from pathlib import Path
-
-    target = Path(path).expanduser()
-    blocking = next((p for p in [target, *target.parents] if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise ValueError(f"{flag} (={path!r}) must be a folder, but {str(blocking)!r} is a file; choose another "
-                         f"{flag}.")
-
-
 def _saved_answers(args) -> str:
     """What an interrupted `eval` kept: complete answers in the run folder's answers*.jsonl files
     (every answer is on disk the moment it is made), and how to resume."""
@@ -147,10 +136,11 @@ def run_eval_command(args, argv) -> int:
     from .flags import config_from_args
     from ..eval.benchmarks import get_benchmark
     from ..eval.distributed import launch_context
+    from ..eval.inputs import check_output_folder
     from ..eval.runner import EvalOptions, run_sharded, seed_runs
 
     benchmark = get_benchmark(args.benchmark).name
-    _check_folder(args.out, "--out")
+    check_output_folder(args.out, "--out")
     options = EvalOptions(
         benchmark=benchmark, model_path=args.model_path, out=args.out, image_folder=args.image_folder,
         question_file=args.question_file, config=config_from_args(args), protocol=args.protocol,
@@ -354,9 +344,10 @@ def run_merge_command(args, argv) -> int:
     from pathlib import Path
 
     from ..eval.answers import read_answers
+    from ..eval.inputs import check_output_folder
     from ..eval.runner import merge_chunks
 
-    _check_folder(args.out, "--out")
+    check_output_folder(args.out, "--out")
     if not Path(args.out).expanduser().is_dir():
         raise FileNotFoundError(f"--out (={args.out!r}) does not exist; give the run folder that `llava-avc eval "
                                 "--num-chunks K --chunk-idx I` wrote the chunks into.")
