@@ -22,7 +22,8 @@ from typing import Iterator, Optional
 
 import torch
 
-from llava_avc.backends.llava.compat import check_transformers_supported, needs_explicit_attention_mask
+from llava_avc.backends.llava.compat import check_transformers_supported
+from llava_avc.backends.transformers_compat import needs_explicit_attention_mask
 
 _ORIGINALS_ATTR = "_llava_avc_originals"
 _MARKER_ATTR = "__llava_avc_patch__"

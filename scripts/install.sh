@@ -4,11 +4,14 @@
 #   bash scripts/install.sh                    # into ./.venv (created if missing)
 #   bash scripts/install.sh --profile 4.57     # the newest-4.x profile, into ./.venv-457
 #   bash scripts/install.sh --profile hf       # llava-hf on transformers 5, NO llava, into ./.venv-hf
+#   bash scripts/install.sh --profile newest   # llava-hf on whatever transformers pip serves NOW (unpinned,
+#                                              #   re-resolved on every run), NO llava, into ./.venv-newest
 #   bash scripts/install.sh --python PYTHON    # into an existing environment (its python)
 #
 # Profiles (requirements/pins-<profile>.txt): 4.37 = transformers 4.37.2, LLaVA's own pin (default);
 # 4.57 = transformers 4.57.x, which LLaVA 1.2.2 runs on only through llava-avc's patch (the llava-hf
-# backend runs there too); hf = transformers 5.x with the llava-hf backend only.
+# backend runs there too); hf = transformers 5.x with the llava-hf backend only; newest = the hf profile
+# without pins, to catch the next transformers release before users do (`bash scripts/test.sh --newest`).
 #
 # 1. torch: an existing torch >= 2.1 is kept (a user's CUDA build is never replaced); otherwise
 #    torch==2.13.0 is installed.
@@ -27,12 +30,12 @@ profile=4.37
 while [ $# -gt 0 ]; do
   case "$1" in
     --python) python_bin="${2:?--python needs a path}"; shift 2 ;;
-    --profile) profile="${2:?--profile needs 4.37, 4.57 or hf}"; shift 2 ;;
-    *) echo "install.sh: unknown argument $1 (use --python PATH, --profile 4.37|4.57|hf)" >&2; exit 2 ;;
+    --profile) profile="${2:?--profile needs 4.37, 4.57, hf or newest}"; shift 2 ;;
+    *) echo "install.sh: unknown argument $1 (use --python PATH, --profile 4.37|4.57|hf|newest)" >&2; exit 2 ;;
   esac
 done
 pins="requirements/pins-$profile.txt"
-if [ ! -f "$pins" ]; then
+if [ "$profile" != newest ] && [ ! -f "$pins" ]; then
   echo "install.sh: unknown profile $profile (have: $(ls requirements | sed -n 's/^pins-\(.*\)\.txt$/\1/p' | tr '\n' ' '))" >&2
   exit 2
 fi
@@ -44,6 +47,14 @@ if [ -z "$python_bin" ]; then
     python3 -m venv "$venv"
   fi
   python_bin="$venv/bin/python"
+fi
+
+if [ "$profile" = newest ]; then
+  # No pins and no stamp: every run asks the index for the newest releases (torch is kept when present).
+  "$python_bin" -c 'import torch' 2>/dev/null || "$python_bin" -m pip install --quiet --disable-pip-version-check torch==2.13.0
+  echo "llava-avc: installing llava-avc with the newest transformers the index serves" >&2
+  "$python_bin" -m pip install --quiet --disable-pip-version-check --upgrade --upgrade-strategy eager -e ".[hf,test]"
+  exit 0
 fi
 
 prefix=$("$python_bin" -c 'import sys; print(sys.prefix)')

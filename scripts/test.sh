@@ -5,6 +5,9 @@
 #                                                 #   hf (transformers 5.x, llava-hf only, no llava; .venv-hf)
 #   bash scripts/test.sh --fast [pytest args]     # the fast lane: unit tests + one end-to-end AVC test,
 #                                                 #   on the 4.37 profile only (under 2 minutes on 2 cores)
+#   bash scripts/test.sh --newest [pytest args]   # the llava-hf suite on the newest transformers pip serves NOW
+#                                                 #   (.venv-newest, unpinned): run it when transformers releases,
+#                                                 #   before moving requirements/pins-hf.txt to that release
 #   PROFILES=4.57 bash scripts/test.sh [args]     # one profile
 #   TEST_WORKERS=4 bash scripts/test.sh            # pytest workers of the full run (default 2; 0 = none)
 set -euo pipefail
@@ -14,6 +17,10 @@ if [ "${1:-}" = "--fast" ]; then
   shift
   profiles=${PROFILES:-4.37}
   pytest_options=(-m "not slow")
+elif [ "${1:-}" = "--newest" ]; then
+  shift
+  profiles=newest
+  pytest_options=(-n "${TEST_WORKERS:-2}")
 else
   profiles=${PROFILES:-"4.37 4.57 hf"}
   # Two pytest workers (pytest-xdist): most tests wait on a subprocess's imports, so two overlap well on
@@ -24,6 +31,18 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 python_of() { if [ "$1" = 4.37 ]; then echo .venv/bin/python; else echo ".venv-${1//./}/bin/python"; fi; }
 for profile in $profiles; do bash scripts/install.sh --profile "$profile"; done
+if [ "$profiles" = newest ]; then
+  .venv-newest/bin/python - <<'PY' >&2
+import transformers
+from llava_avc.backends.versions import NEWEST_TESTED, is_newer_than_tested
+found = transformers.__version__
+print(f"== the llava-hf suite on transformers {found}, the newest release the index serves "
+      f"({'NEWER than' if is_newer_than_tested(found) else 'not newer than'} the newest tested, {NEWEST_TESTED}) ==")
+if is_newer_than_tested(found):
+    print(f"   when it passes: pin it in requirements/pins-hf.txt and llava_avc/backends/versions.py "
+          f"(TESTED_TRANSFORMERS), then run the pinned profiles")
+PY
+fi
 # The two original-LLaVA profiles compare their greedy tokens with each other (tests/test_profiles.py).
 for profile in $profiles; do
   other=$profile

@@ -9,7 +9,7 @@ from PIL import Image
 from transformers.generation import LogitsProcessor, LogitsProcessorList, SuppressTokensLogitsProcessor
 
 from llava_avc.backends.llava import prompts
-from llava_avc.backends.llava.compat import generate_returns_leading_bos
+from llava_avc.backends.transformers_compat import generate_returns_leading_bos
 
 #: Small excerpts of the benchmarks' reference files (POPE, AMBER, with their licences), kept in the
 #: repository; fixtures/benchmarks/README.md says where they come from and how they were cut.

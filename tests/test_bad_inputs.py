@@ -35,12 +35,12 @@ needs_llava = pytest.mark.skipif(not LLAVA, reason="the original-LLaVA backend (
 def _hf_backend() -> bool:
     import transformers
 
-    from llava_avc.backends.llava.versions import version_tuple
+    from llava_avc.backends.versions import HF_OLDEST, version_tuple
 
-    return version_tuple(transformers.__version__) >= (4, 56, 0)
+    return version_tuple(transformers.__version__) >= HF_OLDEST
 
 
-needs_hf = pytest.mark.skipif(not _hf_backend(), reason="the llava-hf backend needs transformers >= 4.56")
+needs_hf = pytest.mark.skipif(not _hf_backend(), reason="the llava-hf backend needs transformers >= 4.57")
 
 
 def run(*argv, env=None, cwd=None, timeout=120, executable_args=("-m", "llava_avc"), preexec_fn=None):
@@ -229,7 +229,7 @@ CASES = [
          needs="llava"),
     Case("ask-model-uncached-hub-id-offline", _ask(model_path=UNCACHED_ID),
          rf"--model-path '{UNCACHED_ID}' is not in the local Hugging Face cache and the hub cannot be reached "
-         r"\(HF_HUB_OFFLINE=1\); download it once .*huggingface-cli download .*or pass a local checkpoint directory"),
+         r"\(HF_HUB_OFFLINE=1\); download it once .*\(hf download .*or pass a local checkpoint directory"),
     Case("ask-model-uncached-hub-id-unreachable", _ask(model_path=UNCACHED_ID),
          r"is not in the local Hugging Face cache and the hub cannot be reached \(no connection to "
          r"http://127.0.0.1:\d+", env={"HF_HUB_OFFLINE": None, "TRANSFORMERS_OFFLINE": None,
@@ -439,11 +439,11 @@ def test_method_none_refuses_a_prompt_longer_than_the_context_on_llava_hf(tiny_h
 
 @needs_llava
 def test_a_checkpoint_this_environment_cannot_serve_is_one_line(tiny_llava_dir, world):
-    """An original checkpoint where llava is missing, or a llava-hf one on transformers < 4.56."""
+    """An original checkpoint where llava is missing, or a llava-hf one on transformers < 4.57."""
     if _hf_backend():
         pytest.skip("this environment serves both formats")
     proc = run(*[_fill(item, world) for item in _ask(model_path="{hf_ckpt}")])
-    assert_one_line_error(proc, 2, r"is a llava-hf checkpoint; the llava-hf backend needs transformers >= 4.56")
+    assert_one_line_error(proc, 2, r"is a llava-hf checkpoint; the llava-hf backend needs transformers >= 4.57")
 
 
 def _eval_tiny(tiny_llava_dir, world, out, *extra, tokens="2"):

@@ -19,11 +19,11 @@ import pytest
 import torch
 import transformers
 
-from llava_avc.backends.llava.versions import version_tuple
+from llava_avc.backends.versions import HF_OLDEST, version_tuple
 
 pytest.importorskip("llava", reason="the original-LLaVA backend (llava-torch) is not installed on this profile")
-if version_tuple(transformers.__version__) < (4, 56, 0):
-    pytest.skip(f"transformers {transformers.__version__} has no llava-hf backend (4.56+); both backends load side by "
+if version_tuple(transformers.__version__) < HF_OLDEST:
+    pytest.skip(f"transformers {transformers.__version__} has no llava-hf backend (4.57+); both backends load side by "
                 "side on the 4.57 profile", allow_module_level=True)
 
 import llava_avc  # noqa: E402
@@ -130,3 +130,31 @@ def test_transformers_5_gives_the_same_tokens_on_the_converted_checkpoint(pair, 
     record = there["blind"][0]
     assert tuple(record["image_span"]) == theirs.image_span and record["layers"] == theirs.layers
     assert record["blind"] == theirs.blind.tolist()
+
+
+@pytest.mark.skipif(not HF_PYTHON, reason="set LLAVA_AVC_HF_PYTHON (scripts/test.sh does) to compare with transformers 5")
+def test_convert_run_under_transformers_5_writes_the_same_weights_and_gives_the_same_tokens(pair, tmp_path,
+                                                                                            tiny_llava_dir,
+                                                                                            tiny_anyres_dir):
+    """`llava-avc convert` in the transformers-5 world (its checkpoint check loads on the meta device, where
+    transformers 5.25 kernelizes by default) writes the weights the 4.57 world writes, and they decode alike."""
+    from safetensors.torch import load_file
+
+    original, inputs, converted_here, hf_model = pair
+    source = tiny_anyres_dir if isinstance(hf_model, transformers.LlavaNextForConditionalGeneration) else tiny_llava_dir
+    out = tmp_path / f"{source.name}-hf5"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([HF_PYTHON, "-m", "llava_avc", "convert", "--to", "hf", str(source), str(out)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(out)
+    here, there = load_file(converted_here / "model.safetensors"), load_file(out / "model.safetensors")
+    assert sorted(here) == sorted(there)
+    assert all(torch.equal(here[name], there[name]) for name in here)
+    saved = tmp_path / "inputs.pt"
+    torch.save({**inputs, "model_class": type(hf_model).__name__}, saved)
+    proc = subprocess.run([HF_PYTHON, str(SCRIPT), str(out), str(saved), str(NEW_TOKENS)], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    there_tokens = json.loads(proc.stdout.strip().splitlines()[-1])["tokens"]
+    assert all(there_tokens[name] == original[name]["tokens"] for name in CONFIGS)

@@ -91,7 +91,7 @@ def test_default_method_applies_to_calls_that_name_none(tiny_llava, single):
 
 def test_max_length_means_what_upstream_generate_means(tiny_llava, single):
     """transformers 4.37 counts BOS + new tokens in max_length; 4.38+ counts the prompt embeddings too."""
-    from llava_avc.backends.llava.compat import generate_returns_leading_bos
+    from llava_avc.backends.transformers_compat import generate_returns_leading_bos
 
     tokenizer, model, _, _ = tiny_llava
     ids, images, sizes = single

@@ -1,7 +1,7 @@
 """AVC / VCD / M3ID on Hugging Face-native LLaVA (llava-hf) and LLaVA-NeXT, through transformers' own
 `generate`, on tiny random llava-hf checkpoints loaded with `from_pretrained` (CPU).
 
-Runs where transformers has custom_generate callables and llava-hf's model layout (4.56+: the 4.57
+Runs where transformers has custom_generate callables and llava-hf's model layout (4.57+: the 4.57
 and hf profiles); on LLaVA's own pin (4.37) the module is skipped with that reason.
 """
 
@@ -13,11 +13,11 @@ import pytest
 import torch
 import transformers
 
-from llava_avc.backends.llava.versions import version_tuple
+from llava_avc.backends.versions import HF_OLDEST, version_tuple
 
-if version_tuple(transformers.__version__) < (4, 56, 0):
+if version_tuple(transformers.__version__) < HF_OLDEST:
     pytest.skip(f"transformers {transformers.__version__} predates llava-hf's current layout and custom_generate "
-                "callables (4.56+); the hf backend runs on the 4.57 and hf profiles", allow_module_level=True)
+                "callables (4.57+); the hf backend runs on the 4.57 and hf profiles", allow_module_level=True)
 
 from transformers import (AutoProcessor, LlamaConfig, LlamaForCausalLM, LlavaForConditionalGeneration,  # noqa: E402
                           LlavaNextForConditionalGeneration, TextIteratorStreamer)

@@ -13,11 +13,11 @@ import torch
 import transformers
 
 from llava_avc.backends import checkpoint_backend
-from llava_avc.backends.llava.versions import version_tuple
+from llava_avc.backends.versions import HF_OLDEST, version_tuple
 
-HF_BACKEND = version_tuple(transformers.__version__) >= (4, 56, 0)
+HF_BACKEND = version_tuple(transformers.__version__) >= HF_OLDEST
 needs_hf = pytest.mark.skipif(not HF_BACKEND, reason=f"transformers {transformers.__version__} has no llava-hf "
-                              "backend (4.56+: the 4.57 and hf profiles)")
+                              "backend (4.57+: the 4.57 and hf profiles)")
 QUERY = "What is in the image?"
 
 

@@ -8,6 +8,7 @@ from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 
 import llava_avc
 from llava_avc import AVCConfig
+from llava_avc.backends import transformers_compat
 from llava_avc.backends.llava import compat
 
 from helpers import LEAD, QUESTIONS, images_for, no_eos, prompt_ids
@@ -85,7 +86,7 @@ def test_without_method_keywords_the_upstream_path_runs(tiny_llava, sample_image
     tokenizer, model, image_processor, _ = tiny_llava
     ids, kwargs = _upstream_kwargs(model, tokenizer, image_processor, sample_image)
     forward_kwargs = dict(input_ids=ids, images=kwargs["images"], image_sizes=kwargs["image_sizes"])
-    if compat.needs_explicit_attention_mask():
+    if transformers_compat.needs_explicit_attention_mask():
         with pytest.raises((TypeError, AttributeError)):
             model.generate(ids, **kwargs)
         with llava_avc.patched():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llava_avc.backends.llava import compat
+from llava_avc.backends import transformers_compat
 from llava_avc.backends.llava.adapter import LlavaAdapter
 
 from helpers import QUESTIONS, images_for, left_padded, prompt_ids, variant_images
@@ -16,12 +16,12 @@ def probe_and_eager(model, merged):
     adapter = LlavaAdapter(model)
     with adapter.last_query_probe(merged.attention_mask) as probe:
         adapter.forward_last_logits(merged.embeds, merged.attention_mask, merged.position_ids, adapter.new_cache())
-    previous = compat.set_attention_implementation(model, "eager")  # sdpa returns no attentions on >= 4.53
+    previous = transformers_compat.set_attention_implementation(model, "eager")  # sdpa returns no attentions on >= 4.53
     try:
         eager = model(inputs_embeds=merged.embeds, attention_mask=merged.attention_mask.long(),
                       position_ids=merged.position_ids, output_attentions=True).attentions
     finally:
-        compat.set_attention_implementation(model, previous)
+        transformers_compat.set_attention_implementation(model, previous)
     return torch.stack(probe.attentions), torch.stack([layer[:, :, -1, :].float() for layer in eager])
 
 

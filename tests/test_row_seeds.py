@@ -11,7 +11,7 @@ import transformers
 
 from llava_avc import AVCConfig, M3IDConfig, VCDConfig
 from llava_avc.algorithm.seeds import question_seed
-from llava_avc.backends.llava.versions import version_tuple
+from llava_avc.backends.versions import HF_OLDEST, version_tuple
 
 from helpers import QUESTIONS, variant_images
 
@@ -27,8 +27,8 @@ def _pipelines(request):
         from llava_avc.backends.llava.pipeline import LlavaPipeline
 
         return LlavaPipeline(*request.getfixturevalue("tiny_llava"))
-    if version_tuple(transformers.__version__) < (4, 56, 0):
-        pytest.skip(f"transformers {transformers.__version__} has no llava-hf backend (4.56+)")
+    if version_tuple(transformers.__version__) < HF_OLDEST:
+        pytest.skip(f"transformers {transformers.__version__} has no llava-hf backend (4.57+)")
     from llava_avc.backends.hf.pipeline import HFPipeline
 
     return HFPipeline.load(str(request.getfixturevalue("tiny_hf_dir")), device="cpu")

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 import llava_avc
 from llava_avc.testing import tiny
-from llava_avc.backends.llava import compat
+from llava_avc.backends import transformers_compat
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTION = "Describe this image in detail."
@@ -121,13 +121,13 @@ def test_init_gives_clear_top1_and_peaky_image_attention(tiny_llava, sample_imag
     input_ids = _prompt_ids(tokenizer)
     start = int((input_ids[0] == IMAGE_TOKEN_INDEX).nonzero()[0])
     images = process_images([sample_image], image_processor, model.config)
-    previous = compat.set_attention_implementation(model, "eager")  # sdpa gives no attentions on >= 4.53
+    previous = transformers_compat.set_attention_implementation(model, "eager")  # sdpa gives no attentions on >= 4.53
     try:
         with torch.no_grad():
             out = model(input_ids, images=images, image_sizes=[sample_image.size],
                         output_attentions=True)
     finally:
-        compat.set_attention_implementation(model, previous)
+        transformers_compat.set_attention_implementation(model, previous)
     top2 = out.logits[0, -1].topk(2).values
     assert top2[0] - top2[1] > 0.05
     for layer_attn in out.attentions:

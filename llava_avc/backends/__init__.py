@@ -14,11 +14,11 @@ decode loop, never the command line or the eval harness.
 from __future__ import annotations
 
 import importlib
-import re
 from pathlib import Path
 from typing import Callable, Optional
 
 from ..decode.adapter import ModelAdapter
+from .versions import HF_OLDEST, dotted, version_tuple
 
 
 def _is_llava_torch(model) -> bool:
@@ -118,13 +118,9 @@ def check_before_loading(model_path: str, model_base: Optional[str] = None, devi
     return backend
 
 
-#: Oldest transformers the llava-hf backend runs on (its model layout and custom_generate callables).
-HF_MIN_TRANSFORMERS = (4, 56, 0)
-
-
 def check_backend_available(backend: str, model_path: str) -> None:
     """Raise ValueError when this environment lacks what the checkpoint's backend needs (without
-    importing it): llava-torch for original checkpoints, transformers >= 4.56 for llava-hf ones."""
+    importing it): llava-torch for original checkpoints, transformers >= 4.57 for llava-hf ones."""
     import importlib.util
     from importlib import metadata
 
@@ -138,11 +134,11 @@ def check_backend_available(backend: str, model_path: str) -> None:
             found = metadata.version("transformers")
         except metadata.PackageNotFoundError:
             found = "none"
-        numbers = tuple(int(part) for part in re.findall(r"\d+", found)[:3]) + (0, 0, 0)
-        if numbers[:3] < HF_MIN_TRANSFORMERS:
+        if found == "none" or version_tuple(found) < HF_OLDEST:
+            oldest = dotted(HF_OLDEST[:2])
             raise ValueError(
-                f"{model_path!r} is a llava-hf checkpoint; the llava-hf backend needs transformers >= 4.56 and this "
-                f"environment has {found}: run it where transformers >= 4.56 is installed (e.g. bash "
+                f"{model_path!r} is a llava-hf checkpoint; the llava-hf backend needs transformers >= {oldest} and this "
+                f"environment has {found}: run it where transformers >= {oldest} is installed (e.g. bash "
                 "scripts/install.sh --profile hf), or use the original LLaVA checkpoint here.")
 
 

@@ -23,7 +23,7 @@ import torch
 from transformers.models.llama import modeling_llama
 
 from ..algorithm.blind import last_query_attention
-from .kv_cache import layer_keys
+from .transformers_compat import CACHE_NAMES, contract_broken, hook_cache, layer_keys
 
 
 def _rotated_last_query(attn_module, hidden_last: torch.Tensor, kwargs: dict) -> torch.Tensor:
@@ -59,9 +59,10 @@ class LastQueryProbe:
     def hook(self, module, args, kwargs, output):
         """Forward hook (with_kwargs) on one attention module; runs right after it updated the cache."""
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]  # (B, S, D_model)
-        cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))  # renamed in 4.56
-        if cache is None:
-            raise RuntimeError("the attention probe needs use_cache=True (keys are read from the KV cache)")
+        cache = hook_cache(kwargs)
+        if cache is None:  # the adapters always prefill with a cache: the kwarg's name changed
+            raise contract_broken(f"the attention modules receive the KV cache under none of the names "
+                                  f"{', '.join(CACHE_NAMES)}")
         query = _rotated_last_query(module, hidden[:, -1:, :], kwargs)  # (B, H, D)
         keys = layer_keys(cache, module.layer_idx)  # (B, H_kv, L, D)
         self.attentions.append(last_query_attention(query, keys, self.key_mask))

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from ..decode.adapter import ModelAdapter
-from . import kv_cache
+from . import transformers_compat as compat
 from .attention_probe import last_query_probe
 
 
@@ -30,29 +30,30 @@ class LanguageModelAdapter(ModelAdapter):
         return self.model.get_input_embeddings()(input_ids)
 
     def new_cache(self):
-        return kv_cache.new_cache()
+        return compat.new_cache()
 
     @torch.no_grad()
     def forward_last_logits(self, embeds, attention_mask, position_ids, cache):
         """One language-model forward over (B, S, D) embeds with the cache; returns the last position's
         (B, V) float32 logits (as the models' own heads return them) and the updated cache."""
-        outputs = self.language_model(
+        language_model = self.language_model
+        outputs = language_model(
             inputs_embeds=embeds,
             attention_mask=attention_mask.long(),
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
             return_dict=True,
+            **{compat.cache_argument(language_model): cache},
         )
         hidden_last = outputs.last_hidden_state[:, -1, :]  # (B, D)
         logits = self.model.lm_head(hidden_last).float()  # (B, V)
-        return logits, outputs.past_key_values
+        return logits, compat.output_cache(outputs)
 
     def stack_caches(self, first, second):
-        return kv_cache.stack_caches(first, second)
+        return compat.stack_caches(first, second)
 
     def cache_rows(self, cache, rows: Sequence[int] | slice):
-        return kv_cache.cache_rows(cache, rows)
+        return compat.cache_rows(cache, rows)
 
     def last_query_probe(self, key_mask: torch.Tensor) -> AbstractContextManager:
         return last_query_probe(self.language_model.layers, key_mask)

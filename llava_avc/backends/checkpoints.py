@@ -127,7 +127,7 @@ def check_hub_model(model_path: str, what: str = "--model-path") -> None:
         return
     raise ModelNotAvailableError(
         f"{what} {model_path!r} is not in the local Hugging Face cache and the hub cannot be reached ({reason}); "
-        f"download it once where there is network (huggingface-cli download {model_path}), or pass a local "
+        f"download it once where there is network (hf download {model_path}), or pass a local "
         "checkpoint directory.")
 
 

@@ -9,9 +9,11 @@ import torch
 
 from ..algorithm.config import AVCConfig, M3IDConfig, VCDConfig, resolve_method
 from ..backends import adapter_for, backend_module
+from ..backends.transformers_compat import guarded
 from ..decode import loop
 
 
+@guarded
 def generate(model, input_ids: Optional[torch.Tensor] = None, *, avc: Optional[AVCConfig] = None,
              vcd: Optional[VCDConfig] = None, m3id: Optional[M3IDConfig] = None, **kwargs):
     """Generate with AVC, VCD or M3ID (at most one), or, with none of them, the model's own `generate`.
@@ -39,6 +41,7 @@ def generate(model, input_ids: Optional[torch.Tensor] = None, *, avc: Optional[A
     return backend_module(model).generate(model, input_ids, config, **kwargs)
 
 
+@guarded
 def contrastive_generate(model, input_ids: torch.Tensor, *, images=None, image_sizes=None, config,
                          sequential: bool = False, **generate_kwargs):
     """`llava_avc.decode.loop.contrastive_generate` on `model` (see there); `config` is required."""
@@ -46,12 +49,14 @@ def contrastive_generate(model, input_ids: torch.Tensor, *, images=None, image_s
                                      config=config, sequential=sequential, **generate_kwargs)
 
 
+@guarded
 def lean_generate(model, input_ids: torch.Tensor, *, images=None, image_sizes=None, **generate_kwargs):
     """The package's own one-branch decode loop on `model` (the benchmarks' baseline)."""
     return loop.lean_generate(adapter_for(model), input_ids, images=images, image_sizes=image_sizes,
                               **generate_kwargs)
 
 
+@guarded
 def find_blind_tokens(model, input_ids, images=None, image_sizes=None, config: Optional[AVCConfig] = None,
                       attention_mask=None, pixel_values=None) -> list:
     """The blind tokens AVC would use for each row: the decoder's own code path (prefill + probe).

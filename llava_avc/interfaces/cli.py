@@ -145,17 +145,20 @@ def describe_error(error: BaseException) -> str:
 
 
 def _is_user_error(error: BaseException) -> bool:
-    """ValueError, OSError and NonFiniteLogitsError (whose module, and torch, is imported only when a
-    model ran: `--help` and the early usage errors stay free of torch)."""
-    contrast = sys.modules.get("llava_avc.algorithm.contrast")
-    non_finite = getattr(contrast, "NonFiniteLogitsError", None)
-    return isinstance(error, (ValueError, OSError)) or (non_finite is not None and isinstance(error, non_finite))
+    """ValueError, OSError, NonFiniteLogitsError and UntestedTransformersError (a transformers newer than
+    llava-avc was tested with broke a method: the fix is the user's install). Their modules, and torch,
+    are imported only when a model ran: `--help` and the early usage errors stay free of torch."""
+    classes = [getattr(sys.modules.get(module), name, None)
+               for module, name in (("llava_avc.algorithm.contrast", "NonFiniteLogitsError"),
+                                    ("llava_avc.backends.transformers_compat", "UntestedTransformersError"))]
+    return isinstance(error, (ValueError, OSError, *[cls for cls in classes if cls is not None]))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one subcommand. Its handler gets the parsed args and the argv (for run records).
 
-    A user error (ValueError, OSError, NonFiniteLogitsError) is one line on stderr and exit status 2;
+    A user error (ValueError, OSError, NonFiniteLogitsError, UntestedTransformersError) is one line on
+    stderr and exit status 2;
     Ctrl-C is one line and exit status 130 (handlers that write files say what was kept).
     """
     argv = list(sys.argv[1:] if argv is None else argv)

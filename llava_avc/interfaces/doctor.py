@@ -8,6 +8,11 @@ Every check is a :class:`Check`; a failed check with ``fatal=True`` makes the en
 unhealthy (exit status 1, last line ``doctor: unhealthy: <reason>``). A failed non-fatal
 check is a warning (exit status 0). No check ever raises: each catches ``Exception`` and
 reports it as ``Type: message``.
+
+Versions alone do not say whether the methods work (transformers 5.25 renamed an argument of
+generate and every method failed), so for each backend this environment imports, the doctor builds
+a tiny random model in memory and RUNS AVC, VCD and M3ID on it (`llava_avc.backends.self_check`):
+``methods-<backend>`` is OK, or FAIL with the exception's one-line cause.
 """
 
 from __future__ import annotations
@@ -39,9 +44,6 @@ LIBRARIES: Tuple[Tuple[str, str, bool], ...] = (
     ("sentencepiece", "sentencepiece", True),
     ("huggingface_hub", "huggingface_hub", True),
 )
-
-#: Oldest transformers with llava-hf's current model layout and custom_generate callables.
-HF_BACKEND_MIN_TRANSFORMERS = (4, 56, 0)
 
 SUPPORTED_TRANSFORMERS = "supported: 4.37.2 (recommended, LLaVA's pin) or 4.38-4.57.x with llava-avc's patch"
 
@@ -246,12 +248,12 @@ def check_llava_llama() -> Check:
 
 def check_hf_backend() -> Check:
     """Whether this transformers serves the llava-hf backend (LlavaForConditionalGeneration /
-    LlavaNextForConditionalGeneration with custom_generate callables: transformers >= 4.56)."""
-    from ..backends.llava.versions import version_tuple
+    LlavaNextForConditionalGeneration with custom_generate callables: transformers >= 4.57)."""
+    from ..backends.versions import HF_OLDEST, dotted, version_tuple
 
     version = _dist_version("transformers")
-    if version is None or version_tuple(version) < HF_BACKEND_MIN_TRANSFORMERS:
-        minimum = ".".join(map(str, HF_BACKEND_MIN_TRANSFORMERS[:2]))
+    if version is None or version_tuple(version) < HF_OLDEST:
+        minimum = dotted(HF_OLDEST[:2])
         return Check("backend-hf", False, f"not available: transformers {version} < {minimum} "
                      f"(pip install 'transformers>={minimum}' in an environment for llava-hf models)", False)
     import transformers
@@ -263,6 +265,35 @@ def check_hf_backend() -> Check:
     return Check("backend-hf", True, f"available: llava-hf LLaVA / LLaVA-NeXT on transformers {version}", False)
 
 
+def check_transformers_tested() -> Check:
+    """Whether the installed transformers is one the test suite ran on; a newer one is a warning (the
+    methods checks say whether it works)."""
+    from ..backends.versions import NEWEST_TESTED, TESTED_TRANSFORMERS, is_newer_than_tested
+
+    version = _dist_version("transformers")
+    tested = ", ".join(TESTED_TRANSFORMERS)
+    if version is not None and is_newer_than_tested(version):
+        return Check("transformers-tested", False,
+                     f"{version} is newer than the newest tested release ({NEWEST_TESTED}); the methods checks below "
+                     f"say whether it works here; if they fail: pip install 'transformers<={NEWEST_TESTED}'", False)
+    note = "tested" if version in TESTED_TRANSFORMERS else "within the supported range, not itself tested"
+    return Check("transformers-tested", True, f"{version}: {note} (tested: {tested})", False)
+
+
+def check_methods(backend: str) -> Check:
+    """AVC, VCD and M3ID run on a tiny random model of the backend built in memory, and each at zero
+    strength equals the model's own greedy generate (`llava_avc.backends.self_check`)."""
+    from ..backends.self_check import run_self_check
+
+    result = run_self_check(backend)
+    versions = "; ".join(f"{dist} {_dist_version(dist)}" for dist in ("transformers", "torch")
+                         + (("llava-torch",) if backend == "llava" else ()))
+    if result.ok:
+        return Check(f"methods-{backend}", True, f"{result.detail} ({result.seconds:.1f} s; {versions})", True)
+    done = f"after {len(result.ran)} passing checks: " if result.ran else ""
+    return Check(f"methods-{backend}", False, f"{done}{result.detail} ({versions})", True)
+
+
 def check_llava_absent() -> Check:
     return Check("llava", False, "not installed: the original-LLaVA backend is unavailable "
                  "(pip install 'llava-avc[llava]' and pip install --no-deps llava-torch==1.2.2.post1)", False)
@@ -272,11 +303,17 @@ def _backends_summary(checks: Sequence[Check], llava_present: bool) -> Check:
     """One line naming the backends this environment serves; fatal when it serves none."""
     by_name = {c.name: c for c in checks}
     llava_ok = llava_present and all(by_name[name].ok or not by_name[name].fatal  # a warning still serves
-                                     for name in ("transformers-compat", "llava", health.LLAVA_LLAMA))
-    hf_ok = by_name["backend-hf"].ok
+                                     for name in ("transformers-compat", "llava", health.LLAVA_LLAMA, "methods-llava"))
+    hf_ok = by_name["backend-hf"].ok and by_name["methods-hf"].ok
     detail = (f"original LLaVA (llava-torch): {'yes' if llava_ok else 'no'}; "
               f"llava-hf (transformers-native): {'yes' if hf_ok else 'no'}")
     return Check("backends", llava_ok or hf_ok, detail if llava_ok or hf_ok else detail + " - nothing to run", True)
+
+
+def _methods_check(backend: str, importable: bool) -> Check:
+    if not importable:
+        return Check(f"methods-{backend}", False, "not run: the backend is unavailable here (see above)", False)
+    return _guard(f"methods-{backend}", True, lambda: check_methods(backend))
 
 
 def collect() -> List[Check]:
@@ -293,13 +330,16 @@ def collect() -> List[Check]:
     # An installed but broken original LLaVA is an unhealthy environment; an absent one only means
     # that backend is unavailable.
     llava_present = importlib.util.find_spec("llava") is not None
+    checks.append(_guard("transformers-tested", False, check_transformers_tested))
     if llava_present:
         checks.append(_guard("transformers-compat", True, check_transformers_compat))
         checks.append(_guard("llava", True, check_llava_package))
         checks.append(_guard(health.LLAVA_LLAMA, True, check_llava_llama))
+        checks.append(_methods_check("llava", torch_ok and all(c.ok or not c.fatal for c in checks[-3:])))
     else:
         checks.append(check_llava_absent())
     checks.append(_guard("backend-hf", False, check_hf_backend))
+    checks.append(_methods_check("hf", torch_ok and checks[-1].ok))
     checks.append(_backends_summary(checks, llava_present))
     return checks
 

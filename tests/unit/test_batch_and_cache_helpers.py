@@ -1,11 +1,11 @@
-"""Pure helpers the adapters share: left alignment and positions (decode.adapter), KV caches (backends.kv_cache)."""
+"""Pure helpers the adapters share: left alignment and positions (decode.adapter), KV caches (backends.transformers_compat)."""
 
 from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
 
-from llava_avc.backends import kv_cache
+from llava_avc.backends import transformers_compat as kv_cache
 from llava_avc.decode.adapter import left_align, position_ids_from_mask
 
 

@@ -6,7 +6,9 @@ Imports neither `llava` nor anything of the original LLaVA backend.
     model.generate(**inputs, custom_generate=llava_avc.hf.contrastive_decoding, avc=AVCConfig())
 """
 
+from ..transformers_compat import guarded
 from .generation import contrastive_decoding  # noqa: F401  (llava_avc.hf.contrastive_decoding)
+from .self_check import self_check_cases  # noqa: F401  (llava-avc doctor)
 
 
 def model_adapter(model):
@@ -16,6 +18,7 @@ def model_adapter(model):
     return HFLlavaAdapter(model)
 
 
+@guarded
 def generate(model, input_ids=None, config=None, **kwargs):
     """The model's own `generate`, with `config`'s method as transformers' custom decoding function.
 

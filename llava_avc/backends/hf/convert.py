@@ -95,6 +95,8 @@ from typing import Optional
 
 import torch
 
+from ..transformers_compat import load_on_meta
+
 __all__ = [
     "IMAGE_TOKEN",
     "LLAVA_V1_CHAT_TEMPLATE",
@@ -479,7 +481,7 @@ def verify_hf_checkpoint(out_dir) -> None:
     raise ValueError on any missing, unexpected or mismatched weight key."""
     out_dir = Path(out_dir)
     model_class = _model_class(out_dir)
-    _, info = model_class.from_pretrained(str(out_dir), device_map="meta", output_loading_info=True)
+    _, info = load_on_meta(model_class, out_dir)
     bad = {kind: sorted(map(str, info.get(kind) or []))[:5]
            for kind in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(kind)}
     if bad:
@@ -580,8 +582,8 @@ def _vision_tower_dir(name: str, original: Path) -> Path:
     if snapshot is None:
         raise OSError(
             f"vision tower {name!r} (config.json's mm_vision_tower) is neither a local directory nor in the "
-            f"local Hugging Face cache; download it once with `huggingface-cli download {name}` "
-            "(or `hf download`), or set mm_vision_tower to a local copy")
+            f"local Hugging Face cache; download it once with `hf download {name}` "
+            "(the command of huggingface_hub), or set mm_vision_tower to a local copy")
     return snapshot
 
 

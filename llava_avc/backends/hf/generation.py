@@ -1,14 +1,17 @@
 """AVC, VCD and M3ID as a transformers decoding method: `contrastive_decoding` for
 `model.generate(..., custom_generate=contrastive_decoding, avc=AVCConfig())`.
 
-transformers' `generate` (4.56+ and 5.x) prepares everything (generation config, logits processors
+transformers' `generate` (4.57+ and 5.x) prepares everything (generation config, logits processors
 with the sampling warpers, stopping criteria, max_length from the processor's ids) and then calls a
 callable `custom_generate` in place of its own `_sample`; the callable's parameters that `_sample`
 lacks (`avc`, `vcd`, `m3id`, `pixel_values`, `image_sizes`, `token_streamer`) are taken out of
 generate's keyword arguments and handed to it. Taking `pixel_values` this way keeps the pixels
 (VCD noises them) instead of letting `generate` encode them in advance.
 
-One quirk of transformers (4.56 - 5.23): when a custom callable has parameters of its own,
+What `generate` hands over besides those (the model kwargs, whose names changed in 5.25) is read by
+`llava_avc.backends.transformers_compat.decoding_kwargs`, the one place that knows that contract.
+
+One quirk of transformers (4.57 - 5.25): when a custom callable has parameters of its own,
 `generate` does not hand it the `streamer` (only its own prompt-ids `put` happens). Streaming
 therefore takes `token_streamer=` (the same object as `streamer=`); `llava_avc.generate` passes both.
 """
@@ -19,16 +22,13 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from transformers import DynamicCache
 from transformers.generation import GenerateDecoderOnlyOutput
 
 from ...algorithm.config import AVCConfig, M3IDConfig, VCDConfig, resolve_method
 from ...decode import loop
 from ...decode.adapter import GenerationSetup
+from .. import transformers_compat as compat
 from ..base import check_one_sequence_per_prompt
-
-#: model kwargs `generate` passes to a decoding method that the contrastive loop replaces with its own.
-_LOOP_OWNS = ("past_key_values", "use_cache", "logits_to_keep", "cache_position", "position_ids")
 
 
 @dataclass
@@ -36,8 +36,8 @@ class ContrastiveGenerateOutput(GenerateDecoderOnlyOutput):
     """transformers' `GenerateDecoderOnlyOutput` plus what the contrastive method used.
 
     `scores` are the final per-step scores that were sampled from (after the contrast, the
-    plausibility cutoff and the logits processors); `past_key_values` holds the ORIGINAL branch's
-    cache; `blind_tokens` (AVC only) has one record per row.
+    plausibility cutoff and the logits processors); the cache (`past_key_values`; `cache` from
+    transformers 5.25) holds the ORIGINAL branch's rows; `blind_tokens` (AVC only) has one record per row.
     """
 
     blind_tokens: Optional[list] = None
@@ -69,13 +69,11 @@ def generation_setup(input_ids: torch.Tensor, kwargs: dict, method: str) -> Gene
 
 def contrastive_output(sequences, scores, past_key_values, blind_tokens) -> ContrastiveGenerateOutput:
     """The dict-style output, with the original branch's rows as a DynamicCache, as generate returns it."""
-    cache = DynamicCache()
-    for layer, (keys, values) in enumerate(past_key_values):
-        cache.update(keys, values, layer)
-    return ContrastiveGenerateOutput(sequences=sequences, scores=scores, past_key_values=cache,
-                                     blind_tokens=blind_tokens)
+    cache = {compat.cache_field(ContrastiveGenerateOutput): compat.cache_from_layers(past_key_values)}
+    return ContrastiveGenerateOutput(sequences=sequences, scores=scores, blind_tokens=blind_tokens, **cache)
 
 
+@compat.guarded
 def contrastive_decoding(model, input_ids, logits_processor, stopping_criteria, generation_config,
                          synced_gpus=False, streamer=None, avc: Optional[AVCConfig] = None,
                          vcd: Optional[VCDConfig] = None, m3id: Optional[M3IDConfig] = None,
@@ -105,6 +103,7 @@ def contrastive_decoding(model, input_ids, logits_processor, stopping_criteria, 
                    synced_gpus, model_kwargs)
 
 
+@compat.guarded
 def lean_decoding(model, input_ids, logits_processor, stopping_criteria, generation_config,
                   synced_gpus=False, streamer=None, pixel_values=None, image_sizes=None, token_streamer=None,
                   row_seeds=None, **model_kwargs):
@@ -125,13 +124,9 @@ def _decode(model, input_ids, config, sequential, pixel_values, image_sizes, pre
     if synced_gpus:
         raise ValueError("synced_gpus (DeepSpeed ZeRO-3 / FSDP generation) is not supported by contrastive decoding; "
                          "generate on one process per model copy instead.")
-    if model_kwargs.get("mm_encoder_outputs"):
+    attention_mask, encoder_outputs = compat.decoding_kwargs(model_kwargs)
+    if encoder_outputs:
         raise ValueError("precomputed image features (mm_encoder_outputs) are not supported: pass pixel_values.")
-    attention_mask = model_kwargs.pop("attention_mask", None)
-    for name in _LOOP_OWNS + ("mm_encoder_outputs",):
-        model_kwargs.pop(name, None)
-    if model_kwargs:
-        raise ValueError(f"The following `model_kwargs` are not used by contrastive decoding: {sorted(model_kwargs)}")
     adapter = HFLlavaAdapter(model)
     if config is None:
         return loop.lean_generate(adapter, input_ids, images=pixel_values, image_sizes=image_sizes,

@@ -15,6 +15,7 @@ import torch
 from ..base import prompt_too_long, quiet_length_warning
 from ..devices import check_quantization_supported, default_device, resolve_device
 from ..checkpoints import check_json_file, preflight, quiet_loading_notes
+from ..transformers_compat import guarded
 
 #: config.json model_type -> the transformers class that loads it.
 MODEL_TYPES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration"}
@@ -119,6 +120,7 @@ class HFPipeline:
     def _pixel_dtype(self) -> torch.dtype:
         return self.model.model.vision_tower.get_input_embeddings().weight.dtype
 
+    @guarded
     def generate(self, inputs: dict, config=None, row_seeds=None, **generate_kwargs):
         """`llava_avc.generate` on the model: `config`'s method, or the model's own generate for None.
 
@@ -159,6 +161,7 @@ class HFPipeline:
         texts = self.processor.tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)
         return [text.strip() for text in texts]
 
+    @guarded
     def find_blind_tokens(self, inputs: dict, config) -> list:
         from ...decode.loop import find_blind_tokens
         from .adapter import HFLlavaAdapter

@@ -8,10 +8,18 @@
     prompts    LLaVA prompts and image tensors (LLaVA's public script API)
     pipeline   `LlavaPipeline`: a loaded checkpoint for `ask` and `eval`
     health     what `llava-avc doctor` checks about the `llava` package
+    self_check a tiny random model in memory, on which the doctor runs the methods
 
 The monkey-patches that make unmodified LLaVA scripts use the method live in the repository's
 `patches/` folder (`llava_avc.patches`), which builds on this package.
 """
+
+
+def self_check_cases():
+    """The in-memory tiny model `llava-avc doctor` runs the methods on (`self_check`)."""
+    from .self_check import self_check_cases as cases
+
+    return cases()
 
 
 def model_adapter(model):

@@ -19,7 +19,8 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 from ...decode.adapter import GenerationSetup
 from ...decode.sampling import check_generation_config
 from ..base import check_one_sequence_per_prompt
-from .compat import generate_returns_leading_bos
+from .. import transformers_compat
+from ..transformers_compat import generate_returns_leading_bos
 
 #: model kwargs that upstream LLaVA / HF generate accept and the contrastive loop handles itself.
 _ACCEPTED_MODEL_KWARGS = {"attention_mask", "use_cache", "position_ids"}
@@ -60,8 +61,7 @@ def prepare_generation(model, batch_size: int, device, kwargs: dict, method: str
     if config.pad_token_id is None and config.eos_token_id is not None:
         eos = config.eos_token_id
         config.pad_token_id = eos[0] if isinstance(eos, list) else eos
-    if hasattr(model, "_prepare_special_tokens"):  # transformers >= 4.41: tensors the processors read
-        model._prepare_special_tokens(config, "attention_mask" in model_kwargs, device=device)
+    transformers_compat.prepare_special_tokens(model, config, "attention_mask" in model_kwargs, device)
     return GenerationSetup(
         config=config,
         logits_processor=user_processor,
@@ -85,10 +85,9 @@ def bind_prompt_length(model, setup: GenerationSetup, prompt_length: int) -> Non
     so a `max_length` shorter than the prompt is an error there, as in upstream LLaVA generate.
     """
     config, initial_length = setup.config, setup.initial_ids.shape[1]
-    if hasattr(model, "_prepare_generated_length"):
-        prompt_shape = torch.empty((setup.initial_ids.shape[0], prompt_length), device="meta")
-        model._prepare_generated_length(config, setup.has_default_max_length, setup.has_default_min_length,
-                                        "inputs_embeds", initial_length, prompt_shape)
+    if transformers_compat.settle_generated_length(model, config, setup.has_default_max_length,
+                                                   setup.has_default_min_length, initial_length,
+                                                   (setup.initial_ids.shape[0], prompt_length)):
         if config.max_length <= initial_length:
             raise ValueError(
                 f"`max_length` leaves no room for new tokens: with transformers >= 4.38 it counts the "
@@ -96,19 +95,10 @@ def bind_prompt_length(model, setup: GenerationSetup, prompt_length: int) -> Non
             )
     elif config.max_new_tokens is not None:
         config.max_length = config.max_new_tokens + initial_length
-    setup.logits_processor = model._get_logits_processor(
-        generation_config=config,
-        input_ids_seq_length=initial_length,
-        encoder_input_ids=setup.initial_ids,
-        prefix_allowed_tokens_fn=None,
-        logits_processor=setup.logits_processor,
-    )
-    # transformers <= 4.44 keeps the sampling warpers (temperature, top-k, top-p) apart; newer
-    # releases append them to the processors when do_sample is set.
-    if config.do_sample and hasattr(model, "_get_logits_warper"):
-        setup.logits_warper = model._get_logits_warper(config)
-    setup.stopping_criteria = model._get_stopping_criteria(generation_config=config,
-                                                           stopping_criteria=setup.stopping_criteria)
+    setup.logits_processor = transformers_compat.logits_processors(model, config, setup.initial_ids,
+                                                                   setup.logits_processor)
+    setup.logits_warper = transformers_compat.logits_warper(model, config)
+    setup.stopping_criteria = transformers_compat.stopping_criteria(model, config, setup.stopping_criteria)
 
 
 def _reject_unsupported(kwargs: dict, method: str) -> None:
@@ -129,7 +119,7 @@ def _check_mode(config, model_kwargs: dict, method: str) -> None:
 
 
 def _initial_ids(config, batch_size: int, device) -> torch.Tensor:
-    """The ids upstream LLaVA's generate output starts with (see compat.generate_returns_leading_bos)."""
+    """The ids upstream LLaVA's generate output starts with (see transformers_compat.generate_returns_leading_bos)."""
     if generate_returns_leading_bos():
         if config.bos_token_id is None:
             raise ValueError("`bos_token_id` must be set in the generation config.")
