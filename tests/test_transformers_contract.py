@@ -45,8 +45,13 @@ def _checks(stdout: str) -> dict:
     return {check["name"]: check for check in json.loads(stdout)["checks"]}
 
 
-def _line(stdout: str, name: str) -> str:
-    return next(line for line in stdout.splitlines() if line.split("]", 1)[-1].split()[:1] == [name])
+def doctor_fail_line(proc, name: str) -> str:
+    """The doctor's `[FAIL] <name>` line, after checking it failed the whole environment (exit 1)."""
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.split("]", 1)[-1].split()[:1] == [name])
+    assert line.lstrip().startswith(f"[FAIL] {name}")
+    assert proc.stdout.strip().splitlines()[-1].startswith(f"doctor: unhealthy: {name} ")
+    return line
 
 
 def test_the_doctor_runs_avc_vcd_and_m3id_on_every_backend_here():
@@ -70,20 +75,14 @@ def test_the_doctor_runs_avc_vcd_and_m3id_on_every_backend_here():
 
 @needs_hf
 def test_a_renamed_generate_kwarg_makes_the_doctor_say_fail():
-    proc = run_broken("rename-cache-kwarg", "doctor")
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    line = _line(proc.stdout, "methods-hf")
-    assert line.lstrip().startswith("[FAIL] methods-hf")
+    line = doctor_fail_line(run_broken("rename-cache-kwarg", "doctor"), "methods-hf")
     assert "generate passed a custom decoding method model_kwargs that llava-avc does not know: ['kv_store']" in line
     assert f"transformers {transformers.__version__}" in line
-    assert proc.stdout.strip().splitlines()[-1].startswith("doctor: unhealthy: methods-hf ")
 
 
 @needs_hf
 def test_on_a_newer_release_the_doctor_names_both_versions_and_the_fix():
-    proc = run_broken("rename-cache-kwarg", "doctor", pretend=NEWER)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    line = _line(proc.stdout, "methods-hf")
+    line = doctor_fail_line(run_broken("rename-cache-kwarg", "doctor", pretend=NEWER), "methods-hf")
     assert (f"UntestedTransformersError: transformers {NEWER} is newer than llava-avc was tested with (up to "
             f"{NEWEST_TESTED})") in line
     assert f"pip install 'transformers<={NEWEST_TESTED}'" in line
@@ -119,8 +118,5 @@ def test_on_a_newer_release_that_still_keeps_the_contract_the_methods_work(tiny_
 
 @needs_llava
 def test_a_changed_private_generation_helper_makes_the_doctor_say_fail_for_the_original_backend():
-    proc = run_broken("stopping-criteria", "doctor")
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    line = _line(proc.stdout, "methods-llava")
-    assert line.lstrip().startswith("[FAIL] methods-llava")
+    line = doctor_fail_line(run_broken("stopping-criteria", "doctor"), "methods-llava")
     assert "TypeError: " in line and "missing 1 required positional argument: 'criteria_config'" in line
