@@ -52,6 +52,7 @@ _LAZY = {
     "generate": "llava_avc.interfaces.api",
     "find_blind_tokens": "llava_avc.interfaces.api",
     "contrastive_generate": "llava_avc.interfaces.api",
+    "lean_generate": "llava_avc.interfaces.api",
 }
 
 #: Subpackages reachable as attributes: `llava_avc.hf.contrastive_decoding` (transformers' custom_generate).

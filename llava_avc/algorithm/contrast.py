@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import List
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -186,3 +186,23 @@ def check_finite(logits: torch.Tensor, *, step: int, branch: str) -> None:
         "4-bit quantization.",
         step=step, branch=branch, rows=rows,
     )
+
+
+def check_branches_finite(branches: Sequence[Tuple[str, Optional[torch.Tensor]]], *, step: int) -> None:
+    """`check_finite` for every branch of a decoding step, with one reduction for all of them on the
+    fast path (one device sync per step, as for a single branch).
+
+    Args:
+        branches: (name, (B, V) logits or None) per branch, e.g. [("original", l), ("avc biased", lb)].
+        step: Decoding step (for the message).
+
+    Raises:
+        NonFiniteLogitsError: naming the first branch with NaN/inf, the step and the rows.
+    """
+    present = [(name, logits) for name, logits in branches if logits is not None]
+    total = sum(logits.float().sum() for _, logits in present)
+    if not present or bool(torch.isfinite(total)):
+        return
+    for name, logits in present:
+        check_finite(logits, step=step, branch=name)
+

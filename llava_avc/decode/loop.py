@@ -23,7 +23,7 @@ import torch
 
 from ..algorithm.blind import BlindTokens, find_blind_tokens_from_attention, mask_non_blind, noise_generator
 from ..algorithm.config import AVCConfig, M3IDConfig, VCDConfig
-from ..algorithm.contrast import avc_logits, check_finite, m3id_logits, vcd_logits
+from ..algorithm.contrast import avc_logits, check_branches_finite, m3id_logits, vcd_logits
 from ..algorithm.noise import add_diffusion_noise
 from ..algorithm.seeds import derived_seed
 from .adapter import GenerationSetup, ModelAdapter, left_pad_to, position_ids_from_mask, stopping_rows
@@ -251,8 +251,8 @@ def _decode(adapter: ModelAdapter, state: BranchState, config: Optional[Contrast
         setup.streamer.put(sequences.cpu())
     step = 0
     while True:
-        if config is not None:
-            check_finite(state.biased_logits, step=step, branch=f"{config.method} biased")
+        biased_name = f"{config.method} biased" if config is not None else "biased"
+        check_branches_finite([("original", state.logits), (biased_name, state.biased_logits)], step=step)
         scores = combine(state.logits, state.biased_logits, step)  # (B, V) float32
         tokens, scores = _choose(scores, sequences, setup)
         if setup.output_scores:
@@ -306,7 +306,7 @@ def contrastive_generate(
         (with `blind_tokens`) when `return_dict_in_generate=True`.
     Raises:
         ValueError: no image, several images per prompt, beams, unknown kwargs.
-        NonFiniteLogitsError: NaN/inf in the biased branch's logits (never silently ignored).
+        NonFiniteLogitsError: NaN/inf in either branch's logits (never silently ignored).
     """
     return _generate(adapter, input_ids, images, image_sizes, config, sequential, generate_kwargs)
 

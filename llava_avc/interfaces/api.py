@@ -44,16 +44,22 @@ def generate(model, input_ids: Optional[torch.Tensor] = None, *, avc: Optional[A
 @guarded
 def contrastive_generate(model, input_ids: torch.Tensor, *, images=None, image_sizes=None, config,
                          sequential: bool = False, **generate_kwargs):
-    """`llava_avc.decode.loop.contrastive_generate` on `model` (see there); `config` is required."""
-    return loop.contrastive_generate(adapter_for(model), input_ids, images=images, image_sizes=image_sizes,
-                                     config=config, sequential=sequential, **generate_kwargs)
+    """`config`'s method (required) in the package's decode loop, on any supported model; the output is
+    what the model's own `generate` returns (see `llava_avc.decode.loop.contrastive_generate`).
+
+    Args:
+        images: original LLaVA's image tensor(s), or a llava-hf processor's `pixel_values`.
+        sequential: the two branches as two forwards with two caches (the official code's structure).
+    """
+    return backend_module(model).contrastive_generate(model, input_ids, images, image_sizes, config,
+                                                      sequential=sequential, **generate_kwargs)
 
 
 @guarded
 def lean_generate(model, input_ids: torch.Tensor, *, images=None, image_sizes=None, **generate_kwargs):
-    """The package's own one-branch decode loop on `model` (the benchmarks' baseline)."""
-    return loop.lean_generate(adapter_for(model), input_ids, images=images, image_sizes=image_sizes,
-                              **generate_kwargs)
+    """The package's own one-branch decode loop on any supported model (the benchmarks' baseline);
+    greedy, it equals the model's own `generate`."""
+    return backend_module(model).lean_generate(model, input_ids, images, image_sizes, **generate_kwargs)
 
 
 @guarded
@@ -71,6 +77,9 @@ def find_blind_tokens(model, input_ids, images=None, image_sizes=None, config: O
         One BlindTokens per row: `image_span` (start, end) in the merged, left-aligned sequence,
         `layers` (selected layer indices), `scores` (N floats) and `blind` (N booleans).
     """
+    if config is not None and not isinstance(config, AVCConfig):
+        raise TypeError(f"find_blind_tokens: config (={type(config).__name__}) must be an AVCConfig: blind tokens are "
+                        "AVC's (its gamma and lam select them); pass AVCConfig(gamma=..., lam=...) or no config.")
     if images is not None and pixel_values is not None:
         raise ValueError("find_blind_tokens: got both images= and pixel_values=; pass the image once (images= for "
                          "original LLaVA, pixel_values= from a llava-hf processor).")

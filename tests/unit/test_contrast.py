@@ -8,6 +8,7 @@ import torch
 from llava_avc.algorithm.contrast import (
     NonFiniteLogitsError,
     avc_logits,
+    check_branches_finite,
     check_finite,
     m3id_logits,
     m3id_weight,
@@ -171,3 +172,18 @@ def test_check_finite_names_the_step_branch_and_rows():
         check_finite(logits, step=3, branch="biased")
     assert isinstance(info.value, RuntimeError)
     assert (info.value.step, info.value.branch, info.value.rows) == (3, "biased", [0, 2, 3])
+
+
+def test_every_branch_is_checked_and_the_first_bad_one_named():
+    finite = torch.tensor([[1.0, 2.0]])
+    check_branches_finite([("original", finite), ("avc biased", finite), ("unused", None)], step=0)
+    with pytest.raises(NonFiniteLogitsError, match=r"^non-finite original logits at step 2 in rows \[1\]"):
+        check_branches_finite([("original", torch.tensor([[1.0, 2.0], [float("nan"), 0.0]])),
+                               ("avc biased", torch.tensor([[1.0, 2.0], [0.0, 0.0]]))], step=2)
+    with pytest.raises(NonFiniteLogitsError, match=r"^non-finite avc biased logits at step 0 in rows \[0\]"):
+        check_branches_finite([("original", finite), ("avc biased", torch.tensor([[INF, 0.0]]))], step=0)
+
+
+def test_a_sum_that_overflows_is_not_taken_for_a_non_finite_logit():
+    huge = torch.full((1, 4), 3e38)  # finite, but their sum is inf in float32
+    check_branches_finite([("original", huge), ("avc biased", huge)], step=0)

@@ -29,6 +29,33 @@ def generate(model, input_ids=None, config=None, **kwargs):
         kwargs["input_ids"] = input_ids
     if config is None:
         return model.generate(**kwargs)
+    return _custom_generate(model, contrastive_decoding, kwargs, **{config.method: config})
+
+
+@guarded
+def contrastive_generate(model, input_ids, images, image_sizes, config, sequential: bool = False, **kwargs):
+    """`config`'s method on images given as `images` (the processor's pixel_values); `sequential=True`
+    runs the two branches as two forwards (the official code's structure, for benchmarks)."""
+    kwargs.update(_image_kwargs(images, image_sizes), input_ids=input_ids)
+    return _custom_generate(model, contrastive_decoding, kwargs, sequential=sequential, **{config.method: config})
+
+
+@guarded
+def lean_generate(model, input_ids, images, image_sizes, **kwargs):
+    """The package's own one-branch loop (the benchmarks' baseline): greedy equals `model.generate`."""
+    from .generation import lean_decoding
+
+    kwargs.update(_image_kwargs(images, image_sizes), input_ids=input_ids)
+    return _custom_generate(model, lean_decoding, kwargs)
+
+
+def _image_kwargs(images, image_sizes) -> dict:
+    return {"pixel_values": images} if image_sizes is None else {"pixel_values": images, "image_sizes": image_sizes}
+
+
+def _custom_generate(model, decoding, kwargs: dict, **method_kwargs):
+    """`model.generate(custom_generate=decoding)`; the streamer also goes as `token_streamer` (see
+    `generation.contrastive_decoding`: transformers does not hand it to a callable with parameters)."""
     if kwargs.get("streamer") is not None:
         kwargs["token_streamer"] = kwargs["streamer"]
-    return model.generate(custom_generate=contrastive_decoding, **{config.method: config}, **kwargs)
+    return model.generate(custom_generate=decoding, **method_kwargs, **kwargs)

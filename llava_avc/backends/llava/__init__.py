@@ -41,3 +41,20 @@ def generate(model, input_ids, config=None, **generate_kwargs):
         generate_kwargs[config.method] = config
     with patched():
         return model.generate(input_ids, **generate_kwargs)
+
+
+def contrastive_generate(model, input_ids, images, image_sizes, config, sequential: bool = False, **generate_kwargs):
+    """`config`'s method in the package's decode loop (no patch needed); `sequential=True` runs the two
+    branches as two forwards (the official code's structure, for benchmarks)."""
+    from ...decode import loop
+
+    return loop.contrastive_generate(model_adapter(model), input_ids, images=images, image_sizes=image_sizes,
+                                     config=config, sequential=sequential, **generate_kwargs)
+
+
+def lean_generate(model, input_ids, images, image_sizes, **generate_kwargs):
+    """The package's own one-branch loop (the benchmarks' baseline): greedy equals upstream generate."""
+    from ...decode import loop
+
+    return loop.lean_generate(model_adapter(model), input_ids, images=images, image_sizes=image_sizes,
+                              **generate_kwargs)
