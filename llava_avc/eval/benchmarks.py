@@ -27,6 +27,8 @@ class Benchmark:
         title: human-readable name.
         load: reads the ORIGINAL question file (or folder) into `Question` objects.
         question_hint: what `--question-file` should point at (shown when it is missing).
+        check_shape: `(questions, source)` -> None, or ValueError when the questions do not have this
+            benchmark's shape (another benchmark's file; POPE questions without labels), before anything loads.
         images_in_question_folder: the question folder also holds the images (MME's layout).
         default_questions: the packaged question set used when no `--question-file` is given.
     """
@@ -35,6 +37,7 @@ class Benchmark:
     title: str
     load: Callable[[str], list]
     question_hint: str
+    check_shape: Callable[[list, str], None]
     images_in_question_folder: bool = False
     default_questions: Optional[str] = None
 
@@ -67,13 +70,13 @@ class Benchmark:
 
 BENCHMARKS = {
     "pope": Benchmark("pope", "POPE", q.load_pope,
-                      "a packaged POPE set such as coco_pope_random, or your POPE question file",
+                      "a packaged POPE set such as coco_pope_random, or your POPE question file", q.check_pope_shape,
                       default_questions="coco_pope_random"),
     "mme": Benchmark("mme", "MME", q.load_mme,
-                     "the MME_Benchmark_release_version folder (or LLaVA's llava_mme.jsonl)",
+                     "the MME_Benchmark_release_version folder (or LLaVA's llava_mme.jsonl)", q.check_mme_shape,
                      images_in_question_folder=True),
     "amber": Benchmark("amber", "AMBER", q.load_amber, "a packaged AMBER query set such as query_all, or your "
-                       "query_*.json", default_questions="query_all"),
+                       "query_*.json", q.check_amber_shape, default_questions="query_all"),
 }
 
 

@@ -270,7 +270,7 @@ def load_amber(path) -> list:
         if missing:
             raise ValueError(f"{path}, line {lineno or '?'} (item {index}): missing "
                              f"{', '.join(repr(k) for k in missing)}; AMBER queries have id, image, query.")
-        generative = int(item["id"]) <= AMBER_GENERATIVE_MAX_ID
+        generative = isinstance(item["id"], int) and item["id"] <= AMBER_GENERATIVE_MAX_ID
         questions.append(Question(item["id"], item["image"], item["query"], not generative, None,
                                   "generative" if generative else "discriminative",
                                   f"{path}, line {lineno or '?'}"))
@@ -361,3 +361,45 @@ def _mme_txt(folder: Path, category: str, image_dir: Path, txt: Path) -> list:
         questions.append(Question(f"{category}/{Path(image).name}", relative, text, True, fields[-1].strip().lower(),
                                   category, f"{txt}, line {lineno}", {"mme_question": original}))
     return questions
+
+
+# ------------------------------------------------------------------ each benchmark's shape, checked at start
+POPE_LABELS = ("yes", "no")
+
+
+def check_pope_shape(questions: list, source) -> None:
+    """Every POPE question carries its yes/no `label` (the score is computed against it).
+
+    Raises:
+        ValueError: the first question without one, naming its place and the fix.
+    """
+    for question in questions:
+        label = str(question.label).strip().lower() if question.label is not None else None
+        if label not in POPE_LABELS:
+            found = "no 'label'" if question.label is None else f"label {question.label!r}"
+            raise ValueError(f"{question.source or source}: POPE question {question.qid!r} has {found}; POPE is scored "
+                             "against each question's yes/no label: pass a POPE question file with labels (a "
+                             "packaged set such as coco_pope_random, or the POPE authors' files). Nothing was answered.")
+
+
+def check_mme_shape(questions: list, source) -> None:
+    """Every MME question belongs to an MME sub-task (its category, or its id's `category/` prefix).
+
+    Raises:
+        ValueError: the first question outside MME's sub-tasks: the source is another benchmark's file.
+    """
+    known = MME_PERCEPTION + MME_COGNITION
+    for question in questions:
+        if question.category not in known:
+            raise ValueError(f"{question.source or source}: question {question.qid!r} belongs to no MME sub-task "
+                             f"(category {question.category!r}): {source} is not an MME question source (another "
+                             "benchmark's file?); pass the MME_Benchmark_release_version folder or LLaVA's "
+                             "llava_mme.jsonl. Nothing was answered.")
+
+
+def check_amber_shape(questions: list, source) -> None:
+    """Every AMBER query id is a positive integer (ids 1-1004 are the generative items)."""
+    for question in questions:
+        if isinstance(question.qid, bool) or not isinstance(question.qid, int) or question.qid < 1:
+            raise ValueError(f"{question.source or source}: AMBER query id {question.qid!r} is not a positive integer; "
+                             f"{source} is not an AMBER query file (query_all.json). Nothing was answered.")

@@ -234,7 +234,9 @@ def _checked_questions(benchmark, question_file: str, image_root: str) -> list:
     except TypeError as error:  # a reader met a field of the wrong type (e.g. an AMBER id that is a list)
         raise ValueError(f"{question_file}: a question has a field of the wrong type ({error}); fix that record "
                          "(nothing was answered).") from None
-    return check_questions(questions, question_file)
+    check_questions(questions, question_file)
+    benchmark.check_shape(questions, question_file)
+    return questions
 
 
 def _check_model(options: EvalOptions) -> str:

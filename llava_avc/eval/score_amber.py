@@ -62,6 +62,8 @@ SIMILARITY_THRESHOLD = 0.8  # the official evaluator's --similarity_score defaul
 _OFFICIAL_INSTALL = ("pip install spacy nltk && python -m spacy download en_core_web_lg && python -m nltk.downloader "
                      "punkt punkt_tab averaged_perceptron_tagger averaged_perceptron_tagger_eng wordnet")
 NOUN_MODES = ("auto", "official", "fallback")
+#: What every reported number is (tables, JSON, comparisons).
+UNIT = "percent"
 
 
 @dataclass
@@ -307,7 +309,7 @@ def score_amber(records: list, refs: AmberReferences, rule: str = "llava",
     if generative and discriminative and generative["CHAIR"] is not None:
         score = (100 - generative["CHAIR"] + discriminative["F1"]) / 2
     return {"generative": generative, "discriminative": discriminative, "amber_score": score, "rule": rule,
-            "nouns": matcher.name, "noun_extractor": matcher.note}
+            "unit": UNIT, "nouns": matcher.name, "noun_extractor": matcher.note}
 
 
 def headline(result: dict) -> dict:
@@ -330,7 +332,7 @@ def _fmt(value) -> str:
 
 def report(result: dict) -> str:
     """A human-readable summary."""
-    lines = [f"AMBER, answer rule: {result['rule']}"]
+    lines = [f"AMBER ({UNIT}), answer rule: {result['rule']}"]
     gen, dis = result["generative"], result["discriminative"]
     if gen:
         lines.append(f"generative ({gen['captions']} captions): CHAIR {_fmt(gen['CHAIR'])}  Cover {_fmt(gen['Cover'])}"

@@ -1,8 +1,8 @@
 """MME scoring as MME's ``eval_tool/calculation.py`` computes it (docs/evaluation.md).
 
-Per sub-task: ``score = 100 * acc + 100 * acc+``, acc over questions (an "other" answer is
-wrong), acc+ = fraction of images whose questions (two per image in MME) are ALL right; at most
-200. Perception = the 10 perception sub-tasks, Cognition = the 4 cognition sub-tasks,
+Per sub-task: ``score = acc + acc+`` in points (at most 200), acc = percent of questions right (an
+"other" answer is wrong), acc+ = percent of images whose questions (two per image in MME) are ALL
+right; acc and acc+ are reported in percent (tables and JSON), the totals in MME points. Perception = the 10 perception sub-tasks, Cognition = the 4 cognition sub-tasks,
 Hallucination (the paper's MME-Hallucination) = existence + count + position + color, at most 800.
 Sub-tasks absent from the answers are listed under ``missing`` and count 0.
 
@@ -24,6 +24,8 @@ from .questions import MME_COGNITION, MME_PERCEPTION, MME_YES_NO_SUFFIX
 from .rules import mme_answer
 
 MME_HALLUCINATION = ("existence", "count", "position", "color")
+#: What the reported numbers are (tables, JSON, comparisons).
+UNIT = "MME points: a sub-task's score is acc + acc+ (at most 200); acc and acc+ in percent"
 
 
 def _normalised_question(text: str) -> str:
@@ -80,17 +82,22 @@ def _subtask(items: list) -> dict:
     images: dict = {}
     for image, label, prediction in items:
         images.setdefault(image, []).append(label == prediction)
-    acc = sum(1 for _, label, prediction in items if label == prediction) / len(items)
-    acc_plus = sum(all(flags) for flags in images.values()) / len(images)
-    return {"score": 100 * acc + 100 * acc_plus, "acc": acc, "acc_plus": acc_plus, "questions": len(items),
+    acc = 100 * sum(1 for _, label, prediction in items if label == prediction) / len(items)  # percent
+    acc_plus = 100 * sum(all(flags) for flags in images.values()) / len(images)  # percent
+    return {"score": acc + acc_plus, "acc": acc, "acc_plus": acc_plus, "questions": len(items),
             "images": len(images), "other": sum(1 for *_, p in items if p == "other")}
 
 
 def _group(records: list, question_folder, rule: str) -> dict:
     index = _truth_index(question_folder) if question_folder else None
+    known = MME_PERCEPTION + MME_COGNITION
     groups: dict = {}
     for record in records:
         category, image, label = _truth(record, index)
+        if index is None and category not in known:
+            raise ValueError(f"the answer to question {record['question_id']!r} belongs to no MME sub-task (category "
+                             f"{category!r}; MME's are {', '.join(known)}): these are not MME answers; score them "
+                             "with the benchmark they were made for.")
         if label is None or category is None:
             raise ValueError(f"no MME ground truth for question {record['question_id']!r}; pass --question-file "
                              "with the MME_Benchmark_release_version folder.")
@@ -112,8 +119,8 @@ def score_mme(records: list, question_folder=None, rule: str = "llava") -> dict:
         "cognition": _total(subtasks, MME_COGNITION),
         "hallucination": _total(subtasks, MME_HALLUCINATION),
         "missing": [name for name in known if name not in subtasks],
-        "unknown": [name for name in subtasks if name not in known],
         "rule": rule,
+        "unit": UNIT,
     }
 
 
@@ -129,10 +136,10 @@ def headline(result: dict) -> dict:
 
 def report(result: dict) -> str:
     """A human-readable table."""
-    lines = [f"MME, answer rule: {result['rule']}", f"{'sub-task':<24}{'score':>8}{'acc':>8}{'acc+':>8}{'n':>6}"]
+    lines = [f"MME ({UNIT}), answer rule: {result['rule']}",
+             f"{'sub-task':<24}{'score':>8}{'acc':>8}{'acc+':>8}{'n':>6}"]
     for name, v in result["subtasks"].items():
-        lines.append(f"{name:<24}{v['score']:>8.2f}{100 * v['acc']:>8.2f}{100 * v['acc_plus']:>8.2f}"
-                     f"{v['questions']:>6}")
+        lines.append(f"{name:<24}{v['score']:>8.2f}{v['acc']:>8.2f}{v['acc_plus']:>8.2f}{v['questions']:>6}")
     lines += [f"Perception total:    {result['perception']:.2f} / 2000",
               f"Cognition total:     {result['cognition']:.2f} / 800",
               f"Hallucination total: {result['hallucination']:.2f} / 800 (existence, count, position, color)"]

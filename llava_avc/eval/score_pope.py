@@ -11,8 +11,10 @@ Two ways to find the ground truth:
   (a path, or a packaged set by name such as ``coco_pope_random``) or, when that is not given, from
   the answers' own ``metadata`` (written by ``llava-avc eval``).
 
-Metrics per category, as fractions: accuracy, precision, recall, f1 (positive class "yes") and
-yes_ratio. Upstream divides by zero when there is no positive prediction; here such a ratio is 0.
+Metrics per category: accuracy, precision, recall, f1 (positive class "yes") and yes_ratio, computed
+as upstream's fractions and REPORTED IN PERCENT (tables and JSON), the unit of the papers and of every
+other llava-avc score table. Upstream divides by zero when there is no positive prediction; here such
+a ratio is 0.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Optional
 from .rules import get_rule
 
 METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+#: What every reported number of this benchmark is (tables, JSON, comparisons).
+UNIT = "percent"
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -123,8 +127,8 @@ def score_pope(records: list, question_file=None, annotation_dir=None, rule: str
 
 
 def public(results: dict) -> dict:
-    """Exactly {category: {accuracy, precision, recall, f1, yes_ratio}} (the --json output)."""
-    return {category: {key: values[key] for key in METRICS} for category, values in results.items()}
+    """{category: {accuracy, precision, recall, f1, yes_ratio} in percent} (the --json output)."""
+    return {category: {key: 100 * values[key] for key in METRICS} for category, values in results.items()}
 
 
 def headline(results: dict) -> dict:
@@ -138,10 +142,10 @@ def headline(results: dict) -> dict:
 
 def report(results: dict, rule: str) -> str:
     """A human-readable table."""
-    lines = [f"POPE, answer rule: {rule}",
+    lines = [f"POPE ({UNIT}), answer rule: {rule}",
              f"{'category':<14}{'n':>6}{'accuracy':>10}{'precision':>11}{'recall':>9}{'f1':>9}{'yes_ratio':>11}"]
-    for category, v in results.items():
-        lines.append(f"{category:<14}{v['counts']['n']:>6}{v['accuracy']:>10.4f}{v['precision']:>11.4f}"
-                     f"{v['recall']:>9.4f}{v['f1']:>9.4f}{v['yes_ratio']:>11.4f}")
+    for category, v in public(results).items():
+        lines.append(f"{category:<14}{results[category]['counts']['n']:>6}{v['accuracy']:>10.2f}{v['precision']:>11.2f}"
+                     f"{v['recall']:>9.2f}{v['f1']:>9.2f}{v['yes_ratio']:>11.2f}")
     return "\n".join(lines)
 

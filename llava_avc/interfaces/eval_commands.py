@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Callable, NamedTuple
 
 from .flags import add_method_arguments, add_model_arguments
 
@@ -175,8 +176,17 @@ def run_eval_command(args, argv) -> int:
     return 0
 
 
-def _scorer(benchmark: str):
-    """(score(records, args, rule) -> result, report(result), public(result), headline(result))."""
+class _Scorer(NamedTuple):
+    """How `score` handles one benchmark."""
+
+    score: Callable  # (records, args, rule) -> result
+    report: Callable  # (result, rule) -> text table
+    public: Callable  # result -> the --json data
+    headline: Callable  # result -> {metric: value} for comparisons
+    unit: str  # what every number is (said in every table and JSON)
+
+
+def _scorer(benchmark: str) -> _Scorer:
     from ..eval import score_amber, score_mme, score_pope
 
     def pope(records, args, rule):
@@ -190,9 +200,11 @@ def _scorer(benchmark: str):
         return score_amber.score_amber(records, references, rule, score_amber.noun_matcher(args.amber_nouns))
 
     return {
-        "pope": (pope, score_pope.report, score_pope.public, score_pope.headline),
-        "mme": (mme, lambda r, rule: score_mme.report(r), lambda r: r, score_mme.headline),
-        "amber": (amber, lambda r, rule: score_amber.report(r), lambda r: r, score_amber.headline),
+        "pope": _Scorer(pope, score_pope.report, lambda r: {"unit": score_pope.UNIT, **score_pope.public(r)},
+                        score_pope.headline, score_pope.UNIT),
+        "mme": _Scorer(mme, lambda r, rule: score_mme.report(r), lambda r: r, score_mme.headline, score_mme.UNIT),
+        "amber": _Scorer(amber, lambda r, rule: score_amber.report(r), lambda r: r, score_amber.headline,
+                         score_amber.UNIT),
     }[benchmark]
 
 
@@ -213,7 +225,7 @@ def _score_file(benchmark: str, path, args) -> tuple:
     if args.strict:
         _strict(answers)
     rule = args.rule or default_rule(answers.records)
-    return _scorer(benchmark)[0](answers.records, args, rule), rule, answers
+    return _scorer(benchmark).score(answers.records, args, rule), rule, answers
 
 
 def _strict(answers) -> None:
@@ -254,11 +266,12 @@ def _print_run(benchmark: str, args, run, scored: list, stats: dict, compared) -
     from ..eval import compare as cmp
     from ..eval import references as refs
 
-    _, report, public, _ = _scorer(benchmark)
+    report, public, unit = _scorer(benchmark).report, _scorer(benchmark).public, _scorer(benchmark).unit
     summaries = {name or str(answers.path): answers.summary() for name, _, _, answers in scored}
     if args.json:
         plain = not run.seeded and compared is None
         data = public(scored[0][1]) if plain else {
+            "unit": unit,
             "runs": {name or cmp.label_of(run): public(result) for name, result, _, _ in scored},
             "metrics": {metric: {"mean": s.mean, "std": s.std, "n": s.n} for metric, s in stats.items()},
             "answers": summaries}
@@ -269,7 +282,7 @@ def _print_run(benchmark: str, args, run, scored: list, stats: dict, compared) -
             print(f"{name}: {summary}", file=sys.stderr)
         return
     if run.seeded:
-        print(f"{benchmark.upper()}, {len(scored)} seeds (mean ± sample std), answer rule: {scored[0][2]}")
+        print(f"{benchmark.upper()} ({unit}), {len(scored)} seeds (mean ± sample std), answer rule: {scored[0][2]}")
         rows = {metric: [_headline_of(benchmark, result).get(metric) for _, result, _, _ in scored] + [stat]
                 for metric, stat in stats.items()}
         print(cmp.table([name for name, *_ in scored] + ["mean ± std"], rows))
@@ -279,12 +292,13 @@ def _print_run(benchmark: str, args, run, scored: list, stats: dict, compared) -
         print(f"{name}: {summary}" if run.seeded else summary)
     if compared is not None:
         print()
+        print(f"{benchmark.upper()} beside {compared.reference.name} ({unit}):")
         print(refs.table(compared.rows, "yours"))
         print("\n".join(compared.notes))
 
 
 def _headline_of(benchmark: str, result) -> dict:
-    return _scorer(benchmark)[3](result)
+    return _scorer(benchmark).headline(result)
 
 
 def _score_one(benchmark: str, args) -> tuple:
@@ -316,11 +330,13 @@ def _score_compare(benchmark: str, args) -> tuple:
 
     names, rows = cmp.compare(args.compare, headline, args.labels)
     if args.json:
-        print(json.dumps({"runs": names, "metrics": {metric: [None if v is None else v.mean for v in values]
+        print(json.dumps({"unit": _scorer(benchmark).unit, "runs": names,
+                          "metrics": {metric: [None if v is None else v.mean for v in values]
                                                      for metric, values in rows.items()},
                           "std": {metric: [None if v is None else v.std for v in values]
                                   for metric, values in rows.items()}}, indent=2))
     else:
+        print(f"{benchmark.upper()} ({_scorer(benchmark).unit}):")
         print(cmp.table(names, rows))
     print("\n".join(summaries), file=sys.stderr if args.json else sys.stdout)
     return names, rows

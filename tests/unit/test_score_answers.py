@@ -98,7 +98,7 @@ def test_duplicate_answers_are_scored_once_and_counted(tmp_path, capsys):
     repeats = [_answer(q, "No" if q % 2 else "Yes") for q in (2, 5, 9)]
     path = _write(tmp_path / "a.jsonl", records[:10] + repeats + records[10:])
     code, out, _ = _score(capsys, "pope", "--answers-file", str(path), "--json")
-    assert code == 0 and json.loads(out)["random"]["accuracy"] == 1.0
+    assert code == 0 and json.loads(out)["random"]["accuracy"] == 100.0  # percent, as every table
     code, out, _ = _score(capsys, "pope", "--answers-file", str(path))
     assert _n_scored(out) == N
     assert "3 duplicate answer(s) left out" in out and "question 2, line 11" in out
@@ -239,9 +239,10 @@ def test_a_folder_of_seeds_is_reported_as_mean_and_sample_std(tmp_path, capsys):
     assert data["metrics"]["random recall"]["std"] == pytest.approx((((50 - 200 / 3) ** 2 * 2 + (100 - 200 / 3) ** 2)
                                                                       / 2) ** 0.5)
     assert sorted(data["runs"]) == ["seed42", "seed43", "seed44"]
-    assert data["runs"]["seed43"]["random"]["accuracy"] == 0.5
+    assert data["runs"]["seed43"]["random"]["accuracy"] == 50.0  # one unit: percent in every run and the mean
+    assert data["unit"] == "percent"
     code, out, _ = _score(capsys, "pope", "--answers-file", str(out_dir))
-    assert "3 seeds (mean ± sample std)" in out
+    assert "POPE (percent), 3 seeds (mean ± sample std)" in out
     assert re.search(r"^random accuracy\s+75\.00\s+50\.00\s+100\.00\s+75\.00 ± 25\.00$", out, re.M)
     assert out.count("answers: 4 scored") == 3
 
