@@ -27,9 +27,13 @@ def run_cli(*argv):
                           env=env, timeout=600)
 
 
-def one_line_error(proc, command: str) -> str:
+def one_line_error(proc, command: str, after_load: bool = False) -> str:
+    """The one error line (exit 2); `after_load`: a refusal that needs the model comes last, after what the
+    loaders print (the "loaded" line; transformers 4.37's hub-library warnings)."""
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
+    if after_load:
+        lines = lines[-1:]
     assert len(lines) == 1 and lines[0].startswith(f"llava-avc {command}: error: "), proc.stderr
     return lines[0]
 
@@ -162,3 +166,55 @@ def test_mme_reports_points_with_acc_in_percent(tmp_path):
                                              "images": 2, "other": 0}
     assert data["unit"].startswith("MME points")
     assert run_cli("score", "mme", "--answers-file", folder).stdout.startswith("MME (MME points: ")
+
+
+# ---- 1. a hub id: the weights' fingerprint of what was loaded ------------------------------------------------
+
+FAKE_HUB = os.path.join(os.path.dirname(__file__), "fake_hub.py")
+
+
+def _publish(hub, repo_id: str, revision: str, checkpoint) -> None:
+    """Put `checkpoint` on the simulated hub as `revision` of `repo_id`, and make it the current one."""
+    import shutil
+
+    folder = hub / repo_id.replace("/", "--")
+    shutil.copytree(checkpoint, folder / revision)
+    (folder / "main").write_text(revision)
+
+
+def run_with_hub(hub, cache, *argv):
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, FAKE_HUB, str(hub), "--", *map(str, argv)], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def test_a_hub_id_run_resumes_after_its_first_download_and_refuses_new_weights(checkpoint, pope_run_inputs, tmp_path):
+    questions, images = pope_run_inputs
+    hub, cache, out = tmp_path / "hub", tmp_path / "cache", tmp_path / "run"
+    repo = "someone/llava-tiny-hf" if HF_BACKEND else "someone/llava-tiny"
+    _publish(hub, repo, "a" * 40, checkpoint)
+    argv = ["eval", "pope", "--model-path", repo, "--question-file", questions, "--image-folder", images, "--out", out,
+            "--max-new-tokens", 2, "--device", "cpu"]
+    first = run_with_hub(hub, cache, *argv, "--limit", 1)  # not in the cache: downloaded by this run
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert json.loads((out / "run.json").read_text())["settings"]["weights"] == "a" * 40  # what was loaded
+    resumed = run_with_hub(hub, cache, *argv, "--limit", 2)  # the same run, extended
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "1 new answers, 1 already there, 2 questions" in resumed.stdout
+    _publish(hub, repo, "b" * 40, checkpoint)  # the repository gets a new revision: other weights
+    changed = run_with_hub(hub, cache, *argv)  # one question left: the load fetches revision b
+    line = one_line_error(changed, "eval", after_load=True)  # the new weights are known once fetched
+    assert "were made with a different configuration" in line and f'weights: "{"a" * 40}" -> "{"b" * 40}"' in line
+
+
+# ---- 4. several seeds, one model load ----------------------------------------------------------------------
+
+def test_eval_with_several_seeds_loads_the_model_once(checkpoint, pope_run_inputs, tmp_path):
+    questions, images = pope_run_inputs
+    proc = run_cli("eval", "pope", "--model-path", checkpoint, "--question-file", questions, "--image-folder", images,
+                   "--out", tmp_path / "run", "--max-new-tokens", 2, "--device", "cpu", "--seeds", "1,2,3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loads = [line for line in proc.stderr.splitlines() if line.startswith("loaded ")]
+    assert len(loads) == 1 and loads[0].startswith(f"loaded {checkpoint} ("), proc.stderr
+    for seed in (1, 2, 3):
+        assert len((tmp_path / "run" / f"seed{seed}" / "answers.jsonl").read_text().splitlines()) == 3

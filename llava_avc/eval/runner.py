@@ -75,6 +75,7 @@ class EvalSummary:
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
     question_file: str = ""  # the file the questions came from (a packaged copy or the user's)
+    pipeline: Any = field(default=None, repr=False)  # the model this run used (loaded here or passed in), for reuse
 
 
 def _canonical_model_path(path: str) -> str:
@@ -248,11 +249,28 @@ def _check_model(options: EvalOptions) -> str:
 
 
 def _load(options: EvalOptions, backend: str):
-    """The checked model's pipeline (`_check_model` ran: not again here)."""
+    """The checked model's pipeline (`_check_model` ran: not again here); says on stderr that it loaded."""
     from ..backends import pipeline_class
 
-    return pipeline_class(backend).load(options.model_path, options.model_base, device=options.device,
-                                        load_4bit=options.load_4bit, load_8bit=options.load_8bit)
+    start = time.time()
+    pipeline = pipeline_class(backend).load(options.model_path, options.model_base, device=options.device,
+                                            load_4bit=options.load_4bit, load_8bit=options.load_8bit)
+    print(f"loaded {options.model_path} ({backend} backend, {pipeline.device}) in {time.time() - start:.1f} s",
+          file=sys.stderr, flush=True)
+    return pipeline
+
+
+def _settle_weights(options: EvalOptions, settings: dict, out: Path) -> tuple:
+    """(settings, digest) with the fingerprint of the weights as they are on disk NOW, after the load: a hub
+    id that was not in the cache before the load (fingerprint None) or that the load updated to a newer
+    snapshot gets the snapshot it loaded. A change against an earlier run of this folder is refused."""
+    now = provenance.weights_fingerprint(options.model_path)
+    if now == settings["weights"]:
+        return settings, ans.config_hash(settings)
+    settings = {**settings, "weights": now}
+    digest = ans.config_hash(settings)
+    ans.check_run_file(out, digest, settings)
+    return settings, digest
 
 
 def run_eval(options: EvalOptions, pipeline=None) -> EvalSummary:
@@ -280,6 +298,9 @@ def run_eval(options: EvalOptions, pipeline=None) -> EvalSummary:
     backend = _check_model(options) if pipeline is None else None  # before any file is written
     out = Path(options.out)
     _check_shard_count(out, options.num_chunks)
+    if pipeline is None and settings["weights"] is None:  # a hub id not in the cache yet: known once downloaded
+        pipeline = _load(options, backend)
+        settings, digest = _settle_weights(options, settings, out)
     out.mkdir(parents=True, exist_ok=True)
     ans.check_run_file(out, digest, settings)
     path = ans.answers_path(out, options.num_chunks, options.chunk_idx)
@@ -287,7 +308,10 @@ def run_eval(options: EvalOptions, pipeline=None) -> EvalSummary:
         done = ans.done_answers(path, digest, settings)
         pending = [question for question in chunk if question.qid not in done]
         _check_images(pending, image_root)
-        pipeline = pipeline if pipeline is not None or not pending else _load(options, backend)
+        if pipeline is None and pending:
+            pipeline = _load(options, backend)
+            settings, digest = _settle_weights(options, settings, out)  # the load may fetch a newer snapshot
+            done = ans.done_answers(path, digest, settings)
         device = str(pipeline.device) if pipeline is not None else (options.device or "unknown")
         if pending or not (out / ans.RUN_FILE).is_file():  # the record describes the file: a no-op keeps it
             with _naming(out / ans.RUN_FILE):
@@ -295,7 +319,7 @@ def run_eval(options: EvalOptions, pipeline=None) -> EvalSummary:
                                                                       device))
         written = _answer_all(pending, pipeline, options, settings, digest, image_root, writer) if pending else 0
     return EvalSummary(path, written, len(chunk) - len(pending), len(chunk), digest, time.time() - start,
-                       question_file=str(question_file))
+                       question_file=str(question_file), pipeline=pipeline)
 
 
 def _check_shard_count(out: Path, num_chunks: int) -> None:

@@ -150,11 +150,12 @@ def run_eval_command(args, argv) -> int:
         model_base=args.model_base, load_4bit=args.load_4bit, load_8bit=args.load_8bit, progress=args.progress)
     context = launch_context()
     where = f"rank {context.rank}/{context.world_size}: " if context.is_distributed else ""
-    pipeline = None
+    pipeline = None  # loaded by the first seed that has questions to answer, then answers every seed
     for run in seed_runs(options, args.seeds):
         result = run_sharded(run, context, pipeline, args.shard_timeout,
                              log=lambda message: print(f"{where}{message}", file=sys.stderr, flush=True))
         shard = result.shard
+        pipeline = shard.pipeline
         print(f"{where}{shard.new} new answers, {shard.skipped} already there, {shard.total} questions "
               f"from {shard.question_file} -> {shard.answers_file} (config {shard.config_hash}, "
               f"{shard.seconds:.1f} s)", flush=True)
