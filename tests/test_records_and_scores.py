@@ -218,3 +218,37 @@ def test_eval_with_several_seeds_loads_the_model_once(checkpoint, pope_run_input
     assert len(loads) == 1 and loads[0].startswith(f"loaded {checkpoint} ("), proc.stderr
     for seed in (1, 2, 3):
         assert len((tmp_path / "run" / f"seed{seed}" / "answers.jsonl").read_text().splitlines()) == 3
+
+
+# ---- 2. shard markers of an earlier run ---------------------------------------------------------------------
+
+def run_rank(rank: int, *argv):
+    """One process of a 2-process launcher run, with the variables torchrun sets."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "RANK": str(rank), "WORLD_SIZE": "2",
+           "LOCAL_RANK": str(rank)}
+    return subprocess.run([sys.executable, "-m", "llava_avc", *map(str, argv)], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def test_a_larger_limit_never_merges_on_the_markers_of_the_smaller_run(checkpoint, tmp_path, sample_image):
+    lines = (BENCHMARKS / "pope" / "coco_pope_random.json").read_text().splitlines()[:4]
+    (tmp_path / "q.json").write_text("\n".join(lines) + "\n")
+    (tmp_path / "images").mkdir()
+    for name in {json.loads(line)["image"] for line in lines}:
+        sample_image.save(tmp_path / "images" / name)
+    out = tmp_path / "run"
+    argv = ["eval", "pope", "--model-path", checkpoint, "--question-file", tmp_path / "q.json", "--image-folder",
+            tmp_path / "images", "--out", out, "--max-new-tokens", 2, "--shard-timeout", 2]
+    for rank in (1, 0):  # the finished run of 2 questions: both shards marked done, merged by rank 0
+        assert run_rank(rank, *argv, "--limit", 2).returncode == 0
+    assert len((out / "answers.jsonl").read_text().splitlines()) == 2
+    # The same run with --limit 4: rank 0 finishes its shard first; rank 1's marker is the old run's.
+    early = run_rank(0, *argv, "--limit", 4)
+    line = one_line_error(early, "eval", after_load=True)
+    assert "1 shard(s) not finished after 2 s (answers.chunk1of2.jsonl)" in line and "rerun the same command" in line
+    assert run_rank(1, *argv, "--limit", 4).returncode == 0
+    last = run_rank(0, *argv, "--limit", 4)
+    assert last.returncode == 0, last.stderr[-3000:]
+    assert "merged 2 shards" in last.stdout
+    assert [json.loads(a)["question_id"] for a in (out / "answers.jsonl").read_text().splitlines()] == \
+        [json.loads(line)["question_id"] for line in lines]

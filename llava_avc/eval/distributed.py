@@ -4,8 +4,11 @@ Under a launcher each process is one rank of `world_size`: it answers its shard 
 `world_size`, LLaVA's `get_chunk`) into its own resumable answers file, on `cuda:LOCAL_RANK` (the
 CPU where there is no GPU). Rank 0 then waits for every shard, merges them in question order and
 scores. The shards meet through the run folder (a shared filesystem across nodes): a rank that
-finishes writes a marker file; rank 0 waits for all markers. A rank that dies leaves its answers
-and no marker; rerunning the same command answers only what is missing.
+finishes writes a marker file naming the exact shard it completed (the configuration hash and a
+fingerprint of the shard's question ids, so --limit is part of it); rank 0 waits until every
+shard's marker names the shard of THIS run. A rank clears its own marker when it starts, and an
+old marker of another run (a smaller --limit, another configuration) never counts. A rank that dies
+leaves its answers and no marker; rerunning the same command answers only what is missing.
 
     torchrun --nproc-per-node 8 -m llava_avc eval pope ...          RANK, WORLD_SIZE, LOCAL_RANK
     accelerate launch --num_processes 8 -m llava_avc eval pope ...  the same variables
@@ -94,11 +97,19 @@ def done_marker(answers_file: Path) -> Path:
     return answers_file.with_name(answers_file.name + DONE_SUFFIX)
 
 
-def mark_done(answers_file: Path, count: int, config_hash: str) -> None:
-    """Record that this shard's answers file is complete (atomic write)."""
+def shard_key(config_hash: str, question_ids: list) -> str:
+    """What identifies one shard of one run: the configuration and the exact question ids it answers."""
+    import hashlib
+
+    ids = hashlib.sha256(json.dumps([str(qid) for qid in question_ids]).encode()).hexdigest()[:16]
+    return f"{config_hash}:{ids}"
+
+
+def mark_done(answers_file: Path, count: int, key: str) -> None:
+    """Record that this shard's answers file is complete for the shard `key` (`shard_key`; atomic write)."""
     marker = done_marker(answers_file)
     temporary = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps({"answers": count, "config_hash": config_hash}) + "\n")
+    temporary.write_text(json.dumps({"answers": count, "shard": key}) + "\n")
     os.replace(temporary, marker)
 
 
@@ -107,9 +118,9 @@ def clear_done(answers_file: Path) -> None:
     done_marker(answers_file).unlink(missing_ok=True)
 
 
-def wait_for_shards(answers_files: list, config_hash: str, timeout_s: float, poll_s: float = 1.0,
+def wait_for_shards(answers_files: list, keys: list, timeout_s: float, poll_s: float = 1.0,
                     log: Callable[[str], None] = lambda message: None) -> None:
-    """Rank 0: wait until every shard's marker exists and names this configuration.
+    """Rank 0: wait until every shard's marker exists and names that shard of this run (`keys`, one per file).
 
     Raises:
         TimeoutError: some shards are not done after `timeout_s` seconds (they are named; rerun the
@@ -118,7 +129,7 @@ def wait_for_shards(answers_files: list, config_hash: str, timeout_s: float, pol
     deadline = time.monotonic() + timeout_s
     announced = False
     while True:
-        missing = [path for path in answers_files if not _done(path, config_hash)]
+        missing = [path for path, key in zip(answers_files, keys) if not _done(path, key)]
         if not missing:
             return
         if time.monotonic() > deadline:
@@ -131,8 +142,8 @@ def wait_for_shards(answers_files: list, config_hash: str, timeout_s: float, pol
         time.sleep(poll_s)
 
 
-def _done(answers_file: Path, config_hash: str) -> bool:
+def _done(answers_file: Path, key: str) -> bool:
     try:
-        return json.loads(done_marker(Path(answers_file)).read_text()).get("config_hash") == config_hash
-    except (OSError, ValueError):
+        return json.loads(done_marker(Path(answers_file)).read_text()).get("shard") == key
+    except (OSError, ValueError, AttributeError):
         return False

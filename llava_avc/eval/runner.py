@@ -18,7 +18,8 @@ from typing import Any, Optional
 from ..algorithm.seeds import question_seed
 from . import answers as ans
 from . import provenance
-from .distributed import LaunchContext, launch_context, mark_done, rank_device, wait_for_shards
+from .distributed import (LaunchContext, clear_done, launch_context, mark_done, rank_device, shard_key,
+                          wait_for_shards)
 from .benchmarks import get_benchmark, recorded_question_file
 from .protocols import generation_kwargs, get_protocol, question_text
 from .questions import fingerprint
@@ -76,6 +77,7 @@ class EvalSummary:
     extra: dict = field(default_factory=dict)
     question_file: str = ""  # the file the questions came from (a packaged copy or the user's)
     pipeline: Any = field(default=None, repr=False)  # the model this run used (loaded here or passed in), for reuse
+    shard_keys: list = field(default_factory=list)  # per chunk of this run: its `distributed.shard_key`
 
 
 def _canonical_model_path(path: str) -> str:
@@ -318,8 +320,10 @@ def run_eval(options: EvalOptions, pipeline=None) -> EvalSummary:
                 ans.write_json_atomic(out / ans.RUN_FILE, _run_record(options, settings, digest, question_file,
                                                                       device))
         written = _answer_all(pending, pipeline, options, settings, digest, image_root, writer) if pending else 0
+    keys = [shard_key(digest, [q.qid for q in ans.get_chunk(questions, options.num_chunks, index)])
+            for index in range(options.num_chunks)]
     return EvalSummary(path, written, len(chunk) - len(pending), len(chunk), digest, time.time() - start,
-                       question_file=str(question_file), pipeline=pipeline)
+                       question_file=str(question_file), pipeline=pipeline, shard_keys=keys)
 
 
 def _check_shard_count(out: Path, num_chunks: int) -> None:
@@ -367,14 +371,15 @@ def run_sharded(options: EvalOptions, context: Optional[LaunchContext] = None, p
                              "questions itself; drop those flags.")
         options = replace(options, num_chunks=context.world_size, chunk_idx=context.rank,
                           device=rank_device(context, options.device), progress=False if context.rank else options.progress)
+        clear_done(ans.answers_path(Path(options.out), context.world_size, context.rank))  # not complete until marked
     summary = run_eval(options, pipeline)
     result = ShardedSummary(summary, context)
     if not context.is_distributed:
         return result
-    mark_done(summary.answers_file, summary.total, summary.config_hash)
+    mark_done(summary.answers_file, summary.total, summary.shard_keys[context.rank])
     if context.rank == 0:
         shards = [ans.answers_path(Path(options.out), context.world_size, rank) for rank in range(context.world_size)]
-        wait_for_shards(shards, summary.config_hash, shard_timeout_s, log=log)
+        wait_for_shards(shards, summary.shard_keys, shard_timeout_s, log=log)
         result.merged = merge_chunks(options.out, force=True)
     return result
 

@@ -7,7 +7,8 @@ import hashlib
 import pytest
 
 from llava_avc.algorithm.seeds import derived_seed, question_seed
-from llava_avc.eval.distributed import LaunchContext, launch_context, mark_done, rank_device, wait_for_shards
+from llava_avc.eval.distributed import (LaunchContext, launch_context, mark_done, rank_device, shard_key,
+                                        wait_for_shards)
 
 
 def test_a_question_seed_is_the_hash_of_the_run_seed_and_the_id():
@@ -59,11 +60,15 @@ def test_ranks_without_a_gpu_run_on_the_cpu_and_one_named_gpu_is_refused():
         rank_device(context, "cuda:3")
 
 
-def test_rank_zero_waits_for_every_shard_of_this_configuration(tmp_path):
+def test_rank_zero_waits_for_every_shard_of_this_run(tmp_path):
     shards = [tmp_path / f"answers.chunk{i}of2.jsonl" for i in range(2)]
-    mark_done(shards[0], 3, "abc")
-    mark_done(shards[1], 3, "other-config")
+    keys = [shard_key("abc", [1, 3]), shard_key("abc", [2, 4])]
+    mark_done(shards[0], 2, keys[0])
+    mark_done(shards[1], 2, shard_key("other-config", [2, 4]))
     with pytest.raises(TimeoutError, match=r"1 shard\(s\) not finished after 0 s \(answers.chunk1of2.jsonl\)"):
-        wait_for_shards(shards, "abc", timeout_s=0, poll_s=0)
-    mark_done(shards[1], 2, "abc")
-    wait_for_shards(shards, "abc", timeout_s=0, poll_s=0)
+        wait_for_shards(shards, keys, timeout_s=0, poll_s=0)
+    mark_done(shards[1], 1, shard_key("abc", [2]))  # the same configuration, a smaller --limit: another shard
+    with pytest.raises(TimeoutError):
+        wait_for_shards(shards, keys, timeout_s=0, poll_s=0)
+    mark_done(shards[1], 2, keys[1])
+    wait_for_shards(shards, keys, timeout_s=0, poll_s=0)
