@@ -252,3 +252,19 @@ def test_a_larger_limit_never_merges_on_the_markers_of_the_smaller_run(checkpoin
     assert "merged 2 shards" in last.stdout
     assert [json.loads(a)["question_id"] for a in (out / "answers.jsonl").read_text().splitlines()] == \
         [json.loads(line)["question_id"] for line in lines]
+
+
+# ---- 3. the record says what was used --------------------------------------------------------------------------
+
+def test_run_json_states_the_prompt_template_and_image_processing_actually_used(checkpoint, pope_run_inputs, tmp_path):
+    questions, images = pope_run_inputs
+    proc = run_cli("eval", "pope", "--model-path", checkpoint, "--question-file", questions, "--image-folder", images,
+                   "--out", tmp_path / "run", "--max-new-tokens", 2, "--protocol", "llava", "--limit", 1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    how = "the processor's do_pad" if HF_BACKEND else "LLaVA's process_images"
+    assert record["preprocessing"] == {
+        "backend": "hf" if HF_BACKEND else "llava", "prompt": "LLaVA conversation template 'vicuna_v1'",
+        "image": f"pad to a square with the image mean ({how}), then CLIP resize + center crop"}
+    assert record["settings"]["generation"]["conv_mode"] == "vicuna_v1"
+    assert record["settings"]["generation"]["center_crop"] is False

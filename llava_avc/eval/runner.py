@@ -121,13 +121,20 @@ def _open_image(question, image_root: str):
     return open_rgb(path, f"question {question.qid!r}: image {str(path)!r}")
 
 
-def _run_record(options: EvalOptions, settings: dict, digest: str, question_file: str, device: str) -> dict:
+def _run_record(options: EvalOptions, settings: dict, digest: str, question_file: str, pipeline) -> dict:
+    """run.json: what was asked (`settings`, hashed) and what the model's backend made of it (`preprocessing`:
+    the prompt template and the image processing actually used), with versions and the command."""
+    generation = settings["generation"]
+    device = str(pipeline.device) if pipeline is not None else (options.device or "unknown")
     return {
         "benchmark": options.benchmark, "method": settings["method"], "config": settings["config"],
         "protocol": settings["protocol"], "seed": options.seed, "model_path": options.model_path,
         "model_base": options.model_base, "question_file": str(Path(question_file).resolve()),
         "image_folder": options.image_folder, "limit": options.limit, "num_chunks": options.num_chunks,
-        "batch_size": options.batch_size, "device": device, "versions": provenance.versions(),
+        "batch_size": options.batch_size, "device": device,
+        "preprocessing": None if pipeline is None else pipeline.preprocessing(generation["conv_mode"],
+                                                                                 generation["center_crop"]),
+        "versions": provenance.versions(),
         "git_sha": provenance.git_sha(),
         "config_hash": digest, "settings": settings,
         "command": " ".join(sys.argv),
@@ -242,12 +249,15 @@ def _checked_questions(benchmark, question_file: str, image_root: str) -> list:
     return questions
 
 
-def _check_model(options: EvalOptions) -> str:
-    """Everything about the model that can be checked before it loads; returns its backend's name."""
-    from ..backends import check_before_loading
+def _check_model(options: EvalOptions, conv_mode: Optional[str]) -> str:
+    """Everything about the model that can be checked before it loads (the conversation template its
+    backend must render included); returns its backend's name."""
+    from ..backends import check_before_loading, pipeline_class
 
-    return check_before_loading(options.model_path, options.model_base, options.device, options.load_4bit,
-                                options.load_8bit)
+    backend = check_before_loading(options.model_path, options.model_base, options.device, options.load_4bit,
+                                   options.load_8bit)
+    pipeline_class(backend).check_conv_mode(conv_mode)
+    return backend
 
 
 def _load(options: EvalOptions, backend: str):
@@ -297,7 +307,10 @@ def run_eval(options: EvalOptions, pipeline=None) -> EvalSummary:
     digest = ans.config_hash(settings)
     questions = questions[:options.limit] if options.limit is not None else questions
     chunk = ans.get_chunk(questions, options.num_chunks, options.chunk_idx)
-    backend = _check_model(options) if pipeline is None else None  # before any file is written
+    conv_mode = settings["generation"]["conv_mode"]
+    if pipeline is not None:
+        pipeline.check_conv_mode(conv_mode)
+    backend = _check_model(options, conv_mode) if pipeline is None else None  # before any file is written
     out = Path(options.out)
     _check_shard_count(out, options.num_chunks)
     if pipeline is None and settings["weights"] is None:  # a hub id not in the cache yet: known once downloaded
@@ -314,11 +327,10 @@ def run_eval(options: EvalOptions, pipeline=None) -> EvalSummary:
             pipeline = _load(options, backend)
             settings, digest = _settle_weights(options, settings, out)  # the load may fetch a newer snapshot
             done = ans.done_answers(path, digest, settings)
-        device = str(pipeline.device) if pipeline is not None else (options.device or "unknown")
         if pending or not (out / ans.RUN_FILE).is_file():  # the record describes the file: a no-op keeps it
             with _naming(out / ans.RUN_FILE):
                 ans.write_json_atomic(out / ans.RUN_FILE, _run_record(options, settings, digest, question_file,
-                                                                      device))
+                                                                      pipeline))
         written = _answer_all(pending, pipeline, options, settings, digest, image_root, writer) if pending else 0
     keys = [shard_key(digest, [q.qid for q in ans.get_chunk(questions, options.num_chunks, index)])
             for index in range(options.num_chunks)]

@@ -40,16 +40,18 @@ def load_image(path: str):
 
 
 def ask(model_path: str, image: str, query: str, *, method: str = "avc", model_base: Optional[str] = None,
-        conv_mode: str = "llava_v1", device: Optional[str] = None, temperature: float = 0.0,
+        conv_mode: Optional[str] = None, device: Optional[str] = None, temperature: float = 0.0,
         top_p: Optional[float] = None, max_new_tokens: int = 64, seed: int = 42, config=None,
         loaded=None, load_4bit: bool = False, load_8bit: bool = False,
         heatmap: Optional[str] = None) -> AskResult:
     """Load (or reuse `loaded`, a pipeline), build the prompt, generate, decode the answer.
 
     Everything that can be checked without the model (the question, the sampling settings, the image,
-    the heatmap path, the device and the checkpoint's files) is checked before it loads.
+    the heatmap path, the device, the checkpoint's files and the conversation template of its backend)
+    is checked before it loads. `conv_mode` None: the backend's default (LLaVA's llava_v1; a llava-hf
+    checkpoint's own chat template).
     """
-    from ..backends import load_pipeline
+    from ..backends import check_before_loading, pipeline_class
     from ..decode.sampling import check_sampling
 
     config = config if config is not None else default_config(method)
@@ -58,8 +60,14 @@ def ask(model_path: str, image: str, query: str, *, method: str = "avc", model_b
     if heatmap:
         check_output_file(heatmap, "--heatmap")
     pil_image = load_image(image)
-    pipeline = loaded or load_pipeline(model_path, model_base, device=device, load_4bit=load_4bit,
-                                       load_8bit=load_8bit)
+    if loaded is None:
+        backend = check_before_loading(model_path, model_base, device, load_4bit, load_8bit)
+        pipeline_class(backend).check_conv_mode(conv_mode)
+        pipeline = pipeline_class(backend).load(model_path, model_base, device=device, load_4bit=load_4bit,
+                                                load_8bit=load_8bit)
+    else:
+        pipeline = loaded
+        pipeline.check_conv_mode(conv_mode)
     inputs = pipeline.inputs([query], [pil_image], conv_mode)
     torch.manual_seed(seed)
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0, return_dict_in_generate=True)

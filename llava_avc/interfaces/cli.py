@@ -24,7 +24,10 @@ def _add_ask(subparsers) -> None:
         "--query 'Is there a dog in the image?'",
     )
     add_model_arguments(parser)
-    parser.add_argument("--conv-mode", default="llava_v1", help="LLaVA conversation template (default llava_v1)")
+    parser.add_argument("--conv-mode", default=None, metavar="NAME",
+                        help="conversation template: default llava_v1 (LLaVA's) on original checkpoints, the "
+                             "checkpoint's own chat template on llava-hf ones ('chat-template'; llava_v1 and "
+                             "vicuna_v1 are rendered as LLaVA renders them there)")
     query = parser.add_argument_group("question")
     query.add_argument("--image", required=True, metavar="FILE", help="image file")
     query.add_argument("--query", required=True, help="the question")

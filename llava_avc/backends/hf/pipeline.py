@@ -1,6 +1,14 @@
 """A loaded llava-hf checkpoint (`LlavaForConditionalGeneration` / `LlavaNextForConditionalGeneration`
 with its `AutoProcessor`) with what `llava-avc ask` and `llava-avc eval` need: the same methods as
-`llava_avc.backends.llava.pipeline.LlavaPipeline`. Prompts come from the processor's chat template."""
+`llava_avc.backends.llava.pipeline.LlavaPipeline`.
+
+Prompts: the processor's chat template (`conv_mode` None or "chat-template"), or LLaVA's `llava_v1` /
+`vicuna_v1` rendered as LLaVA renders them (`prompts`), so the benchmark protocols mean the same prompt on
+both backends. Images (LLaVA-1.5 checkpoints): `center_crop=True` is CLIP's resize + center crop with no
+pad; `center_crop=False` pads to a square with the image mean first, as LLaVA's `process_images` does
+(the processor's own `do_pad`, or LLaVA's expand2square before a processor that cannot pad). LLaVA-NeXT
+checkpoints use the processor's anyres tiling, where a center crop does not apply (as in the original).
+`preprocessing()` says which of these a run used."""
 
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ from typing import Any, Optional
 import torch
 
 from ..base import prompt_too_long, quiet_length_warning
+from . import prompts
 from ..devices import check_quantization_supported, default_device, resolve_device
 from ..checkpoints import check_json_file, preflight, quiet_loading_notes
 from ..transformers_compat import guarded
@@ -99,20 +108,54 @@ class HFPipeline:
     def device(self) -> torch.device:
         return self.model.device
 
-    def prompt(self, text: str) -> str:
-        """The processor's chat template for one image and one question, ready for the answer."""
+    check_conv_mode = staticmethod(prompts.check_conv_mode)
+
+    def prompt(self, text: str, conv_mode: Optional[str] = None) -> str:
+        """One image and one question, ready for the answer: the processor's chat template (`conv_mode` None or
+        "chat-template") or LLaVA's `conv_mode` template."""
+        prompts.check_conv_mode(conv_mode)
+        if conv_mode not in (None, prompts.CHAT_TEMPLATE):
+            return prompts.llava_conversation(conv_mode, text, getattr(self.processor, "image_token", "<image>"))
         conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
         return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
 
-    def inputs(self, texts: list, pil_images: list, conv_mode: Optional[str] = None, center_crop: bool = False) -> dict:
-        """One question per image -> the processor's left-padded batch on the model's device.
+    @property
+    def _is_next(self) -> bool:
+        return type(self.model).__name__ == "LlavaNextForConditionalGeneration"
 
-        `conv_mode` and `center_crop` belong to the original LLaVA's prompts and preprocessing; a llava-hf
-        checkpoint's own chat template and image processor decide both here.
-        """
+    def _can_pad(self) -> bool:
+        """Whether the image processor pads to a square itself (LlavaImageProcessor's `do_pad`)."""
+        return not self._is_next and hasattr(self.processor.image_processor, "do_pad")
+
+    def _image_kwargs(self, pil_images: list, center_crop: bool) -> tuple:
+        """(images, processor kwargs) that make the LLaVA-1.5 preprocessing `center_crop` asks for."""
+        if self._is_next:
+            return pil_images, {}
+        if self._can_pad():
+            return pil_images, {"do_pad": not center_crop}
+        if center_crop:
+            return pil_images, {}  # a CLIP image processor: resize + center crop, no pad
+        mean = tuple(int(255 * x) for x in self.processor.image_processor.image_mean)
+        return [_expand_to_square(image, mean) for image in pil_images], {}
+
+    def preprocessing(self, conv_mode: Optional[str] = None, center_crop: bool = False) -> dict:
+        """What `inputs` makes of the prompt and the image for these settings (for run records)."""
+        if self._is_next:
+            image = "the processor's LLaVA-NeXT anyres tiles (a center crop does not apply)"
+        elif center_crop:
+            image = "CLIP resize + center crop, no pad to square"
+        else:
+            how = "the processor's do_pad" if self._can_pad() else "LLaVA's expand2square"
+            image = f"pad to a square with the image mean ({how}), then CLIP resize + center crop"
+        return {"backend": "hf", "prompt": prompts.describe(conv_mode), "image": image}
+
+    def inputs(self, texts: list, pil_images: list, conv_mode: Optional[str] = None, center_crop: bool = False) -> dict:
+        """One question per image -> the processor's left-padded batch on the model's device (`conv_mode` and
+        `center_crop` as the module docstring says)."""
         self.processor.tokenizer.padding_side = "left"
-        batch = self.processor(images=pil_images, text=[self.prompt(text) for text in texts], return_tensors="pt",
-                               padding=True)
+        images, image_kwargs = self._image_kwargs(pil_images, center_crop)
+        batch = self.processor(images=images, text=[self.prompt(text, conv_mode) for text in texts],
+                               return_tensors="pt", padding=True, **image_kwargs)
         inputs = {key: value.to(self.device) for key, value in batch.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self._pixel_dtype())
         return inputs
@@ -183,3 +226,16 @@ class HFPipeline:
 
     def model_id(self, model_path: str) -> str:
         return Path(model_path.rstrip("/")).name
+
+
+def _expand_to_square(image, background: tuple):
+    """LLaVA's `expand2square`: the image centred on a square of the background colour (its longer side)."""
+    from PIL import Image
+
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    square = Image.new(image.mode, (side, side), background)
+    square.paste(image, ((side - width) // 2, (side - height) // 2))
+    return square

@@ -70,8 +70,25 @@ class LlavaPipeline:
     def device(self) -> torch.device:
         return self.model.device
 
-    def inputs(self, texts: list, pil_images: list, conv_mode: str, center_crop: bool = False) -> dict:
-        """One question per image -> `generate` inputs: left-padded ids, mask, images, image_sizes."""
+    check_conv_mode = staticmethod(prompts.check_conv_mode)
+
+    def preprocessing(self, conv_mode: Optional[str] = None, center_crop: bool = False) -> dict:
+        """What `inputs` makes of the prompt and the image for these settings (for run records)."""
+        aspect = self.image_aspect_ratio
+        if aspect == "pad":
+            image = ("CLIP resize + center crop, no pad to square" if center_crop else
+                     "pad to a square with the image mean (LLaVA's process_images), then CLIP resize + center crop")
+        elif str(aspect or "").startswith("anyres"):
+            image = "LLaVA's process_images anyres tiles (a center crop does not apply)"
+        else:
+            image = f"LLaVA's process_images with image_aspect_ratio {aspect!r}: CLIP resize + center crop"
+        return {"backend": "llava", "prompt": f"LLaVA conversation template {conv_mode or prompts.DEFAULT_CONV_MODE!r}",
+                "image": image}
+
+    def inputs(self, texts: list, pil_images: list, conv_mode: Optional[str] = None, center_crop: bool = False) -> dict:
+        """One question per image -> `generate` inputs: left-padded ids, mask, images, image_sizes
+        (`conv_mode` None: LLaVA's llava_v1)."""
+        conv_mode = conv_mode or prompts.DEFAULT_CONV_MODE
         rows = [prompts.prompt_ids(self.tokenizer, prompts.build_prompt(text, conv_mode, self.model.config))
                 for text in texts]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

@@ -6,13 +6,29 @@ from __future__ import annotations
 import torch
 
 
+#: The conversation template of `ask` and of the protocols' LLaVA-1.5 prompts when none is named.
+DEFAULT_CONV_MODE = "llava_v1"
+
+
+def check_conv_mode(conv_mode) -> None:
+    """Refuse a `--conv-mode` that is not one of LLaVA's `conv_templates` (None: the default, llava_v1).
+
+    Raises:
+        ValueError: the value and the templates LLaVA has.
+    """
+    from llava.conversation import conv_templates
+
+    if conv_mode is not None and conv_mode not in conv_templates:
+        raise ValueError(f"--conv-mode (={conv_mode!r}) is not one of LLaVA's conversation templates; choose one of "
+                         f"{', '.join(sorted(conv_templates))}.")
+
+
 def build_prompt(query: str, conv_mode: str, model_config) -> str:
     """The LLaVA prompt for one image and one question, as llava.eval.run_llava builds it."""
     from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
     from llava.conversation import conv_templates
 
-    if conv_mode not in conv_templates:
-        raise ValueError(f"unknown --conv-mode {conv_mode!r}; choose one of {sorted(conv_templates)}.")
+    check_conv_mode(conv_mode)
     image_token = DEFAULT_IMAGE_TOKEN
     if getattr(model_config, "mm_use_im_start_end", False):
         image_token = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
