@@ -92,6 +92,16 @@ def _fake_checkpoint(path: Path, config: dict) -> Path:
     return path
 
 
+def _answers(folder: Path, benchmark: str, questions: list) -> Path:
+    """An answers file as `eval` writes it: (question id, category) pairs, every answer "Yes"."""
+    folder.mkdir()
+    records = [{"question_id": qid, "prompt": "Is there a dog?", "text": "Yes", "answer_id": str(qid), "model_id": "m",
+                "metadata": {"config_hash": "h", "benchmark": benchmark, "method": "none", "protocol": "paper",
+                             "image": "x.jpg", "label": "yes", "category": category}} for qid, category in questions]
+    (folder / "answers.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    return folder / "answers.jsonl"
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Files for the table: checkpoints (fake, damaged), images (good, tiny, truncated, not an
@@ -150,8 +160,21 @@ def world(tmp_path_factory):
         records[4].update(change)
         w[name] = root / f"{name}.json"
         w[name].write_text("".join(json.dumps(record) + "\n" for record in records))
+    records = [json.loads(line) for line in POPE_LINES]
+    records[4]["text"] = "<image>\n" + records[4]["text"]
+    w["text_placeholder"] = root / "text_placeholder.json"
+    w["text_placeholder"].write_text("".join(json.dumps(record) + "\n" for record in records))
+    records = [json.loads(line) for line in POPE_LINES]
+    del records[4]["label"]
+    w["no_label"] = root / "no_label.json"
+    w["no_label"].write_text("".join(json.dumps(record) + "\n" for record in records))
+    w["amber_string_ids"] = root / "query_strings.json"
+    w["amber_string_ids"].write_text(json.dumps([{"id": "q1", "image": "x.jpg", "query": "Describe this image."}]))
     w["not_json"] = root / "not_json.json"
     w["not_json"].write_text(POPE_LINES[0] + "\n{not json\n")
+    w["pope_answers"] = _answers(root / "pope-run", "pope", [(json.loads(line)["question_id"], "random")
+                                                               for line in POPE_LINES])
+    w["pope_answers_as_mme"] = _answers(root / "pope-as-mme", "mme", [(qid, str(qid)) for qid in (1, 2)])
     w["port"] = _closed_port()
     return w
 
@@ -167,7 +190,8 @@ class Case:
     pattern: str
     code: int = 2
     env: dict = field(default_factory=dict)
-    needs: str = ""  # "llava": the original backend is installed; "nocuda": torch finds no CUDA GPU
+    needs: str = ""  # "llava" / "nollava": the original backend is (not) installed; "hf": the llava-hf backend is;
+    # "nocuda": torch finds no CUDA GPU
     out: str = ""  # "new": the run folder must not be created; "kept": an existing one must not change
 
 
@@ -202,6 +226,9 @@ CASES = [
     # ask: the question
     Case("ask-query-not-utf8", _ask(query=b"is \xff\xfe there"), r"--query is not valid UTF-8 text \(bytes"),
     Case("ask-query-blank", _ask(query="   "), r"--query is empty"),
+    Case("ask-query-image-placeholders", _ask(query="<image> what is this <image>"),
+         r"--query \(='<image> what is this <image>'\) contains '<image>' 2 time\(s\); llava-avc puts the image "
+         r"before the question itself, once"),
     # ask: the image and the heatmap
     Case("ask-image-directory", _ask(image="{root}"), r"is a directory, not an image file"),
     Case("ask-image-missing", _ask(image="{root}/missing.jpg"), r"image file '.*missing.jpg' does not exist"),
@@ -210,6 +237,8 @@ CASES = [
     Case("ask-image-not-an-image", _ask(image="{text_file}"), r"notes.jpg' cannot be read: it is not an image PIL can read"),
     Case("ask-heatmap-directory", _ask("--heatmap", "{root}"), r"--heatmap '.*' is a directory"),
     Case("ask-heatmap-under-a-file", _ask("--heatmap", "{file}/blind.png"), r"a-file.txt' is a file, not a folder"),
+    Case("ask-heatmap-not-png", _ask("--heatmap", "{root}/hm.txt"),
+         r"--heatmap \(='.*hm.txt'\) must name a .png file: the picture is written as PNG; e.g. --heatmap hm.png"),
     # ask: the device
     Case("ask-device-tpu", _ask(device="tpu"), r"--device \(='tpu'\) is not a device llava-avc can load a model on"),
     Case("ask-device-cuda-without-gpu", _ask(device="cuda"), r"--device cuda, but torch finds no CUDA GPU",
@@ -225,8 +254,8 @@ CASES = [
     Case("ask-model-broken-tokenizer-config", _ask(model_path="{broken_tokenizer}"),
          r"tokenizer_config.json is damaged \(not valid JSON"),
     Case("ask-model-missing-path", _ask(model_path="{root}/nowhere/llava-x"), r"does not exist"),
-    Case("ask-model-not-a-checkpoint", _ask(model_path="{not_a_checkpoint}"), r"config.json is missing",
-         needs="llava"),
+    Case("ask-model-not-a-checkpoint", _ask(model_path="{not_a_checkpoint}"),
+         r"llava-empty-dir' is not a checkpoint folder: it has no config.json .*pass the folder that holds them"),
     Case("ask-model-uncached-hub-id-offline", _ask(model_path=UNCACHED_ID),
          rf"--model-path '{UNCACHED_ID}' is not in the local Hugging Face cache and the hub cannot be reached "
          r"\(HF_HUB_OFFLINE=1\); download it once .*\(hf download .*or pass a local checkpoint directory"),
@@ -240,6 +269,12 @@ CASES = [
     Case("ask-4bit-and-8bit", _ask("--load-4bit", "--load-8bit"), r"not allowed with argument"),
     Case("ask-no-query", tuple(a for a in ASK if a not in ("--query", "Is there a dog?")),
          r"the following arguments are required: --query"),
+    Case("ask-flag-of-eval", _ask("--seeds", "1,2"),
+         r"^llava-avc ask: error: unrecognized arguments: --seeds 1,2 \(see llava-avc ask --help\)"),
+    Case("ask-conv-mode-unknown-original", _ask("--conv-mode", "bogus"),
+         r"--conv-mode \(='bogus'\) is not one of LLaVA's conversation templates", needs="llava"),
+    Case("ask-conv-mode-unknown-llava-hf", _ask("--conv-mode", "bogus", model_path="{hf_ckpt}"),
+         r"--conv-mode \(='bogus'\) is not available for llava-hf checkpoints; choose 'chat-template'", needs="hf"),
     # eval: the question file (every record's types checked before the model loads)
     Case("eval-question-file-directory", _eval(question_file="{root}"), r"--question-file .* is a directory",
          out="new"),
@@ -255,6 +290,16 @@ CASES = [
     Case("eval-image-null", _eval(question_file="{image_null}"), r"line 5: 'image' is None", out="new"),
     Case("eval-label-int", _eval(question_file="{label_int}"), r"line 5: 'label' is 5 \(int\)", out="new"),
     Case("eval-not-json", _eval(question_file="{not_json}"), r"not_json.json, line 2: not valid JSON", out="new"),
+    Case("eval-text-with-image-placeholder", _eval(question_file="{text_placeholder}"),
+         r"text_placeholder.json, line 5: 'text' contains '<image>' 1 time\(s\)", out="new"),
+    Case("eval-pope-without-label", _eval(question_file="{no_label}"),
+         r"no_label.json, line 5: POPE question \d+ has no 'label'; POPE is scored against", out="new"),
+    Case("eval-mme-given-a-pope-file", ("eval", "mme") + _eval()[2:],
+         r"question \d+ belongs to no MME sub-task .* is not an MME question source", out="new"),
+    Case("eval-amber-string-ids", ("eval", "amber") + _eval(question_file="{amber_string_ids}")[2:],
+         r"AMBER query id 'q1' is not a positive integer", out="new"),
+    Case("eval-conv-mode-unknown-llava-hf", _eval("--conv-mode", "bogus", model_path="{hf_ckpt}"),
+         r"--conv-mode \(='bogus'\) is not available for llava-hf checkpoints", needs="hf", out="new"),
     # eval: options, folders, device, checkpoint
     Case("eval-device-cuda-without-gpu", _eval(device="cuda"), r"--device cuda, but torch finds no CUDA GPU",
          needs="nocuda", out="new"),
@@ -281,6 +326,12 @@ CASES = [
     Case("score-missing-answers", ("score", "pope", "--answers-file", "{root}/nowhere.jsonl"), r"nowhere"),
     Case("score-unknown-benchmark", ("score", "popx", "--answers-file", "{questions}"), r"unknown benchmark 'popx'"),
     Case("score-no-answers-flag", ("score", "pope"), r"one of the arguments --answers-file --compare is required"),
+    Case("score-mme-answers-of-no-mme-sub-task", ("score", "mme", "--answers-file", "{pope_answers_as_mme}"),
+         r"the answer to question 1 belongs to no MME sub-task \(category '1'.*these are not MME answers"),
+    Case("score-chart-not-png", ("score", "pope", "--answers-file", "{pope_answers}", "--chart", "{root}/c.txt"),
+         r"--chart \(='.*c.txt'\) must name a .png file"),
+    Case("score-labels-without-compare", ("score", "pope", "--answers-file", "{pope_answers}", "--labels", "a"),
+         r"--labels \(=a\) names the runs of --compare; with --answers-file drop it"),
     # merge
     Case("merge-out-missing", ("merge", "--out", "{root}/nowhere"), r"--out \(='.*nowhere'\) does not exist; give the "
          r"run folder"),
@@ -297,6 +348,8 @@ CASES = [
     Case("run-max-new-tokens-cap-0", ("run", "llava.eval.run_llava", "--max-new-tokens-cap", "0"),
          r"--max-new-tokens-cap must be >= 1", needs="llava"),
     Case("run-device-tpu", ("run", "llava.eval.run_llava", "--device", "tpu"), r"invalid choice: 'tpu'"),
+    Case("run-without-llava", ("run", "llava.eval.run_llava", "--device", "cuda", "--", "--model-path", "x"),
+         r"llava-avc run runs the original LLaVA's scripts, and this environment has no original LLaVA", needs="nollava"),
     Case("run-script-default-model-offline", ("run", "llava.eval.run_llava", "--device", "cpu", "--", "--image-file",
                                               "{image}", "--query", "q"),
          r"--model-path \(not given after `--`, so llava.eval.run_llava's default\) 'facebook/opt-350m' is not in the "
@@ -343,6 +396,10 @@ def test_the_table_has_at_least_fifty_bad_inputs_across_every_command():
 def test_a_bad_input_is_one_line_and_an_exit_status(case, world, tmp_path):
     if case.needs == "llava" and not LLAVA:
         pytest.skip("the original-LLaVA backend (llava-torch) is not installed")
+    if case.needs == "nollava" and LLAVA:
+        pytest.skip("the original-LLaVA backend (llava-torch) is installed here")
+    if case.needs == "hf" and not _hf_backend():
+        pytest.skip("the llava-hf backend needs transformers >= 4.57")
     if case.needs == "nocuda" and _cuda():
         pytest.skip("this machine has a CUDA GPU")
     argv = [_fill(item, world) for item in case.argv]
@@ -532,12 +589,15 @@ def test_a_full_disk_names_the_answers_file_and_keeps_the_run_folder_clean(tiny_
 
 
 @needs_llava
-def test_ask_heatmap_to_a_full_device_names_the_file(tiny_llava_dir, world):
+def test_ask_heatmap_to_a_full_device_names_the_file(tiny_llava_dir, world, tmp_path):
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full here")
-    proc = run(*[_fill(item, world) for item in _ask("--heatmap", "/dev/full", "--max-new-tokens", "2",
+    full = tmp_path / "blind.png"
+    full.symlink_to("/dev/full")  # a .png path on a full device
+    proc = run(*[_fill(item, world) for item in _ask("--heatmap", str(full), "--max-new-tokens", "2",
                                                       model_path=str(tiny_llava_dir))])
-    assert_one_line_error(proc, 2, r"cannot write the heatmap /dev/full \(No space left on device\); free some disk")
+    assert_one_line_error(proc, 2, rf"cannot write the heatmap {re.escape(str(full))} \(No space left on device\); "
+                                   r"free some disk")
 
 
 # ------------------------------------------------------------------------------- the Python API

@@ -100,3 +100,20 @@ def test_find_blind_tokens_gives_one_record_per_row_with_the_image_span(case):
     (record,) = records
     start, end = record.image_span
     assert end - start == record.blind.numel() == record.scores.numel() and record.layers
+
+
+@pytest.mark.skipif("hf" not in BACKENDS, reason="needs the llava-hf backend")
+def test_pixels_of_the_other_llava_class_processor_are_one_line_naming_both_classes():
+    """A LLaVA-1.5 checkpoint loaded as LlavaNextForConditionalGeneration (or the reverse) gets the other
+    processor's pixels: one ValueError naming both, not a TypeError from inside the model."""
+    from llava_avc.backends.hf.self_check import self_check_cases
+
+    llava, llava_next = self_check_cases()
+    with pytest.raises(ValueError, match=r"^pixel_values \(1, 3, 56, 56\) without image_sizes come from a LLaVA-1.5 "
+                                         r"processor \(LlavaProcessor\), and the model is a "
+                                         r"LlavaNextForConditionalGeneration, which takes a LlavaNextProcessor's"):
+        llava_avc.generate(llava_next.model, **llava.inputs, avc=AVCConfig(), max_new_tokens=NEW_TOKENS)
+    with pytest.raises(ValueError, match=r"^pixel_values \(1, 3, 3, 56, 56\) with image_sizes come from a LLaVA-NeXT "
+                                         r"processor \(LlavaNextProcessor\), and the model is a "
+                                         r"LlavaForConditionalGeneration"):
+        llava_avc.generate(llava.model, **llava_next.inputs, avc=AVCConfig(), max_new_tokens=NEW_TOKENS)

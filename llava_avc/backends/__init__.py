@@ -75,6 +75,9 @@ def checkpoint_backend(model_path: str) -> str:
         ValueError: a config.json that is not JSON, or a model_type that no backend serves.
     """
     config_file = Path(model_path).expanduser() / "config.json"
+    if config_file.parent.is_dir() and not config_file.is_file():
+        raise ValueError(f"{model_path!r} is not a checkpoint folder: it has no config.json (a LLaVA or llava-hf "
+                         "checkpoint holds config.json, its weights and its tokenizer); pass the folder that holds them.")
     if not config_file.is_file():
         from .checkpoints import HUB_ID, cached_hub_file
 

@@ -9,6 +9,18 @@ from pathlib import Path
 #: The smallest side an image may have: LLaVA's CLIP preprocessing takes a side of 1 pixel for the
 #: colour-channel axis ("mean must have 1 elements if it is an iterable, got 3").
 MIN_SIDE = 2
+#: The image placeholder of LLaVA prompts; llava-avc puts it before the question itself, once.
+IMAGE_PLACEHOLDER = "<image>"
+
+
+def image_placeholder_problem(text: str) -> str | None:
+    """Why a question's text cannot be used as it is: it writes the image placeholder itself (every
+    '<image>' becomes an image, and the prompt gets one image: a second would be asked for)."""
+    count = text.count(IMAGE_PLACEHOLDER)
+    if count == 0:
+        return None
+    return (f"contains {IMAGE_PLACEHOLDER!r} {count} time(s); llava-avc puts the image before the question "
+            f"itself, once: remove {IMAGE_PLACEHOLDER!r} from the question")
 
 
 def check_query(query, what: str = "--query") -> str:
@@ -27,6 +39,9 @@ def check_query(query, what: str = "--query") -> str:
                          "question as UTF-8 (e.g. convert it with iconv -t UTF-8).") from None
     if not query.strip():
         raise ValueError(f"{what} is empty; ask a question, e.g. --query 'Is there a dog in the image?'.")
+    problem = image_placeholder_problem(query)
+    if problem is not None:
+        raise ValueError(f"{what} (={query!r}) {problem}.")
     return query
 
 
@@ -45,6 +60,15 @@ def check_output_file(path, what: str) -> None:
     blocking = _file_in_the_way(target.absolute().parent)
     if blocking is not None:
         raise ValueError(f"{what} {str(target)!r}: {str(blocking)!r} is a file, not a folder; choose another path.")
+
+
+def check_png_file(path, what: str) -> None:
+    """Refuse, before any model work, a picture path that is a directory, lies under a file, or does not
+    end in .png (the picture is written as PNG)."""
+    check_output_file(path, what)
+    if Path(path).suffix.lower() != ".png":
+        raise ValueError(f"{what} (={str(path)!r}) must name a .png file: the picture is written as PNG; e.g. "
+                         f"{what} {Path(path).with_suffix('.png').name}.")
 
 
 def check_output_folder(path, what: str) -> None:
@@ -125,8 +149,14 @@ def check_questions(questions: list, question_file) -> list:
                    or field_problem("text", question.text, (str,), True)
                    or (None if question.label is None else field_problem("label", question.label, (str,), False))
                    or (None if question.category is None
-                       else field_problem("category", question.category, (str,), False)))
+                       else field_problem("category", question.category, (str,), False))
+                   or _placeholder_problem(question.text))
         if problem is not None:
             where = question.source or str(question_file)
             raise ValueError(f"{where}: {problem}; fix that record (nothing was answered).")
     return questions
+
+
+def _placeholder_problem(text) -> str | None:
+    problem = image_placeholder_problem(text)
+    return None if problem is None else f"'text' {problem}"

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from ..algorithm.config import AVCConfig, default_config
-from ..eval.inputs import check_output_file, check_query, open_rgb
+from ..eval.inputs import check_png_file, check_query, open_rgb
 
 
 @dataclass
@@ -58,7 +58,7 @@ def ask(model_path: str, image: str, query: str, *, method: str = "avc", model_b
     check_query(query, "query")
     check_sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     if heatmap:
-        check_output_file(heatmap, "--heatmap")
+        check_png_file(heatmap, "--heatmap")
     pil_image = load_image(image)
     if loaded is None:
         backend = check_before_loading(model_path, model_base, device, load_4bit, load_8bit)

@@ -83,7 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     register_run(subparsers)
     register_eval(subparsers)
     register_convert(subparsers)
+    parser.set_defaults(commands=subparsers.choices)
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list) -> argparse.Namespace:
+    """`parse_args`, except that arguments a command does not know are reported by that command's parser
+    (its usage line and `llava-avc COMMAND: error: ...`), not by the top-level one."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        args.commands[args.command].error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
 
 
 def _run_doctor(args, argv) -> int:
@@ -95,7 +105,7 @@ def _run_doctor(args, argv) -> int:
 def _run_ask(args, argv) -> int:
     from ..algorithm.config import method_name
     from ..decode.sampling import FLAGS, check_sampling
-    from ..eval.inputs import check_output_file, check_query, image_problem
+    from ..eval.inputs import check_png_file, check_query, image_problem
     from .flags import config_from_args
 
     config = config_from_args(args)  # every check that needs no torch first: a usage error is instant
@@ -104,7 +114,7 @@ def _run_ask(args, argv) -> int:
     if image_problem(args.image):
         raise FileNotFoundError(f"{image_problem(args.image)}; pass an image file (JPEG, PNG, ...) as --image.")
     if args.heatmap:
-        check_output_file(args.heatmap, "--heatmap")
+        check_png_file(args.heatmap, "--heatmap")
     from .ask import ask
 
     result = ask(
@@ -167,7 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = None
     try:
-        args = build_parser().parse_args(argv)
+        args = parse(build_parser(), argv)
         try:
             return args.handler(args, argv)
         except Exception as error:  # noqa: BLE001 - a user error is one line; anything else is a bug: re-raised

@@ -348,7 +348,14 @@ def run_score_command(args, argv) -> int:
     from ..eval import compare as cmp
     from ..eval.benchmarks import get_benchmark
 
+    from ..eval.inputs import check_png_file
+
     benchmark = get_benchmark(args.benchmark).name
+    if args.labels and not args.compare:
+        raise ValueError(f"--labels (={' '.join(args.labels)}) names the runs of --compare; with --answers-file drop it "
+                         "(the run is named after its folder).")
+    if args.chart:
+        check_png_file(args.chart, "--chart")
     names, rows = _score_compare(benchmark, args) if args.compare else _score_one(benchmark, args)
     if args.chart:
         path = cmp.bar_chart(names, rows, args.chart, f"{benchmark.upper()}")

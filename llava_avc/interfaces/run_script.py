@@ -237,6 +237,10 @@ def plan_run(args: argparse.Namespace) -> ScriptPlan:
     from .flags import config_from_args
 
     _split_rest(args)
+    if importlib.util.find_spec("llava") is None:
+        raise _UsageError("llava-avc run runs the original LLaVA's scripts, and this environment has no original LLaVA "
+                          "(llava-torch): install it (pip install '.[llava]' and pip install --no-deps "
+                          "llava-torch==1.2.2.post1); llava-hf checkpoints run with llava-avc ask / eval.")
     if not (math.isfinite(args.record_every) and args.record_every > 0):
         raise _UsageError(f"--record-every (={args.record_every}) must be > 0 seconds; e.g. --record-every 10.")
     if args.max_new_tokens_cap is not None and args.max_new_tokens_cap < 1:

@@ -57,6 +57,26 @@ class HFLlavaAdapter(LanguageModelAdapter):
     def _is_next(self) -> bool:
         return type(self.model).__name__ == "LlavaNextForConditionalGeneration"
 
+    def _check_pairing(self, pixel_values, image_sizes) -> None:
+        """Refuse pixels made by the processor of the other LLaVA class (one line naming both classes):
+        LlavaNext takes a LlavaNextProcessor's (B, P, 3, H, W) tiles with `image_sizes`, Llava a
+        LlavaProcessor's (B, 3, H, W) images."""
+        shape = tuple(pixel_values.shape) if hasattr(pixel_values, "shape") else None
+        if self._is_next and (image_sizes is None or shape is None or len(shape) != 5):
+            made_by = "a LLaVA-1.5 processor (LlavaProcessor)"
+        elif not self._is_next and shape is not None and len(shape) != 4:
+            made_by = "a LLaVA-NeXT processor (LlavaNextProcessor)"
+        else:
+            return
+        sizes = "with" if image_sizes is not None else "without"
+        wanted = ("a LlavaNextProcessor's (B, P, 3, H, W) tiles and image_sizes" if self._is_next
+                  else "a LlavaProcessor's (B, 3, H, W) images")
+        raise ValueError(
+            f"pixel_values {shape} {sizes} image_sizes come from {made_by}, and the model is a "
+            f"{type(self.model).__name__}, which takes {wanted}: load the checkpoint with the class its config.json "
+            "names (model_type llava: LlavaForConditionalGeneration; llava_next: LlavaNextForConditionalGeneration) "
+            "and its own AutoProcessor.")
+
     def _image_features(self, pixel_values, image_sizes) -> torch.Tensor:
         """(sum of N_b, D) features of the batch's images, in order, as the model's forward merges them."""
         kwargs = {"image_sizes": image_sizes} if self._is_next else {}
@@ -74,6 +94,7 @@ class HFLlavaAdapter(LanguageModelAdapter):
                 for LLaVA-NeXT.
             image_sizes: the processor's (B, 2) `image_sizes` (LLaVA-NeXT), else None.
         """
+        self._check_pairing(images, image_sizes)
         token_id = image_token_id(self.model)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
