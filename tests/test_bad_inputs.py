@@ -60,11 +60,12 @@ def ctrl_c_reaches_python() -> None:
 
 def assert_one_line_error(proc, code: int, pattern: str) -> str:
     """The exit status, no traceback, and stderr one `llava-avc ...: error:` line (or a usage block
-    whose last line is argparse's error) matching `pattern`."""
+    whose last line is argparse's error) matching `pattern`; an error after the model loaded may follow
+    eval's one "loaded ..." progress line."""
     stderr = proc.stderr.decode("utf-8", "replace")
     assert proc.returncode == code, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
-    lines = stderr.strip().splitlines()
+    lines = [line for line in stderr.strip().splitlines() if not line.startswith("loaded ")]
     assert lines, "nothing on stderr"
     if lines[0].startswith("usage:"):
         assert len(lines) == 2, stderr  # argparse: a short usage line, then the error

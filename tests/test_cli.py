@@ -134,7 +134,7 @@ def test_ask_on_a_path_that_is_not_a_llava_checkpoint(tmp_path, sample_image):
     image = tmp_path / "photo.jpg"
     sample_image.save(image)
     proc = run_cli("ask", "--model-path", str(tmp_path), "--image", str(image), "--query", "q")
-    assert proc.returncode == 2 and "config.json is missing" in proc.stderr
+    assert proc.returncode == 2 and "is not a checkpoint folder: it has no config.json" in proc.stderr
 
 
 def test_ask_heatmap_writes_a_png_of_the_image_size_with_blind_tokens_marked(tiny_llava_dir, tmp_path,

@@ -310,7 +310,7 @@ def test_a_second_writer_and_a_non_llava_checkpoint_are_refused(setup, tmp_path,
     code = eval_main(["eval", "pope", "--model-path", str(tmp_path / "llava-not-a-model"), "--out",
                       str(tmp_path / "out"), "--image-folder", str(setup["images"]), "--question-file",
                       str(setup["questions"]), "--limit", "1", "--device", "cpu"])
-    assert code == 2 and "is not a LLaVA checkpoint: config.json is missing" in capsys.readouterr().err
+    assert code == 2 and "is not a checkpoint folder: it has no config.json" in capsys.readouterr().err
 
 
 def test_out_of_memory_says_which_batch_size_to_try_and_keeps_answers(setup, tiny_llava):
