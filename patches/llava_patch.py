@@ -89,10 +89,10 @@ def _check_patchable(cls) -> None:
 
 def _patched_generate(original):
     @functools.wraps(original)
-    def generate(self, inputs=None, images=None, image_sizes=None, avc=None, vcd=None, m3id=None, **kwargs):
-        from llava_avc.algorithm.config import resolve_method
+    def generate(self, inputs=None, images=None, image_sizes=None, **kwargs):
+        from llava_avc.decode.methods import pop_method
 
-        config = resolve_method(avc=avc, vcd=vcd, m3id=m3id)
+        config = pop_method(kwargs)  # avc= / vcd= / m3id= or a registered method's keyword
         if config is None and images is not None:
             config = _DEFAULT_METHOD.get()
         GENERATE_CALLS[config.method if config is not None else "none"] += 1

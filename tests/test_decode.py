@@ -12,7 +12,7 @@ from transformers.generation import LogitsProcessorList, StoppingCriteriaList
 import llava_avc
 from llava_avc import AVCConfig, M3IDConfig, VCDConfig
 from llava_avc.algorithm.contrast import NonFiniteLogitsError, m3id_logits, vcd_logits
-from llava_avc.decode.loop import biased_embeds
+from llava_avc.decode.prefill import biased_embeds
 from llava_avc.interfaces.api import contrastive_generate
 from llava_avc.algorithm.blind import noise_generator
 from llava_avc.algorithm.noise import add_diffusion_noise

@@ -28,7 +28,7 @@ import math
 import numbers
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Optional, Tuple, Union
+from typing import Any, ClassVar, Dict, Tuple
 
 
 NUM_DIFFUSION_STEPS = 1000
@@ -42,9 +42,6 @@ _PAPER_BETA = 0.1
 # Stack depth from ``warnings.warn`` in ``_warn`` to the user's ``XConfig(...)`` call:
 # _warn -> _warn_no_ops -> __post_init__ -> __init__ -> caller.
 _WARN_STACKLEVEL = 5
-
-MethodConfig = Union["AVCConfig", "VCDConfig", "M3IDConfig"]
-
 
 def _message(owner: str, name: str, value: Any, constraint: str, fix: str) -> str:
     """Formats an error as "what, the value, the constraint, the fix"."""
@@ -110,8 +107,11 @@ def _warn(message: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=_WARN_STACKLEVEL)
 
 
-class _ConfigBase:
-    """Shared behaviour of the frozen method configs (not a dataclass itself)."""
+class MethodConfig:
+    """The base of every method's config (not a dataclass itself): a subclass is a frozen dataclass with
+    `method: ClassVar[str]` (its registry name), fields carrying `help` / `constraint` metadata (the command
+    line's flags), and `validate()` raising ValueError / TypeError on a bad value (one line: what, the value,
+    the constraint, the fix). Register the method with `llava_avc.register_method`."""
 
     method: ClassVar[str] = ""
     _FLOAT_FIELDS: ClassVar[Tuple[str, ...]] = ()
@@ -127,8 +127,7 @@ class _ConfigBase:
         self._warn_no_ops()
 
     def validate(self) -> None:
-        """Raises ValueError / TypeError if a field is out of range / of the wrong type."""
-        raise NotImplementedError
+        """Raises ValueError / TypeError if a field is out of range / of the wrong type (default: no checks)."""
 
     def _warn_no_ops(self) -> None:
         """Warns (UserWarning) about legal settings that make the method a no-op."""
@@ -139,7 +138,7 @@ class _ConfigBase:
 
 
 @dataclass(frozen=True)
-class AVCConfig(_ConfigBase):
+class AVCConfig(MethodConfig):
     """Attentional Vision Calibration (AVC / AvisC) hyper-parameters.
 
     Attributes:
@@ -211,7 +210,7 @@ class AVCConfig(_ConfigBase):
 
 
 @dataclass(frozen=True)
-class VCDConfig(_ConfigBase):
+class VCDConfig(MethodConfig):
     """Visual Contrastive Decoding (VCD, Leng et al. 2024) hyper-parameters.
 
     Attributes:
@@ -261,7 +260,7 @@ class VCDConfig(_ConfigBase):
 
 
 @dataclass(frozen=True)
-class M3IDConfig(_ConfigBase):
+class M3IDConfig(MethodConfig):
     """M3ID (Favero et al. 2024) hyper-parameters.
 
     Attributes:
@@ -292,68 +291,3 @@ class M3IDConfig(_ConfigBase):
             _warn("M3IDConfig: `lam` (=0.0) is a no-op; output equals plain decoding "
                   "(under sampling, restricted to the beta-plausible tokens). Use lam > 0, "
                   "e.g. lam=0.02, to apply M3ID.")
-
-
-_METHOD_CLASSES = {"avc": AVCConfig, "vcd": VCDConfig, "m3id": M3IDConfig}
-#: Method names, "none" = plain decoding.
-METHODS: Tuple[str, ...] = tuple(_METHOD_CLASSES) + ("none",)
-
-
-def default_config(method: str) -> Optional[MethodConfig]:
-    """The default AVCConfig / VCDConfig / M3IDConfig of a method name; None for "none"."""
-    if method == "none":
-        return None
-    if method not in _METHOD_CLASSES:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
-    return _METHOD_CLASSES[method]()
-
-
-def method_name(config: Optional[MethodConfig]) -> str:
-    """The method name of a config; "none" for None (plain decoding)."""
-    return "none" if config is None else config.method
-
-
-def _check_method_arg(name: str, value: Any) -> None:
-    """Raises TypeError unless ``value`` is None or the config class for ``name``."""
-    expected = _METHOD_CLASSES[name]
-    if value is None or isinstance(value, expected):
-        return
-    cls = expected.__name__
-    if isinstance(value, dict):
-        fix = f"Pass `{name}={cls}(**your_dict)`."
-    elif isinstance(value, _ConfigBase):
-        fix = f"Pass `{name}={cls}(...)`, or pass this config as `{value.method}=`."
-    else:
-        fix = f"Pass `{name}={cls}(...)`, e.g. `{name}={cls}()` for the defaults."
-    raise TypeError(_message("resolve_method", name, value,
-                             f"be an instance of {cls} or None, not {type(value).__name__}", fix))
-
-
-def resolve_method(avc: Optional[AVCConfig] = None, vcd: Optional[VCDConfig] = None,
-                   m3id: Optional[M3IDConfig] = None) -> Optional[MethodConfig]:
-    """Returns the single method config given, or None for plain decoding.
-
-    Args:
-        avc: An ``AVCConfig`` or None.
-        vcd: A ``VCDConfig`` or None.
-        m3id: An ``M3IDConfig`` or None.
-
-    Returns:
-        The one config that is not None, or None when all are None.
-
-    Raises:
-        TypeError: If an argument is neither None nor its config class (dicts, bools, or a
-            config of another method).
-        ValueError: If more than one config is given.
-    """
-    given = {"avc": avc, "vcd": vcd, "m3id": m3id}
-    for name, value in given.items():
-        _check_method_arg(name, value)
-    chosen = [name for name, value in given.items() if value is not None]
-    if len(chosen) > 1:
-        names = ", ".join(f"{name}=" for name in chosen)
-        raise ValueError(
-            f"resolve_method: got {names} (={len(chosen)} methods) but the methods are "
-            f"exclusive; pass at most one of avc=, vcd=, m3id=. Drop all but one."
-        )
-    return given[chosen[0]] if chosen else None

@@ -17,7 +17,6 @@ import importlib.abc
 import importlib.util
 import sys
 
-METHODS = ("avc", "vcd", "m3id")
 _TARGET = "transformers.generation.utils"
 _MARKER = "__llava_avc_hint__"
 
@@ -46,7 +45,9 @@ def install(module=None) -> None:
         try:
             return original(self, model_kwargs, *args, **kwargs)
         except ValueError as error:
-            names = [name for name in METHODS if model_kwargs.get(name) is not None]
+            from ..decode.methods import method_names
+
+            names = [name for name in method_names() if model_kwargs.get(name) is not None]
             if not names:
                 raise
             raise ValueError(f"{' '.join(str(error).split())} -- {_advice(self, names)}.") from None

@@ -19,12 +19,13 @@ from typing import Any, Callable
 import torch
 
 from ..algorithm.config import AVCConfig, M3IDConfig, VCDConfig
+from ..decode.methods import BUILT_IN, get_method
 from . import BACKENDS
 
 #: New tokens per run: enough for the decode steps to run after the prefill, few enough to stay fast.
 NEW_TOKENS = 4
-#: The methods at their defaults, and each at zero strength (which must equal plain greedy decoding).
-METHODS = (AVCConfig(), VCDConfig(), M3IDConfig())
+#: The built-in methods at their defaults (each at zero strength must equal plain greedy decoding).
+METHODS = tuple(get_method(name).config_class() for name in BUILT_IN)
 
 
 def _zero_strength() -> tuple:

@@ -1,9 +1,10 @@
-"""The two-branch decode loop shared by AVC, VCD and M3ID: prefill, step, stop.
+"""The two-branch decode loop shared by every method: prefill, step, stop.
 
 Per step both branches (original rows and biased rows, stacked in the batch) run as ONE forward
-over 2B rows; each branch's keys/values live in their own rows of the KV cache and never share
-storage with the other branch. `sequential=True` keeps two separate caches and runs two forwards
-per token (the official AvisC code's structure), for benchmarks only.
+over 2B rows (`llava_avc.decode.state`); each method is one registry entry (`llava_avc.decode.methods`)
+that says how its biased branch is prefilled and how the two branches' logits become one step's scores.
+`sequential=True` keeps two separate caches and runs two forwards per token (the official AvisC code's
+structure), for benchmarks only.
 
 The loop is written against `ModelAdapter` (llava_avc.decode.adapter) only: it never imports a
 model library. A backend passes its adapter in.
@@ -16,207 +17,19 @@ structure this replaces.
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional
 
 import torch
 
-from ..algorithm.blind import BlindTokens, find_blind_tokens_from_attention, mask_non_blind, noise_generator
-from ..algorithm.config import AVCConfig, M3IDConfig, VCDConfig
-from ..algorithm.contrast import avc_logits, check_branches_finite, m3id_logits, vcd_logits
-from ..algorithm.noise import add_diffusion_noise
+from ..algorithm.blind import BlindTokens
+from ..algorithm.config import AVCConfig, MethodConfig
+from ..algorithm.contrast import check_branches_finite
 from ..algorithm.seeds import derived_seed
-from .adapter import GenerationSetup, ModelAdapter, left_pad_to, position_ids_from_mask, stopping_rows
+from .adapter import GenerationSetup, ModelAdapter, stopping_rows
+from .methods import get_method
+from .prefill import PrefillRequest, avc_original_prefill, prefill_lean
 from .sampling import check_generation_config
-
-ContrastiveConfig = Union[AVCConfig, VCDConfig, M3IDConfig]
-
-
-@dataclass
-class _Stream:
-    """One KV cache and the rows it serves. `copies` = branches stacked in it (2 batched, 1 sequential)."""
-
-    cache: object
-    attention_mask: torch.Tensor  # (copies * B, L) bool
-    next_position: torch.Tensor  # (copies * B,) long
-    copies: int
-
-    def step(self, adapter: ModelAdapter, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed (B,) tokens to every branch in the stream; returns (copies * B, V) float32 logits."""
-        tokens = tokens.repeat(self.copies).unsqueeze(1)  # (copies * B, 1)
-        embeds = adapter.embed_tokens(tokens)  # (copies * B, 1, D)
-        ones = self.attention_mask.new_ones(self.attention_mask.shape[0], 1)
-        self.attention_mask = torch.cat([self.attention_mask, ones], 1)
-        positions = self.next_position.unsqueeze(1)  # (copies * B, 1)
-        self.next_position = self.next_position + 1
-        logits, self.cache = adapter.forward_last_logits(embeds, self.attention_mask, positions, self.cache)
-        return logits
-
-
-class BranchState:
-    """The decoding state of the original branch and (if any) the biased branch.
-
-    Rows: the original branch's B rows first, then the biased branch's B rows (none in lean mode).
-    """
-
-    def __init__(self, streams: list[_Stream], logits: torch.Tensor, batch_size: int):
-        self.streams = streams
-        self.batch_size = batch_size
-        self.logits, self.biased_logits = logits[:batch_size], logits[batch_size:]  # (B, V) each
-
-    @classmethod
-    def from_prefill(cls, adapter: ModelAdapter, embeds, attention_mask, sequential: bool) -> "BranchState":
-        """Prefill both branches from (2B, L, D) stacked embeds (original rows first)."""
-        batch_size = embeds.shape[0] // 2
-        parts = [slice(0, batch_size), slice(batch_size, None)] if sequential else [slice(None)]
-        streams, logits = [], []
-        for rows in parts:
-            mask = attention_mask[rows]
-            part_logits, cache = adapter.forward_last_logits(
-                embeds[rows], mask, position_ids_from_mask(mask), adapter.new_cache()
-            )
-            streams.append(_Stream(cache, mask, mask.long().sum(-1), copies=2 // len(parts)))
-            logits.append(part_logits)
-        return cls(streams, torch.cat(logits), batch_size)
-
-    @classmethod
-    def from_branches(cls, adapter: ModelAdapter, original, biased, attention_mask, sequential: bool) -> "BranchState":
-        """Join two separately prefilled branches: (logits (B, V), cache) each, same (B, L) mask."""
-        next_position = attention_mask.long().sum(-1)  # (B,)
-        logits = torch.cat([original[0], biased[0]])
-        if sequential:
-            streams = [_Stream(cache, attention_mask, next_position, copies=1) for _, cache in (original, biased)]
-        else:
-            cache = adapter.stack_caches(original[1], biased[1])
-            mask2 = torch.cat([attention_mask, attention_mask])
-            streams = [_Stream(cache, mask2, next_position.repeat(2), copies=2)]
-        return cls(streams, logits, attention_mask.shape[0])
-
-    def step(self, adapter: ModelAdapter, tokens: torch.Tensor) -> None:
-        """Feed the chosen (B,) tokens to both branches; refreshes `logits` and `biased_logits`."""
-        per_stream = [stream.step(adapter, tokens) for stream in self.streams]
-        logits = torch.cat(per_stream) if len(per_stream) > 1 else per_stream[0]
-        self.logits, self.biased_logits = logits[: self.batch_size], logits[self.batch_size :]
-
-    @property
-    def prompt_length(self) -> int:
-        """Positions of the original branch's (left-padded) merged prompt, as upstream's inputs_embeds."""
-        return int(self.streams[0].attention_mask.shape[1])
-
-    def original_cache_rows(self, adapter: ModelAdapter) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The original branch's keys/values per layer (copies)."""
-        return adapter.cache_rows(self.streams[0].cache, slice(0, self.batch_size))
-
-
-# ----------------------------------------------------------------------------------------------
-# Prefill, one function per method
-
-
-def avc_original_prefill(adapter: ModelAdapter, input_ids, attention_mask, images, image_sizes, config: AVCConfig):
-    """Prefill the original branch with the last-query probe and find each row's blind tokens.
-
-    Returns:
-        (merged prompt, (logits (B, V), cache), [BlindTokens per row])
-    """
-    merged = adapter.merge_image(input_ids, attention_mask, images, image_sizes)
-    with adapter.last_query_probe(merged.attention_mask) as probe:
-        original = adapter.forward_last_logits(
-            merged.embeds, merged.attention_mask, merged.position_ids, adapter.new_cache()
-        )
-    attentions = torch.stack(probe.attentions, dim=1)  # (B, n_layers, H, L)
-    records = [
-        find_blind_tokens_from_attention(attentions[row], merged.image_spans[row], config.gamma, config.lam)
-        for row in range(attentions.shape[0])
-    ]
-    return merged, original, records
-
-
-def biased_embeds(embeds: torch.Tensor, records: list[BlindTokens], config: AVCConfig,
-                  noise_seeds: Optional[Sequence[int]] = None) -> torch.Tensor:
-    """(B, L, D) merged embeds -> a copy whose NON-blind image rows are replaced per `config.masking`.
-
-    Blind tokens keep their embeddings; nothing is removed and the attention mask is unchanged.
-    `noise_seeds` (one per row; default `config.noise_seed` for every row) seed the `noise` masking.
-    """
-    seeds = noise_seeds if noise_seeds is not None else [config.noise_seed] * len(records)
-    out = embeds.clone()
-    for row, record in enumerate(records):
-        start, end = record.image_span
-        # A fresh generator per row: a row's noise does not depend on its position in the batch.
-        generator = noise_generator(seeds[row])
-        out[row, start:end] = mask_non_blind(embeds[row, start:end], record.blind, config.masking, generator)
-    return out
-
-
-def _prefill_avc(adapter, input_ids, attention_mask, images, image_sizes, config, sequential, noise_seeds):
-    merged, original, records = avc_original_prefill(adapter, input_ids, attention_mask, images, image_sizes, config)
-    mask = merged.attention_mask
-    biased = adapter.forward_last_logits(
-        biased_embeds(merged.embeds, records, config, noise_seeds), mask, merged.position_ids, adapter.new_cache()
-    )
-    return BranchState.from_branches(adapter, original, biased, mask, sequential), records
-
-
-def noised_images(images, config: VCDConfig, noise_seeds: Optional[Sequence[int]] = None):
-    """VCD's diffusion-noised copy of each image, each drawn from a fresh generator seeded with its
-    row's seed (default `config.noise_seed`), so a row's noise does not depend on its batch position."""
-    seeds = noise_seeds if noise_seeds is not None else [config.noise_seed] * len(images)
-    noised = [add_diffusion_noise(image, config.noise_step, noise_generator(seed)) for image, seed in zip(images, seeds)]
-    return noised if isinstance(images, list) else torch.stack(noised)
-
-
-def _stack_images(images, noised):
-    if isinstance(images, list):
-        return list(images) + list(noised)
-    return torch.cat([images, noised], 0)
-
-
-def _prefill_vcd(adapter, input_ids, attention_mask, images, image_sizes, config: VCDConfig, sequential, noise_seeds):
-    """The biased branch sees a diffusion-noised copy of the image; one merge for both branches."""
-    noised = noised_images(images, config, noise_seeds)
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-    sizes = None if image_sizes is None else list(image_sizes) * 2
-    merged = adapter.merge_image(
-        input_ids.repeat(2, 1), attention_mask.repeat(2, 1), _stack_images(images, noised), sizes
-    )
-    return BranchState.from_prefill(adapter, merged.embeds, merged.attention_mask, sequential), None
-
-
-def _prefill_m3id(adapter, input_ids, attention_mask, images, image_sizes, config: M3IDConfig, sequential,
-                  noise_seeds):
-    """The biased (unconditioned) branch sees the prompt without the image."""
-    merged = adapter.merge_image(input_ids, attention_mask, images, image_sizes)
-    text_embeds, text_mask = adapter.text_only_prompt(input_ids, attention_mask)
-    length = max(merged.embeds.shape[1], text_embeds.shape[1])
-    embeds, mask = left_pad_to(merged.embeds, merged.attention_mask, length)
-    text_embeds, text_mask = left_pad_to(text_embeds, text_mask, length)
-    stacked = torch.cat([embeds, text_embeds.to(embeds.dtype)]), torch.cat([mask, text_mask])
-    return BranchState.from_prefill(adapter, *stacked, sequential), None
-
-
-def _prefill_lean(adapter, input_ids, attention_mask, images, image_sizes, config, sequential, noise_seeds):
-    """One branch, no contrast: the apples-to-apples baseline of the benchmarks."""
-    merged = adapter.merge_image(input_ids, attention_mask, images, image_sizes)
-    mask = merged.attention_mask
-    logits, cache = adapter.forward_last_logits(merged.embeds, mask, merged.position_ids, adapter.new_cache())
-    stream = _Stream(cache, mask, mask.long().sum(-1), copies=1)
-    return BranchState([stream], logits, mask.shape[0]), None
-
-
-_PREFILL = {"avc": _prefill_avc, "vcd": _prefill_vcd, "m3id": _prefill_m3id, None: _prefill_lean}
-
-
-def _combiner(config: Optional[ContrastiveConfig]) -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]:
-    """(logits, biased_logits, step) -> contrasted float32 logits, for the configured method."""
-    if config is None:
-        return lambda l, lb, step: l
-    if config.method == "avc":
-        return lambda l, lb, step: avc_logits(l, lb, config.alpha, config.beta)
-    if config.method == "vcd":
-        return lambda l, lb, step: vcd_logits(l, lb, config.alpha, config.beta)
-    # M3ID's schedule counts generated tokens from t = 1 (official code).
-    return lambda l, lb, step: m3id_logits(l, lb, step + 1, config.lam, config.beta)
+from .state import BranchState
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,7 +54,15 @@ def _choose(scores: torch.Tensor, sequences: torch.Tensor, setup: GenerationSetu
     return torch.cat(tokens), scores
 
 
-def _decode(adapter: ModelAdapter, state: BranchState, config: Optional[ContrastiveConfig], setup: GenerationSetup):
+def _combiner(config: Optional[MethodConfig]):
+    """(logits, biased_logits, step) -> the step's float32 scores: the method's combiner, or the logits."""
+    if config is None:
+        return lambda logits, biased_logits, step: logits
+    combine = get_method(config.method).combine
+    return lambda logits, biased_logits, step: combine(config, logits, biased_logits, step)
+
+
+def _decode(adapter: ModelAdapter, state: BranchState, config: Optional[MethodConfig], setup: GenerationSetup):
     """Generate until every row stopped. Returns (sequences (B, T), per-step scores)."""
     combine = _combiner(config)
     sequences = setup.initial_ids
@@ -281,7 +102,7 @@ def contrastive_generate(
     *,
     images=None,
     image_sizes=None,
-    config: ContrastiveConfig,
+    config: MethodConfig,
     sequential: bool = False,
     **generate_kwargs,
 ):
@@ -292,7 +113,7 @@ def contrastive_generate(
         input_ids: (B, T) prompt ids with one image placeholder per row; left or right padded
             together with `attention_mask` (passed in `generate_kwargs`).
         images, image_sizes: the backend's image inputs (tensor, or list for anyres).
-        config: AVCConfig, VCDConfig or M3IDConfig.
+        config: the config of a registered method (AVCConfig, VCDConfig, M3IDConfig, ...).
         sequential: two forwards per token with two caches (comparison mode for benchmarks).
         generate_kwargs: generation kwargs as the model's `generate` takes them (max_new_tokens,
             do_sample, temperature, top_k, top_p, repetition_penalty, eos_token_id,
@@ -334,9 +155,9 @@ def _generate(adapter: ModelAdapter, input_ids, images, image_sizes, config, seq
         setup.sampling_seeds = [derived_seed(seed, "sample") for seed in row_seeds]
         noise_seed = getattr(config, "noise_seed", 0)
         noise_seeds = [derived_seed(seed, f"noise:{noise_seed}") for seed in row_seeds]
-    method = config.method if config is not None else None
-    state, records = _PREFILL[method](adapter, input_ids, setup.attention_mask, images, image_sizes, config, sequential,
-                                      noise_seeds)
+    request = PrefillRequest(input_ids, setup.attention_mask, images, image_sizes, sequential, noise_seeds)
+    prefill = prefill_lean if config is None else get_method(config.method).prefill
+    state, records = prefill(adapter, request, config)
     adapter.bind_prompt_length(setup, state.prompt_length)
     sequences, scores = _decode(adapter, state, config, setup)
     if not setup.return_dict:

@@ -7,16 +7,17 @@ from typing import Optional
 
 import torch
 
-from ..algorithm.config import AVCConfig, M3IDConfig, VCDConfig, resolve_method
+from ..algorithm.config import AVCConfig
 from ..backends import adapter_for, backend_module
 from ..backends.transformers_compat import guarded
 from ..decode import loop
+from ..decode.methods import pop_method
 
 
 @guarded
-def generate(model, input_ids: Optional[torch.Tensor] = None, *, avc: Optional[AVCConfig] = None,
-             vcd: Optional[VCDConfig] = None, m3id: Optional[M3IDConfig] = None, **kwargs):
-    """Generate with AVC, VCD or M3ID (at most one), or, with none of them, the model's own `generate`.
+def generate(model, input_ids: Optional[torch.Tensor] = None, **kwargs):
+    """Generate with a registered method (`avc=AVCConfig()`, `vcd=VCDConfig()`, `m3id=M3IDConfig()` or one
+    registered with `llava_avc.register_method`; at most one), or, with none, the model's own `generate`.
 
     One function for both backends, dispatched on the model's class:
 
@@ -30,14 +31,14 @@ def generate(model, input_ids: Optional[torch.Tensor] = None, *, avc: Optional[A
     Args:
         model: a model some backend serves.
         input_ids: (B, T) prompt ids with one image per row (or inside `kwargs`).
-        avc, vcd, m3id: the method's config; all None = the model's own `generate`.
-        kwargs: what the model's `generate` takes (images / pixel_values, max_new_tokens, do_sample,
-            temperature, top_p, streamer, return_dict_in_generate, ...).
+        kwargs: `<method>=config` (none or None = the model's own `generate`), and what the model's
+            `generate` takes (images / pixel_values, max_new_tokens, do_sample, temperature, top_p, streamer,
+            return_dict_in_generate, ...).
     Returns:
         What the model's own `generate` returns for the same call (plus `blind_tokens` in the dict
         output of AVC).
     """
-    config = resolve_method(avc=avc, vcd=vcd, m3id=m3id)
+    config = pop_method(kwargs)
     return backend_module(model).generate(model, input_ids, config, **kwargs)
 
 

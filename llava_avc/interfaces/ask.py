@@ -7,7 +7,8 @@ from typing import Optional
 
 import torch
 
-from ..algorithm.config import AVCConfig, default_config
+from ..algorithm.config import AVCConfig
+from ..decode.methods import default_config
 from ..eval.inputs import check_png_file, check_query, open_rgb
 
 

@@ -103,7 +103,7 @@ def _run_doctor(args, argv) -> int:
 
 
 def _run_ask(args, argv) -> int:
-    from ..algorithm.config import method_name
+    from ..decode.methods import method_name
     from ..decode.sampling import FLAGS, check_sampling
     from ..eval.inputs import check_png_file, check_query, image_problem
     from .flags import config_from_args

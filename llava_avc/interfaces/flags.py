@@ -1,8 +1,9 @@
 """Command-line flags that choose the model and the decoding method with its hyperparameters.
 
 Shared by `llava-avc ask`, `llava-avc run` and `llava-avc eval`. The method flags are generated
-from the config dataclasses' fields (`llava_avc.algorithm.config`): every field of `AVCConfig`,
-`VCDConfig` and `M3IDConfig` becomes `--<method>-<field>` (the field's `flag` metadata renames it:
+from the method registry (`llava_avc.decode.methods`) when the parser is built: `--method` offers
+every registered method, and every field of its config class (`AVCConfig`, `VCDConfig`, `M3IDConfig`,
+or a registered one) becomes `--<method>-<field>` (the field's `flag` metadata renames it:
 `lam` -> `--avc-lambda`) with the field's help, constraint and default. The official AvisC and VCD
 scripts' spellings are accepted as aliases (`OFFICIAL_ALIASES`), so their command lines can be
 reused unchanged.
@@ -15,9 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
-from ..algorithm.config import AVCConfig, M3IDConfig, METHODS, VCDConfig
-
-_CONFIG_CLASSES = {"avc": AVCConfig, "vcd": VCDConfig, "m3id": M3IDConfig}
+from ..decode.methods import NO_METHOD, get_method, method_names
 
 #: The official scripts' method switches: flag (also hyphenated) -> method.
 METHOD_SWITCHES = {"use_avisc": "avc", "use_cd": "vcd", "use_m3id": "m3id"}
@@ -56,10 +55,12 @@ class MethodFlag:
     help: str
 
 
-def _field_flags() -> list:
-    """One MethodFlag per config field, plus the shared official aliases (cd_alpha, cd_beta)."""
+def method_flags() -> list:
+    """One MethodFlag per config field of every registered method, plus the shared official aliases
+    (cd_alpha, cd_beta)."""
     result = []
-    for method, cls in _CONFIG_CLASSES.items():
+    for method in method_names():
+        cls = get_method(method).config_class
         for field in dataclasses.fields(cls):
             name = field.metadata.get("flag", field.name).replace("_", "-")
             aliases = tuple(flag for alias in OFFICIAL_ALIASES if alias.methods == (method,)
@@ -74,9 +75,6 @@ def _field_flags() -> list:
                                      f"alias: {alias.field} of the chosen method ({'/'.join(alias.methods)}; "
                                      "official AvisC/VCD scripts)"))
     return result
-
-
-METHOD_FLAGS = _field_flags()
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,12 +97,13 @@ def add_quantization_arguments(group) -> None:
 def add_method_arguments(parser: argparse.ArgumentParser, default_method: str = "avc") -> None:
     """Add the method group to `parser`; read the result back with `config_from_args`."""
     group = parser.add_argument_group("decoding method")
-    group.add_argument("--method", choices=METHODS, default=None,
-                       help=f"avc (AvisC), vcd, m3id or none = plain LLaVA decoding (default {default_method})")
+    names = method_names() + (NO_METHOD,)
+    group.add_argument("--method", choices=names, default=None,
+                       help=f"{', '.join(names[:-1])} or {NO_METHOD} = plain LLaVA decoding (default {default_method})")
     for dest, method in METHOD_SWITCHES.items():
         group.add_argument(f"--{dest}", f"--{dest.replace('_', '-')}", dest=dest, action="store_true",
                            help=f"alias of --method {method} (official scripts' spelling)")
-    for flag in METHOD_FLAGS:
+    for flag in method_flags():
         group.add_argument(*flag.flags, dest=flag.dest, type=flag.type, default=None, help=flag.help)
     parser.set_defaults(default_method=default_method)
 
@@ -119,7 +118,8 @@ def chosen_method(args: argparse.Namespace) -> str:
 
 
 def config_from_args(args: argparse.Namespace) -> Optional[object]:
-    """The AVCConfig / VCDConfig / M3IDConfig the flags describe, or None for `--method none`.
+    """The config of the method the flags describe (AVCConfig, VCDConfig, M3IDConfig, a registered one's),
+    or None for `--method none`.
 
     Raises:
         ValueError: two methods, a flag of another method (e.g. --avc-gamma with --method vcd),
@@ -127,8 +127,8 @@ def config_from_args(args: argparse.Namespace) -> Optional[object]:
     """
     method = chosen_method(args)
     values: dict = {}
-    for flag in METHOD_FLAGS:
-        value = getattr(args, flag.dest)
+    for flag in method_flags():
+        value = getattr(args, flag.dest, None)
         if value is None:
             continue
         if method not in flag.methods:
@@ -138,6 +138,6 @@ def config_from_args(args: argparse.Namespace) -> Optional[object]:
             raise ValueError(f"{flag.flags[0]} (={value}) contradicts another flag setting "
                              f"{flag.field}={values[flag.field]}.")
         values[flag.field] = value
-    if method == "none":
+    if method == NO_METHOD:
         return None
-    return _CONFIG_CLASSES[method](**values)
+    return get_method(method).config_class(**values)

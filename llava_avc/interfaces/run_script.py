@@ -64,7 +64,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Sequence
 
-from ..algorithm.config import method_name
+from ..decode.methods import method_name
 from ..eval import provenance
 from .flags import add_method_arguments
 

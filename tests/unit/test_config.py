@@ -1,4 +1,5 @@
-"""Unit tests of llava_avc.algorithm.config: defaults, validation messages, no-op warnings, resolve_method."""
+"""Unit tests of llava_avc.algorithm.config (defaults, validation messages, no-op warnings) and of the method
+keywords' resolution (llava_avc.decode.methods.resolve_method)."""
 
 import dataclasses
 import json
@@ -8,13 +9,8 @@ import warnings
 
 import pytest
 
-from llava_avc.algorithm.config import (
-    MASKING_SCHEMES,
-    AVCConfig,
-    M3IDConfig,
-    VCDConfig,
-    resolve_method,
-)
+from llava_avc.algorithm.config import MASKING_SCHEMES, AVCConfig, M3IDConfig, VCDConfig
+from llava_avc.decode.methods import resolve_method
 
 ALL_CONFIGS = (AVCConfig, VCDConfig, M3IDConfig)
 

@@ -18,14 +18,16 @@ therefore takes `token_streamer=` (the same object as `streamer=`); `llava_avc.g
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from transformers.generation import GenerateDecoderOnlyOutput
 
-from ...algorithm.config import AVCConfig, M3IDConfig, VCDConfig, resolve_method
 from ...decode import loop
+from ...decode.methods import method_names, pop_method
 from ...decode.adapter import GenerationSetup
 from .. import transformers_compat as compat
 from ..base import check_one_sequence_per_prompt
@@ -73,14 +75,39 @@ def contrastive_output(sequences, scores, past_key_values, blind_tokens) -> Cont
     return ContrastiveGenerateOutput(sequences=sequences, scores=scores, blind_tokens=blind_tokens, **cache)
 
 
+class _WithMethodKeywords:
+    """A transformers decoding method whose signature also names every registered method's keyword.
+
+    transformers hands a `custom_generate` callable the keyword arguments its signature names and checks
+    the rest as model kwargs ("model_kwargs are not used"); the signature is read from the method registry
+    each time, so a method registered with `llava_avc.register_method` is a keyword of `generate` too.
+    """
+
+    def __init__(self, function):
+        functools.update_wrapper(self, function)
+        self._function = function
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        signature = inspect.signature(self._function)
+        kinds = inspect.Parameter
+        named = [p for p in signature.parameters.values() if p.kind is not kinds.VAR_KEYWORD]
+        rest = [p for p in signature.parameters.values() if p.kind is kinds.VAR_KEYWORD]
+        keywords = [kinds(name, kinds.KEYWORD_ONLY, default=None) for name in method_names()
+                    if name not in signature.parameters]
+        return signature.replace(parameters=named + keywords + rest)
+
+    def __call__(self, *args, **kwargs):
+        return self._function(*args, **kwargs)
+
+
+@_WithMethodKeywords
 @compat.guarded
 def contrastive_decoding(model, input_ids, logits_processor, stopping_criteria, generation_config,
-                         synced_gpus=False, streamer=None, avc: Optional[AVCConfig] = None,
-                         vcd: Optional[VCDConfig] = None, m3id: Optional[M3IDConfig] = None,
-                         pixel_values=None, image_sizes=None, token_streamer=None, sequential: bool = False,
-                         row_seeds=None, **model_kwargs):
+                         synced_gpus=False, streamer=None, pixel_values=None, image_sizes=None, token_streamer=None,
+                         sequential: bool = False, row_seeds=None, **model_kwargs):
     """A transformers decoding method: `model.generate(**inputs, custom_generate=contrastive_decoding,
-    avc=AVCConfig(), max_new_tokens=64)` (or `vcd=` / `m3id=`).
+    avc=AVCConfig(), max_new_tokens=64)` (or `vcd=` / `m3id=` / a registered method's keyword).
 
     `sequential=True` runs the two branches as two forwards with two caches (the official code's
     structure), for benchmarks. `row_seeds` (one int per row) make each row's noise and sampling
@@ -90,11 +117,12 @@ def contrastive_decoding(model, input_ids, logits_processor, stopping_criteria, 
     Raises:
         ValueError: no method, two methods, no pixel_values, not one image per prompt, beam search.
     """
-    config = resolve_method(avc=avc, vcd=vcd, m3id=m3id)
+    config = pop_method(model_kwargs)
     if config is None:
         raise ValueError(
             "custom_generate=contrastive_decoding needs a method: pass avc=AVCConfig(), vcd=VCDConfig() or "
-            "m3id=M3IDConfig(); for plain decoding call model.generate without custom_generate."
+            "m3id=M3IDConfig() (or a registered method's keyword); for plain decoding call model.generate without "
+            "custom_generate."
         )
     return _decode(model, input_ids, config, sequential, pixel_values, image_sizes,
                    dict(logits_processor=logits_processor, stopping_criteria=stopping_criteria,
