@@ -72,21 +72,9 @@ def __getattr__(name):
         return module
     if name not in _LAZY:
         raise AttributeError(f"module 'llava_avc' has no attribute {name!r}")
-    _install_generate_hint()
     value = getattr(importlib.import_module(_LAZY[name]), name)
     globals()[name] = value
     return value
-
-
-def _install_generate_hint() -> None:
-    """`model.generate(..., avc=...)` on a model that does not take avc= (LLaVA not patched, llava-hf
-    without custom_generate) says how to fix it (llava_avc.backends.hints); never fails an import."""
-    try:
-        from .backends.hints import install_when_transformers_loads
-
-        install_when_transformers_loads()
-    except Exception:  # noqa: BLE001 - only a message helper
-        pass
 
 
 def __dir__():

@@ -117,3 +117,21 @@ def test_pixels_of_the_other_llava_class_processor_are_one_line_naming_both_clas
                                          r"processor \(LlavaNextProcessor\), and the model is a "
                                          r"LlavaForConditionalGeneration"):
         llava_avc.generate(llava.model, **llava_next.inputs, avc=AVCConfig(), max_new_tokens=NEW_TOKENS)
+
+
+def test_using_llava_avcs_public_names_changes_nothing_in_transformers():
+    """No effect at a distance: reading `llava_avc.generate` & co. wraps no transformers method and leaves
+    no import hook behind (the patch of LLaVA's class is `patch_llava()`'s, called by the user)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from transformers.generation.utils import GenerationMixin\n"
+            "before = dict(vars(GenerationMixin))\n"
+            "hooks = list(sys.meta_path)\n"
+            "import llava_avc\n"
+            "llava_avc.AVCConfig, llava_avc.generate, llava_avc.find_blind_tokens, llava_avc.register_method\n"
+            "print(dict(vars(GenerationMixin)) == before, sys.meta_path == hooks)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["True", "True"]
