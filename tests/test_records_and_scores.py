@@ -45,17 +45,21 @@ def checkpoint(request):
     return request.getfixturevalue(name)
 
 
-@pytest.fixture
-def pope_run_inputs(tmp_path, sample_image):
-    """Three POPE questions (with labels) and an image folder holding their images."""
-    lines = (BENCHMARKS / "pope" / "coco_pope_random.json").read_text().splitlines()[:3]
-    questions = tmp_path / "pope3.json"
+def pope_inputs(folder, sample_image, count: int):
+    """The first `count` POPE questions (with labels) and an image folder holding their images."""
+    lines = (BENCHMARKS / "pope" / "coco_pope_random.json").read_text().splitlines()[:count]
+    questions = folder / f"pope{count}.json"
     questions.write_text("\n".join(lines) + "\n")
-    images = tmp_path / "images"
+    images = folder / "images"
     images.mkdir()
     for name in {json.loads(line)["image"] for line in lines}:
         sample_image.save(images / name)
     return questions, images
+
+
+@pytest.fixture
+def pope_run_inputs(tmp_path, sample_image):
+    return pope_inputs(tmp_path, sample_image, 3)
 
 
 # ---- 5. a question source of another benchmark -------------------------------------------------------------
@@ -231,14 +235,10 @@ def run_rank(rank: int, *argv):
 
 
 def test_a_larger_limit_never_merges_on_the_markers_of_the_smaller_run(checkpoint, tmp_path, sample_image):
-    lines = (BENCHMARKS / "pope" / "coco_pope_random.json").read_text().splitlines()[:4]
-    (tmp_path / "q.json").write_text("\n".join(lines) + "\n")
-    (tmp_path / "images").mkdir()
-    for name in {json.loads(line)["image"] for line in lines}:
-        sample_image.save(tmp_path / "images" / name)
+    questions, images = pope_inputs(tmp_path, sample_image, 4)
     out = tmp_path / "run"
-    argv = ["eval", "pope", "--model-path", checkpoint, "--question-file", tmp_path / "q.json", "--image-folder",
-            tmp_path / "images", "--out", out, "--max-new-tokens", 2, "--shard-timeout", 2]
+    argv = ["eval", "pope", "--model-path", checkpoint, "--question-file", questions, "--image-folder", images,
+            "--out", out, "--max-new-tokens", 2, "--shard-timeout", 2]
     for rank in (1, 0):  # the finished run of 2 questions: both shards marked done, merged by rank 0
         assert run_rank(rank, *argv, "--limit", 2).returncode == 0
     assert len((out / "answers.jsonl").read_text().splitlines()) == 2
@@ -251,7 +251,7 @@ def test_a_larger_limit_never_merges_on_the_markers_of_the_smaller_run(checkpoin
     assert last.returncode == 0, last.stderr[-3000:]
     assert "merged 2 shards" in last.stdout
     assert [json.loads(a)["question_id"] for a in (out / "answers.jsonl").read_text().splitlines()] == \
-        [json.loads(line)["question_id"] for line in lines]
+        [json.loads(line)["question_id"] for line in questions.read_text().splitlines()]
 
 
 # ---- 3. the record says what was used --------------------------------------------------------------------------
