@@ -102,10 +102,11 @@ def checkpoint_backend(model_path: str) -> str:
 
 
 def check_before_loading(model_path: str, model_base: Optional[str] = None, device: Optional[str] = None,
-                         load_4bit: bool = False, load_8bit: bool = False) -> str:
+                         load_4bit: bool = False, load_8bit: bool = False, conv_mode: Optional[str] = None) -> str:
     """Everything that can be checked before a model loads, in seconds: the device, quantization on this
-    machine, a hub id that is not cached while the hub is out of reach, damaged checkpoint files, and
-    the checkpoint's format. Returns the backend name.
+    machine, a hub id that is not cached while the hub is out of reach, damaged checkpoint files, the
+    checkpoint's format, and (when given) a conversation template its backend can render. Returns the
+    backend name.
 
     Raises:
         ValueError: one line naming the value, the constraint and the fix.
@@ -118,6 +119,8 @@ def check_before_loading(model_path: str, model_base: Optional[str] = None, devi
     preflight(model_path, model_base)
     backend = checkpoint_backend(model_path)
     check_backend_available(backend, model_path)
+    if conv_mode is not None:
+        pipeline_class(backend).check_conv_mode(conv_mode)
     return backend
 
 
@@ -151,10 +154,11 @@ def pipeline_class(backend: str):
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def load_pipeline(model_path: str, model_base: Optional[str] = None, **kwargs):
-    """The ask/eval pipeline of the checkpoint's backend, loaded (kwargs: device, load_4bit, load_8bit)."""
+def load_pipeline(model_path: str, model_base: Optional[str] = None, conv_mode: Optional[str] = None, **kwargs):
+    """The ask/eval pipeline of the checkpoint's backend, loaded (kwargs: device, load_4bit, load_8bit), after
+    `check_before_loading` (with the conversation template the caller will use)."""
     backend = check_before_loading(model_path, model_base, kwargs.get("device"), kwargs.get("load_4bit", False),
-                                   kwargs.get("load_8bit", False))
+                                   kwargs.get("load_8bit", False), conv_mode)
     return pipeline_class(backend).load(model_path, model_base, **kwargs)
 
 

@@ -14,7 +14,7 @@ import importlib
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -41,14 +41,11 @@ class SelfCheckCase:
     Attributes:
         model: the model (fp32, eval, on the CPU), random weights, no EOS (every run makes NEW_TOKENS).
         inputs: the keyword arguments of `generate` for the prompt (ids, pixels / images, sizes).
-        generate: `generate(model, config_or_None, **kwargs)` through the backend's public entry point;
-            None = the model's own `generate`.
         what: a few words on the model, for the report.
     """
 
     model: Any
     inputs: dict
-    generate: Callable
     what: str
 
 
@@ -65,18 +62,25 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
-def _run_case(case: SelfCheckCase) -> list:
-    """Run the checks on a case; returns the names of what ran. Raises the first failure."""
+def _run_case(backend, case: SelfCheckCase) -> list:
+    """Run the checks on a case through the backend's own `generate(model, input_ids, config, **kwargs)`
+    (config None: the model's own generate); returns the names of what ran. Raises the first failure."""
+    inputs = dict(case.inputs)
+    input_ids = inputs.pop("input_ids")
+
+    def generate(config):
+        return backend.generate(case.model, input_ids, config, **inputs, do_sample=False, max_new_tokens=NEW_TOKENS)
+
     ran = []
-    reference = case.generate(case.model, None, **case.inputs, do_sample=False, max_new_tokens=NEW_TOKENS)
+    reference = generate(None)
     for config in METHODS:
-        output = case.generate(case.model, config, **case.inputs, do_sample=False, max_new_tokens=NEW_TOKENS)
+        output = generate(config)
         if output.shape != reference.shape:
             raise AssertionError(f"{config.method} returned {tuple(output.shape)} ids; plain greedy generate "
                                  f"returned {tuple(reference.shape)} for the same {NEW_TOKENS} new tokens")
         ran.append(config.method)
     for config in _zero_strength():
-        output = case.generate(case.model, config, **case.inputs, do_sample=False, max_new_tokens=NEW_TOKENS)
+        output = generate(config)
         if not torch.equal(output, reference):
             raise AssertionError(f"{config.method} at zero strength gave {output.tolist()}, the model's own greedy "
                                  f"generate {reference.tolist()}")
@@ -88,14 +92,16 @@ def run_self_check(backend: str) -> SelfCheckResult:
     """Build the backend's in-memory case and run the checks; never raises (a failure is reported)."""
     start = time.perf_counter()
     ran: list = []
+    models: list = []
     try:
-        for case in importlib.import_module(BACKENDS[backend][1]).self_check_cases():
+        package = importlib.import_module(BACKENDS[backend][1])
+        for case in package.self_check_cases():
             with torch.no_grad():
-                ran += [f"{case.what}: {name}" for name in _run_case(case)]
+                ran += [f"{case.what}: {name}" for name in _run_case(package, case)]
+            models.append(case.what)
     except Exception as exc:  # noqa: BLE001 - the doctor reports every failure, it never crashes
         return SelfCheckResult(backend, False, _one_line(exc), time.perf_counter() - start, ran)
     seconds = time.perf_counter() - start
-    models = "; ".join(dict.fromkeys(entry.split(":")[0] for entry in ran))
-    detail = (f"{', '.join(m.method for m in METHODS)} x {NEW_TOKENS} greedy tokens on in-memory random {models}; "
-              "each at zero strength equals the model's own greedy generate")
+    detail = (f"{', '.join(m.method for m in METHODS)} x {NEW_TOKENS} greedy tokens on in-memory random "
+              f"{'; '.join(models)}; each at zero strength equals the model's own greedy generate")
     return SelfCheckResult(backend, True, detail, seconds, ran)

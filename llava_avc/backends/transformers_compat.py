@@ -21,7 +21,8 @@ Version facts handled here:
   features under `mm_encoder_outputs` when the pixels were not taken by the callable.
 * Loading on the meta device (`load_on_meta`): 5.25 kernelizes every model at load time when the
   `kernels` package is installed (a dependency of 5.25), and kernelizing rejects the meta device;
-  `use_kernels=False` turns it off (a `from_pretrained` argument since 4.54).
+  `use_kernels=False` turns it off (a `from_pretrained` argument of every release the llava-hf backend
+  supports, checked on 4.57.6).
 * The generation front end of the original backend (`prepare_special_tokens`, `settle_generated_length`,
   `logits_processors`, `logits_warper`, `stopping_criteria`): private `GenerationMixin` methods of
   4.37 - 4.57, the range that backend supports.
@@ -42,7 +43,7 @@ import torch
 import transformers
 from transformers import DynamicCache
 
-from .versions import NEWEST_TESTED, is_newer_than_tested, version_tuple
+from .versions import HF_OLDEST, NEWEST_TESTED, is_newer_than_tested, version_tuple
 
 INSTALLED = transformers.__version__
 VERSION = version_tuple(INSTALLED)
@@ -122,11 +123,17 @@ def new_cache() -> DynamicCache:
 
 def cache_argument(module) -> str:
     """The keyword `module.forward` takes its KV cache by: "cache" (5.25) or "past_key_values"."""
-    parameters = inspect.signature(module.forward).parameters
+    return _cache_argument_of(type(module))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument_of(module_class) -> str:
+    """Read once per class: the forward of every decoding step asks."""
+    parameters = inspect.signature(module_class.forward).parameters
     for name in CACHE_NAMES[:2]:
         if name in parameters:
             return name
-    raise contract_broken(f"{type(module).__name__}.forward takes no KV cache argument (llava-avc looked for "
+    raise contract_broken(f"{module_class.__name__}.forward takes no KV cache argument (llava-avc looked for "
                           f"{', '.join(CACHE_NAMES[:2])})")
 
 
@@ -246,9 +253,9 @@ def decoding_kwargs(model_kwargs: dict) -> tuple[Optional[torch.Tensor], Optiona
 
 def no_hub_kernels() -> dict:
     """`from_pretrained` kwargs that keep hub kernels out of a load: 5.25 kernelizes by default when the
-    `kernels` package is installed (and kernelizing rejects the meta device); 4.54 - 5.23 never did
-    unless asked, and accept `use_kernels=False`; older releases do not know the argument."""
-    return {"use_kernels": False} if VERSION >= (4, 54, 0) else {}
+    `kernels` package is installed (and kernelizing rejects the meta device); 4.57.6 and 5.23 never did
+    unless asked, and accept `use_kernels=False` (checked); older releases are not passed it."""
+    return {"use_kernels": False} if VERSION >= HF_OLDEST else {}
 
 
 def load_on_meta(model_class, path: str):

@@ -252,12 +252,10 @@ def _checked_questions(benchmark, question_file: str, image_root: str) -> list:
 def _check_model(options: EvalOptions, conv_mode: Optional[str]) -> str:
     """Everything about the model that can be checked before it loads (the conversation template its
     backend must render included); returns its backend's name."""
-    from ..backends import check_before_loading, pipeline_class
+    from ..backends import check_before_loading
 
-    backend = check_before_loading(options.model_path, options.model_base, options.device, options.load_4bit,
-                                   options.load_8bit)
-    pipeline_class(backend).check_conv_mode(conv_mode)
-    return backend
+    return check_before_loading(options.model_path, options.model_base, options.device, options.load_4bit,
+                                options.load_8bit, conv_mode)
 
 
 def _load(options: EvalOptions, backend: str):
@@ -325,8 +323,10 @@ def run_eval(options: EvalOptions, pipeline=None) -> EvalSummary:
         _check_images(pending, image_root)
         if pipeline is None and pending:
             pipeline = _load(options, backend)
+            loaded_digest = digest
             settings, digest = _settle_weights(options, settings, out)  # the load may fetch a newer snapshot
-            done = ans.done_answers(path, digest, settings)
+            if digest != loaded_digest:  # other weights: the answers so far must be of this configuration
+                done = ans.done_answers(path, digest, settings)
         if pending or not (out / ans.RUN_FILE).is_file():  # the record describes the file: a no-op keeps it
             with _naming(out / ans.RUN_FILE):
                 ans.write_json_atomic(out / ans.RUN_FILE, _run_record(options, settings, digest, question_file,

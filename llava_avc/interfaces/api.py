@@ -1,5 +1,7 @@
 """The Python API that works on any supported model: `generate`, `contrastive_generate`,
-`find_blind_tokens`. Each dispatches on the model's class to its backend's adapter."""
+`find_blind_tokens`. Each dispatches on the model's class to its backend (whose entry points translate a
+broken transformers contract on an untested release: `transformers_compat.guarded`); `find_blind_tokens`
+runs the loop's prefill directly, under the same guard."""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ from ..decode import loop
 from ..decode.methods import pop_method
 
 
-@guarded
 def generate(model, input_ids: Optional[torch.Tensor] = None, **kwargs):
     """Generate with a registered method (`avc=AVCConfig()`, `vcd=VCDConfig()`, `m3id=M3IDConfig()` or one
     registered with `llava_avc.register_method`; at most one), or, with none, the model's own `generate`.
@@ -42,7 +43,6 @@ def generate(model, input_ids: Optional[torch.Tensor] = None, **kwargs):
     return backend_module(model).generate(model, input_ids, config, **kwargs)
 
 
-@guarded
 def contrastive_generate(model, input_ids: torch.Tensor, *, images=None, image_sizes=None, config,
                          sequential: bool = False, **generate_kwargs):
     """`config`'s method (required) in the package's decode loop, on any supported model; the output is
@@ -56,7 +56,6 @@ def contrastive_generate(model, input_ids: torch.Tensor, *, images=None, image_s
                                                       sequential=sequential, **generate_kwargs)
 
 
-@guarded
 def lean_generate(model, input_ids: torch.Tensor, *, images=None, image_sizes=None, **generate_kwargs):
     """The package's own one-branch decode loop on any supported model (the benchmarks' baseline);
     greedy, it equals the model's own `generate`."""

@@ -52,7 +52,7 @@ def ask(model_path: str, image: str, query: str, *, method: str = "avc", model_b
     is checked before it loads. `conv_mode` None: the backend's default (LLaVA's llava_v1; a llava-hf
     checkpoint's own chat template).
     """
-    from ..backends import check_before_loading, pipeline_class
+    from ..backends import load_pipeline
     from ..decode.sampling import check_sampling
 
     config = config if config is not None else default_config(method)
@@ -62,10 +62,8 @@ def ask(model_path: str, image: str, query: str, *, method: str = "avc", model_b
         check_png_file(heatmap, "--heatmap")
     pil_image = load_image(image)
     if loaded is None:
-        backend = check_before_loading(model_path, model_base, device, load_4bit, load_8bit)
-        pipeline_class(backend).check_conv_mode(conv_mode)
-        pipeline = pipeline_class(backend).load(model_path, model_base, device=device, load_4bit=load_4bit,
-                                                load_8bit=load_8bit)
+        pipeline = load_pipeline(model_path, model_base, conv_mode, device=device, load_4bit=load_4bit,
+                                 load_8bit=load_8bit)
     else:
         pipeline = loaded
         pipeline.check_conv_mode(conv_mode)

@@ -23,6 +23,11 @@ def image_token_id(model) -> int:
     return int(value if value is not None else config.image_token_index)
 
 
+def is_llava_next(model) -> bool:
+    """A LlavaNextForConditionalGeneration (anyres tiles, `image_sizes`), not LLaVA-1.5's class."""
+    return type(model).__name__ == "LlavaNextForConditionalGeneration"
+
+
 def image_span(row_ids: torch.Tensor, token_id: int, row: int) -> tuple[int, int]:
     """(start, end) of the one contiguous run of image tokens in a row of ids.
 
@@ -55,7 +60,7 @@ class HFLlavaAdapter(LanguageModelAdapter):
 
     @property
     def _is_next(self) -> bool:
-        return type(self.model).__name__ == "LlavaNextForConditionalGeneration"
+        return is_llava_next(self.model)
 
     def _check_pairing(self, pixel_values, image_sizes) -> None:
         """Refuse pixels made by the processor of the other LLaVA class (one line naming both classes):

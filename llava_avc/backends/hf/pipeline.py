@@ -22,6 +22,7 @@ import torch
 
 from ..base import prompt_too_long, quiet_length_warning
 from . import prompts
+from .adapter import is_llava_next
 from ..devices import check_quantization_supported, default_device, resolve_device
 from ..checkpoints import check_json_file, preflight, quiet_loading_notes
 from ..transformers_compat import guarded
@@ -121,7 +122,7 @@ class HFPipeline:
 
     @property
     def _is_next(self) -> bool:
-        return type(self.model).__name__ == "LlavaNextForConditionalGeneration"
+        return is_llava_next(self.model)
 
     def _can_pad(self) -> bool:
         """Whether the image processor pads to a square itself (LlavaImageProcessor's `do_pad`)."""
@@ -220,7 +221,7 @@ class HFPipeline:
     @property
     def image_aspect_ratio(self) -> Optional[str]:
         """"pad" when the image processor pads to a square (LLaVA-1.5), "anyres" for LLaVA-NeXT."""
-        if type(self.model).__name__ == "LlavaNextForConditionalGeneration":
+        if self._is_next:
             return "anyres"
         return "pad" if getattr(self.processor.image_processor, "do_pad", False) else None
 

@@ -40,7 +40,6 @@ def _model(next_: bool):
 
 
 def _case(next_: bool) -> SelfCheckCase:
-    from . import generate
     from .adapter import HFLlavaAdapter
 
     model = _model(next_)
@@ -57,7 +56,6 @@ def _case(next_: bool) -> SelfCheckCase:
     return SelfCheckCase(
         model=model,
         inputs={"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), **images},
-        generate=lambda model, config, input_ids, **kwargs: generate(model, input_ids, config, **kwargs),
         what=f"{type(model).__name__} ({image_tokens} image tokens)",
     )
 

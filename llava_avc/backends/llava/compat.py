@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import transformers
 
-from .versions import MAX_TRANSFORMERS_EXCLUSIVE, MIN_TRANSFORMERS, version_tuple
-
-TRANSFORMERS_VERSION = version_tuple(transformers.__version__)
+from ..transformers_compat import VERSION as TRANSFORMERS_VERSION
+from .versions import MAX_TRANSFORMERS_EXCLUSIVE, MIN_TRANSFORMERS
 
 
 def check_transformers_supported() -> None:

@@ -58,8 +58,6 @@ def _model():
 def self_check_cases() -> list:
     from llava.constants import IMAGE_TOKEN_INDEX
 
-    from . import generate
-
     input_ids = torch.tensor([[TEXT["bos_token_id"], 5, 6, IMAGE_TOKEN_INDEX, 7, 8, 9]])
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(1, 3, VISION["image_size"], VISION["image_size"], generator=generator)
@@ -68,6 +66,5 @@ def self_check_cases() -> list:
         model=_model(),
         inputs={"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "images": images,
                 "image_sizes": [(VISION["image_size"], VISION["image_size"])]},
-        generate=lambda model, config, input_ids, **kwargs: generate(model, input_ids, config, **kwargs),
         what=f"LlavaLlamaForCausalLM ({image_tokens} image tokens)",
     )]
