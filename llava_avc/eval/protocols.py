@@ -2,7 +2,8 @@
 
 ``paper`` (the official AvisC scripts; sources in docs/evaluation.md):
     conversation ``llava_v1``, the question as given (MME: its first line only,
-    ``text.split('\\n')[0]``), multinomial sampling with temperature 1, top-p 1 and no top-k,
+    ``text.split('\\n')[0]``, as MME's ``first_line_under`` says), multinomial sampling with
+    temperature 1, top-p 1 and no top-k,
     at most 64 new tokens, ``torch.manual_seed(seed)`` once at the start, and the image
     resized + center-cropped by the CLIP processor (no pad-to-square) for LLaVA-1.5 ("pad")
     checkpoints. Answers are read with the paper's ``recorder`` rule.
@@ -36,14 +37,17 @@ class Protocol:
     top_p: Optional[float]
     max_new_tokens: int
     suffix: Optional[str]
-    first_line_only: tuple
     center_crop: bool
     answer_rule: str
 
     def settings(self, max_new_tokens: Optional[int] = None, conv_mode: Optional[str] = None) -> dict:
         """The JSON-able generation settings (part of the run's configuration hash)."""
+        from .benchmarks import registered
+
         values = asdict(self)
-        values["first_line_only"] = list(self.first_line_only)
+        # the benchmarks whose questions this protocol cuts to their first line (kept in the settings, so
+        # in the configuration hash, in the place and form run folders of earlier releases have it)
+        values["first_line_only"] = [b.name for b in registered() if self.name in b.first_line_under]
         if max_new_tokens is not None:
             values["max_new_tokens"] = max_new_tokens
         if conv_mode is not None:
@@ -52,8 +56,8 @@ class Protocol:
 
 
 PROTOCOLS = {
-    "paper": Protocol("paper", "llava_v1", True, 1.0, 1.0, 64, None, ("mme",), True, "paper"),
-    "llava": Protocol("llava", "vicuna_v1", False, None, None, 128, SHORT_ANSWER_SUFFIX, (), False, "llava"),
+    "paper": Protocol("paper", "llava_v1", True, 1.0, 1.0, 64, None, True, "paper"),
+    "llava": Protocol("llava", "vicuna_v1", False, None, None, 128, SHORT_ANSWER_SUFFIX, False, "llava"),
 }
 
 
@@ -68,15 +72,6 @@ def get_protocol(name: str) -> Protocol:
     close = difflib.get_close_matches(name, PROTOCOLS, n=1, cutoff=0.3)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}.{hint}")
-
-
-def question_text(text: str, yes_no: bool, protocol: Protocol, benchmark: str) -> str:
-    """The question exactly as the model sees it (after the image token) under `protocol`."""
-    if benchmark in protocol.first_line_only:
-        text = text.split("\n")[0]
-    if protocol.suffix and yes_no and protocol.suffix not in text:
-        text = text + "\n" + protocol.suffix
-    return text
 
 
 def generation_kwargs(settings: dict) -> dict:

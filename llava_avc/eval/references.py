@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .answers import run_record
+from .benchmarks import benchmark_names, get_benchmark
 from .compare import Stat, mean_std_text
 from .questions import DATA_DIR, pope_dataset
 
@@ -87,7 +88,7 @@ def load_reference(name: str) -> Reference:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown --reference {name!r}; choose one of {', '.join(available())}.{hint}")
     data = json.loads(path.read_text(encoding="utf-8"))
-    tables = {key: data[key] for key in ("pope", "mme", "amber") if key in data}
+    tables = {key: data[key] for key in benchmark_names() if key in data}
     return Reference(data["name"], data["title"], data["source"], data["model"], data["protocol"], data["methods"],
                      tables)
 
@@ -108,7 +109,7 @@ def published(reference: Reference, benchmark: str, method: str, dataset: Option
         raise ValueError(f"--reference {reference.name} has no {benchmark} results; it has "
                          f"{', '.join(reference.tables)}.")
     table = reference.tables[benchmark]
-    if benchmark != "pope":
+    if not get_benchmark(benchmark).reference_by_dataset:
         return _cells(table["columns"], _row(reference, table["rows"], method, benchmark))
     if dataset not in table["rows"]:
         raise ValueError(f"--reference {reference.name}: cannot tell which POPE dataset these answers are from "

@@ -21,7 +21,7 @@ from . import provenance
 from .distributed import (LaunchContext, clear_done, launch_context, mark_done, rank_device, shard_key,
                           wait_for_shards)
 from .benchmarks import get_benchmark, recorded_question_file
-from .protocols import generation_kwargs, get_protocol, question_text
+from .protocols import generation_kwargs, get_protocol
 from .questions import fingerprint
 
 
@@ -188,12 +188,13 @@ def _batches(items: list, size: int):
 
 def _answer_all(pending, pipeline, options, settings, digest, image_root, writer) -> int:
     protocol = get_protocol(settings["protocol"])
+    benchmark = get_benchmark(options.benchmark)
     model_id = pipeline.model_id(options.model_path)
     written = 0
     with _progress(len(pending), options, f"{options.benchmark} {settings['method']}") as bar:
         for batch in _batches(pending, options.batch_size):
             images = [_open_image(question, image_root) for question in batch]
-            texts = [question_text(q.text, q.yes_no, protocol, options.benchmark) for q in batch]
+            texts = [benchmark.question_text(q, protocol) for q in batch]
             seeds = [question_seed(options.seed, question.qid) for question in batch]
             outputs = generate_answers(pipeline, texts, images, settings, options.config, seeds)
             for question, text, answer in zip(batch, texts, outputs):

@@ -9,11 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable, NamedTuple
 
 from .flags import add_method_arguments, add_model_arguments
 
-BENCHMARK_HELP = "pope, mme or amber"
+
+def _benchmark_help() -> str:
+    """The registered benchmarks, for the help text (a benchmark registered later is still accepted)."""
+    from ..eval.benchmarks import benchmark_names
+
+    return f"a registered benchmark: {', '.join(benchmark_names())}"
 
 
 def _add_eval(subparsers) -> None:
@@ -24,7 +28,7 @@ def _add_eval(subparsers) -> None:
                "      --question-file coco_pope_random.json --out runs/pope-avc --method avc\n"
                "many GPUs: torchrun --nproc-per-node 8 -m llava_avc eval pope ... (or accelerate launch, srun):\n"
                "  each rank answers its shard on its own GPU; rank 0 merges and scores.")
-    parser.add_argument("benchmark", help=BENCHMARK_HELP)
+    parser.add_argument("benchmark", help=_benchmark_help())
     add_model_arguments(parser)
     data = parser.add_argument_group("data")
     data.add_argument("--question-file", default=None, metavar="F",
@@ -64,7 +68,7 @@ def _add_score(subparsers) -> None:
                "  llava-avc score amber --answers-file runs/amber-avc --strict\n"
                "  llava-avc score pope --compare runs/pope-none runs/pope-avc --chart pope.png\n"
                "a run folder holding seed<S>/ run folders (eval --seeds) is scored per seed, reported as mean ± std.")
-    parser.add_argument("benchmark", help=BENCHMARK_HELP)
+    parser.add_argument("benchmark", help=_benchmark_help())
     runs = parser.add_mutually_exclusive_group(required=True)
     runs.add_argument("--answers-file", metavar="A", help="answers .jsonl, a run folder, or a folder of seed<S>/ runs")
     runs.add_argument("--compare", nargs="+", metavar="A", help="several answers files / run folders side by side")
@@ -177,56 +181,32 @@ def run_eval_command(args, argv) -> int:
     return 0
 
 
-class _Scorer(NamedTuple):
-    """How `score` handles one benchmark."""
+def _options(args):
+    """What `Benchmark.score` gets from the command line besides the answers."""
+    from ..eval.benchmarks import ScoreOptions
 
-    score: Callable  # (records, args, rule) -> result
-    report: Callable  # (result, rule) -> text table
-    public: Callable  # result -> the --json data
-    headline: Callable  # result -> {metric: value} for comparisons
-    unit: str  # what every number is (said in every table and JSON)
+    return ScoreOptions(question_file=args.question_file, annotation_dir=args.annotation_dir,
+                        amber_nouns=args.amber_nouns)
 
 
-def _scorer(benchmark: str) -> _Scorer:
-    from ..eval import score_amber, score_mme, score_pope
-
-    def pope(records, args, rule):
-        return score_pope.score_pope(records, args.question_file, args.annotation_dir, rule)
-
-    def mme(records, args, rule):
-        return score_mme.score_mme(records, args.question_file, rule)
-
-    def amber(records, args, rule):
-        references = score_amber.load_references(args.annotation_dir)
-        return score_amber.score_amber(records, references, rule, score_amber.noun_matcher(args.amber_nouns))
-
-    return {
-        "pope": _Scorer(pope, score_pope.report, lambda r: {"unit": score_pope.UNIT, **score_pope.public(r)},
-                        score_pope.headline, score_pope.UNIT),
-        "mme": _Scorer(mme, lambda r, rule: score_mme.report(r), lambda r: r, score_mme.headline, score_mme.UNIT),
-        "amber": _Scorer(amber, lambda r, rule: score_amber.report(r), lambda r: r, score_amber.headline,
-                         score_amber.UNIT),
-    }[benchmark]
-
-
-def _score_file(benchmark: str, path, args) -> tuple:
+def _score_file(benchmark, path, args) -> tuple:
     """(result, rule, AnswerFile) of one answers file, after the checks of the answers themselves."""
     from ..eval import answers as ans
-    from ..eval.benchmarks import expected_questions, get_benchmark, missing_answers
+    from ..eval.benchmarks import expected_questions, missing_answers
     from ..eval.rules import default_rule
 
     answers = ans.load_answer_file(path)
-    ans.check_benchmark(answers, benchmark)
-    questions = expected_questions(get_benchmark(benchmark), args.question_file, path)
+    ans.check_benchmark(answers, benchmark.name)
+    questions = expected_questions(benchmark, args.question_file, path)
     if questions is not None:
         answers.expected = len(questions)
-        answers.missing = missing_answers(get_benchmark(benchmark), questions, answers.records)
+        answers.missing = missing_answers(benchmark, questions, answers.records)
     if not answers.records:
         raise ValueError(f"{path}: no answers to score ({answers.summary()}).")
     if args.strict:
         _strict(answers)
     rule = args.rule or default_rule(answers.records)
-    return _scorer(benchmark).score(answers.records, args, rule), rule, answers
+    return benchmark.score(answers.records, _options(args), rule), rule, answers
 
 
 def _strict(answers) -> None:
@@ -236,7 +216,7 @@ def _strict(answers) -> None:
         raise ValueError(f"--strict: {answers.path}: {'; '.join(problems)}.")
 
 
-def _score_run(benchmark: str, args) -> tuple:
+def _score_run(benchmark, args) -> tuple:
     """Score every answers file of one run: (Run, [(seed name, result, rule, AnswerFile)])."""
     from ..eval import compare as cmp
 
@@ -245,7 +225,7 @@ def _score_run(benchmark: str, args) -> tuple:
     return run, [(name, *_score_file(benchmark, path, args)) for name, path in run.files]
 
 
-def _reference_rows(benchmark: str, args, run, scored: list, stats: dict):
+def _reference_rows(benchmark, args, run, scored: list, stats: dict):
     """The `Comparison` with the published numbers that --reference names."""
     from ..eval import references as refs
 
@@ -254,20 +234,20 @@ def _reference_rows(benchmark: str, args, run, scored: list, stats: dict):
     if not facts["method"]:
         raise ValueError(f"--reference needs the method the answers were made with; {run.path} has no run.json and "
                          "its answers no metadata.method.")
-    paper = refs.published(reference, benchmark, facts["method"], facts["dataset"])
+    paper = refs.published(reference, benchmark.name, facts["method"], facts["dataset"])
     rows = refs.rows_beside(stats, paper)
     if not rows:
         raise ValueError(f"--reference {reference.name}: none of your metrics ({', '.join(stats) or 'none'}) is among "
                          f"the published ones ({', '.join(paper)}).")
-    notes = refs.notes(reference, benchmark, facts["method"], facts["protocol"], len(scored))
+    notes = refs.notes(reference, benchmark.name, facts["method"], facts["protocol"], len(scored))
     return refs.Comparison(reference, facts["method"], rows, notes)
 
 
-def _print_run(benchmark: str, args, run, scored: list, stats: dict, compared) -> None:
+def _print_run(benchmark, args, run, scored: list, stats: dict, compared) -> None:
     from ..eval import compare as cmp
     from ..eval import references as refs
 
-    report, public, unit = _scorer(benchmark).report, _scorer(benchmark).public, _scorer(benchmark).unit
+    report, public, unit = benchmark.report, benchmark.public, benchmark.unit
     summaries = {name or str(answers.path): answers.summary() for name, _, _, answers in scored}
     if args.json:
         plain = not run.seeded and compared is None
@@ -283,8 +263,8 @@ def _print_run(benchmark: str, args, run, scored: list, stats: dict, compared) -
             print(f"{name}: {summary}", file=sys.stderr)
         return
     if run.seeded:
-        print(f"{benchmark.upper()} ({unit}), {len(scored)} seeds (mean ± sample std), answer rule: {scored[0][2]}")
-        rows = {metric: [_headline_of(benchmark, result).get(metric) for _, result, _, _ in scored] + [stat]
+        print(f"{benchmark.title} ({unit}), {len(scored)} seeds (mean ± sample std), answer rule: {scored[0][2]}")
+        rows = {metric: [benchmark.headline(result).get(metric) for _, result, _, _ in scored] + [stat]
                 for metric, stat in stats.items()}
         print(cmp.table([name for name, *_ in scored] + ["mean ± std"], rows))
     else:
@@ -293,21 +273,17 @@ def _print_run(benchmark: str, args, run, scored: list, stats: dict, compared) -
         print(f"{name}: {summary}" if run.seeded else summary)
     if compared is not None:
         print()
-        print(f"{benchmark.upper()} beside {compared.reference.name} ({unit}):")
+        print(f"{benchmark.title} beside {compared.reference.name} ({unit}):")
         print(refs.table(compared.rows, "yours"))
         print("\n".join(compared.notes))
 
 
-def _headline_of(benchmark: str, result) -> dict:
-    return _scorer(benchmark).headline(result)
-
-
-def _score_one(benchmark: str, args) -> tuple:
+def _score_one(benchmark, args) -> tuple:
     """`score --answers-file`: print the report; return (chart labels, chart rows)."""
     from ..eval import compare as cmp
 
     run, scored = _score_run(benchmark, args)
-    stats = cmp.aggregate([_headline_of(benchmark, result) for _, result, _, _ in scored])
+    stats = cmp.aggregate([benchmark.headline(result) for _, result, _, _ in scored])
     compared = _reference_rows(benchmark, args, run, scored, stats) if args.reference else None
     _print_run(benchmark, args, run, scored, stats, compared)
     if compared is None:
@@ -316,7 +292,7 @@ def _score_one(benchmark: str, args) -> tuple:
     return [cmp.label_of(run), f"{compared.reference.name} ({compared.method})"], rows
 
 
-def _score_compare(benchmark: str, args) -> tuple:
+def _score_compare(benchmark, args) -> tuple:
     """`score --compare`: print the table (and each file's answer summary); return (labels, rows)."""
     from ..eval import compare as cmp
 
@@ -327,17 +303,17 @@ def _score_compare(benchmark: str, args) -> tuple:
     def headline(path):
         result, _, answers = _score_file(benchmark, path, args)
         summaries.append(f"{path}: {answers.summary()}")
-        return _headline_of(benchmark, result)
+        return benchmark.headline(result)
 
     names, rows = cmp.compare(args.compare, headline, args.labels)
     if args.json:
-        print(json.dumps({"unit": _scorer(benchmark).unit, "runs": names,
+        print(json.dumps({"unit": benchmark.unit, "runs": names,
                           "metrics": {metric: [None if v is None else v.mean for v in values]
                                                      for metric, values in rows.items()},
                           "std": {metric: [None if v is None else v.std for v in values]
                                   for metric, values in rows.items()}}, indent=2))
     else:
-        print(f"{benchmark.upper()} ({_scorer(benchmark).unit}):")
+        print(f"{benchmark.title} ({benchmark.unit}):")
         print(cmp.table(names, rows))
     print("\n".join(summaries), file=sys.stderr if args.json else sys.stdout)
     return names, rows
@@ -347,10 +323,9 @@ def run_score_command(args, argv) -> int:
     """Handler of `llava-avc score`."""
     from ..eval import compare as cmp
     from ..eval.benchmarks import get_benchmark
-
     from ..eval.inputs import check_png_file
 
-    benchmark = get_benchmark(args.benchmark).name
+    benchmark = get_benchmark(args.benchmark)
     if args.labels and not args.compare:
         raise ValueError(f"--labels (={' '.join(args.labels)}) names the runs of --compare; with --answers-file drop it "
                          "(the run is named after its folder).")
@@ -358,7 +333,7 @@ def run_score_command(args, argv) -> int:
         check_png_file(args.chart, "--chart")
     names, rows = _score_compare(benchmark, args) if args.compare else _score_one(benchmark, args)
     if args.chart:
-        path = cmp.bar_chart(names, rows, args.chart, f"{benchmark.upper()}")
+        path = cmp.bar_chart(names, rows, args.chart, benchmark.title)
         print(f"chart: {path}", file=sys.stderr)
     return 0
 
