@@ -34,6 +34,7 @@ from transformers import (AutoProcessor, LlavaForConditionalGeneration,  # noqa:
                           LlavaNextForConditionalGeneration)
 
 import llava_avc  # noqa: E402
+from llava_avc.errors import UserError  # noqa: E402
 from llava_avc.backends.hf.convert import convert_to_hf  # noqa: E402
 from llava_avc.interfaces import convert_command  # noqa: E402
 
@@ -162,7 +163,7 @@ def test_plain_text_ids_equal_the_original_slow_tokenizer(pairs):
     texts = [text for text in _corpus_lines() + extra if not any(t in text for t in ("<image>", "<s>", "</s>"))]
     assert len(texts) > 150
     assert [text for text in texts if fast(text).input_ids != slow(text).input_ids] == []
-    # the documented difference (module docstring of backends/hf/convert.py): text right after </s>
+    # the documented difference (docs/llava-hf-format.md, "Tokenizer"): text right after </s>
     # inside one string gets the dummy-prefix '▁' here, not in the slow legacy=False tokenizer
     assert slow("a</s>b").input_ids[-1] == slow.convert_tokens_to_ids("b")
     assert fast("a</s>b").input_ids[-1] == slow.convert_tokens_to_ids("▁b")
@@ -221,7 +222,7 @@ def test_convert_command_through_argparse(tiny_llava_dir, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(out.resolve())
     assert json.loads((out / "config.json").read_text())["model_type"] == "llava"
     args = _parser().parse_args(argv)
-    with pytest.raises(FileExistsError, match="--force"):
+    with pytest.raises(UserError, match="--force"):
         args.handler(args, argv)
     args = _parser().parse_args(argv + ["--force"])
     assert args.handler(args, argv) == 0
@@ -263,7 +264,7 @@ def test_refuses_a_non_empty_out_dir_and_keeps_it(tiny_llava_dir, tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError) as error:
+    with pytest.raises(UserError) as error:
         convert_to_hf(tiny_llava_dir, out)
     assert "not empty" in _one_line(error) and "--force" in str(error.value)
     assert (out / "notes.txt").read_text() == "mine"
@@ -325,7 +326,7 @@ def test_hub_id_vision_tower_comes_from_the_local_cache_only(tiny_llava_dir, tmp
     cache = tmp_path / "hub-cache"
     cache.mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    with pytest.raises(OSError) as error:
+    with pytest.raises(UserError) as error:
         convert_to_hf(original, tmp_path / "out")
     assert repo_id in _one_line(error) and "download" in str(error.value)
     repo = cache / "models--openai--clip-vit-large-patch14-336"

@@ -12,9 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import decode_benchmark as bench
-from llava_avc.backends.devices import MIN_TRANSFORMERS_CPU_QUANT
-from llava_avc.backends.llava.compat import TRANSFORMERS_VERSION
+import pytest
+
+pytest.importorskip("llava", reason="a test of the original-LLaVA backend: needs llava-torch (the hf profile has none)")
+import decode_benchmark as bench  # noqa: E402
+from llava_avc.backends.devices import MIN_TRANSFORMERS_CPU_QUANT  # noqa: E402
+from llava_avc.backends.llava.compat import TRANSFORMERS_VERSION  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -33,6 +33,7 @@ from safetensors import safe_open  # noqa: E402
 from transformers import (AutoProcessor, LlavaForConditionalGeneration,  # noqa: E402
                           LlavaNextForConditionalGeneration)
 
+from llava_avc.errors import UserError  # noqa: E402
 from llava_avc.testing import tiny  # noqa: E402
 from llava_avc.testing.tiny_hf import make_tiny_llava_hf  # noqa: E402
 
@@ -144,7 +145,7 @@ def test_refuses_a_non_empty_directory_and_an_unknown_preset(tmp_path):
     target = tmp_path / "taken"
     target.mkdir()
     (target / "keep.txt").write_text("x")
-    with pytest.raises(FileExistsError) as error:
+    with pytest.raises(UserError) as error:
         make_tiny_llava_hf(target)
     assert "not empty" in str(error.value) and "force" in str(error.value) and "\n" not in str(error.value)
     assert (target / "keep.txt").read_text() == "x"
@@ -156,9 +157,9 @@ def test_refuses_a_non_empty_directory_and_an_unknown_preset(tmp_path):
 
 
 def test_sharded_weights_load(tmp_path, monkeypatch):
-    from llava_avc.backends.hf import convert
+    from llava_avc.backends.hf.convert import weights
 
-    monkeypatch.setattr(convert, "MAX_SHARD_BYTES", 400_000)
+    monkeypatch.setattr(weights, "MAX_SHARD_BYTES", 400_000)
     path = make_tiny_llava_hf(tmp_path / "sharded", preset="tiny")
     shards = sorted(p.name for p in path.glob("model-*.safetensors"))
     assert len(shards) > 2 and not (path / "model.safetensors").exists()

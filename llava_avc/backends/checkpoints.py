@@ -7,6 +7,8 @@ seconds, instead of a library's traceback or a minute of network retries.
 - `check_checkpoint_files`: the JSON files of a local checkpoint (and of its `vision_tower/`) parse,
   and every `*.safetensors` file is complete (its header and its size agree: an interrupted
   download is caught here, named, with the advice to download it again).
+- `cached_hub_file` / `cached_hub_snapshot`: the one lookup of the local Hugging Face cache (no network),
+  for the checks here, the backend of a hub id and the converter's hub-id vision tower.
 - `own_vision_tower`: the vision tower a tiny (or any self-contained) checkpoint carries in its own
   `vision_tower/` folder, used when config.json's `mm_vision_tower` names a path that no longer
   exists or another copy's tower (a copied or moved checkpoint).
@@ -25,6 +27,8 @@ from pathlib import Path
 from typing import Iterator, Optional
 from urllib.parse import urlparse
 
+from ..errors import UserError
+
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 DEFAULT_ENDPOINT = "https://huggingface.co"
 #: Seconds allowed to open a connection to the hub before it counts as unreachable.
@@ -34,7 +38,7 @@ VISION_SUBDIR = "vision_tower"
 _TRUE = ("1", "on", "yes", "true")
 
 
-class ModelNotAvailableError(ValueError):
+class ModelNotAvailableError(UserError):
     """A checkpoint that cannot be loaded here, found before loading (one line with the fix)."""
 
 
@@ -99,16 +103,24 @@ def hub_unreachable_reason(timeout: float = HUB_TIMEOUT_S) -> Optional[str]:
 
 
 def cached_hub_file(repo_id: str, filename: str = "config.json") -> Optional[str]:
-    """The local cache's copy of one file of a hub repository (no network), or None."""
+    """The local cache's copy of one file of a hub repository (no network), or None. The cache is
+    HF_HUB_CACHE as the environment says now (the hub library reads it once, when it is imported)."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
     try:
-        found = try_to_load_from_cache(repo_id, filename)
-    except Exception:  # noqa: BLE001 - an id the hub library rejects is simply not cached
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=os.environ.get("HF_HUB_CACHE") or None)
+    except ValueError:  # HFValidationError: an id the hub library rejects is simply not cached
         return None
     return found if isinstance(found, str) else None
+
+
+def cached_hub_snapshot(repo_id: str) -> Optional[Path]:
+    """The local cache's snapshot folder of a hub repository (the one holding its cached config.json;
+    one folder per commit), or None when it is not cached. No network."""
+    cached = cached_hub_file(repo_id)
+    return Path(cached).parent if cached else None
 
 
 def check_hub_model(model_path: str, what: str = "--model-path") -> None:
@@ -137,8 +149,7 @@ def local_directory(model_path: str) -> Optional[Path]:
     if path.is_dir():
         return path
     if HUB_ID.fullmatch(str(model_path)):
-        cached = cached_hub_file(str(model_path))
-        return Path(cached).parent if cached else None
+        return cached_hub_snapshot(str(model_path))
     return None
 
 

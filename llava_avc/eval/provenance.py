@@ -69,12 +69,8 @@ def weights_fingerprint(model_path: str) -> Optional[str]:
 
 
 def _hub_snapshot(model_id: str) -> Optional[str]:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    try:
-        found = try_to_load_from_cache(model_id, "config.json")
-    except ValueError:  # not a valid repo id
-        return None
-    return str(Path(found).parent.name) if isinstance(found, str) else None
+    """The name of the cached snapshot (its commit) of a hub id, or None when it is not cached."""
+    from ..backends.checkpoints import cached_hub_snapshot
+
+    snapshot = cached_hub_snapshot(model_id)
+    return snapshot.name if snapshot is not None else None
