@@ -20,16 +20,13 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-import torch
 
 from llava_avc.backends.llava.compat import check_transformers_supported
-from llava_avc.backends.transformers_compat import needs_explicit_attention_mask
+from llava_avc.backends.llava.upstream import ORIGINALS_ATTR as _ORIGINALS_ATTR
+from llava_avc.backends.llava.upstream import forward_without_new_kwargs, with_attention_mask
 
-_ORIGINALS_ATTR = "_llava_avc_originals"
 _MARKER_ATTR = "__llava_avc_patch__"
 _LOADER_KEY = "llava.model.builder.load_pretrained_model"
-#: kwargs newer transformers' generate passes to forward that LLaVA 1.2.2's forward does not accept.
-_DROPPED_FORWARD_KWARGS = ("cache_position", "logits_to_keep", "num_logits_to_keep")
 
 
 class _ProcessDefault:
@@ -98,28 +95,18 @@ def _patched_generate(original):
         GENERATE_CALLS[config.method if config is not None else "none"] += 1
         if config is None and images is not None:
             PLAIN_IMAGE_CALLS["none"] += 1
-        if config is None:
-            if needs_explicit_attention_mask() and kwargs.get("attention_mask") is None and inputs is not None:
-                # transformers >= 4.38 cannot derive position ids for LLaVA's inputs_embeds without it.
-                kwargs["attention_mask"] = torch.ones_like(inputs, dtype=torch.long)
-            return original(self, inputs, images, image_sizes, **kwargs)
-        from llava_avc.backends.llava.adapter import LlavaAdapter
-        from llava_avc.decode.loop import contrastive_generate
+        if config is None:  # transformers >= 4.38 cannot derive LLaVA's position ids without a mask
+            return original(self, inputs, images, image_sizes, **with_attention_mask(inputs, kwargs))
+        from llava_avc.backends.llava import contrastive_generate
 
-        return contrastive_generate(LlavaAdapter(self), inputs, images=images, image_sizes=image_sizes,
-                                    config=config, **kwargs)
+        return contrastive_generate(self, inputs, images, image_sizes, config, **kwargs)
 
     setattr(generate, _MARKER_ATTR, True)
     return generate
 
 
 def _patched_forward(original):
-    @functools.wraps(original)  # keeps the signature HF inspects to validate model kwargs
-    def forward(self, *args, **kwargs):
-        for name in _DROPPED_FORWARD_KWARGS:
-            kwargs.pop(name, None)
-        return original(self, *args, **kwargs)
-
+    forward = forward_without_new_kwargs(original)  # keeps the signature HF inspects to validate model kwargs
     setattr(forward, _MARKER_ATTR, True)
     return forward
 

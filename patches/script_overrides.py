@@ -16,7 +16,7 @@ duration of one run only:
     ``from llava.model.builder import load_pretrained_model``) is wrapped: ``load_4bit`` /
     ``load_8bit`` are OR-ed with the launcher's flags; on the CPU the model is loaded with
     ``device_map="cpu", device="cpu"`` (fp16 mapping suspended while loading) and cast, with its
-    vision tower, to float32; 4/8-bit on the CPU raises ``LauncherError``. The wrapper carries
+    vision tower, to float32; 4/8-bit on the CPU raises a ``UserError``. The wrapper carries
     ``__wrapped__``.
 
 ``max_new_tokens_cap(n)`` (``--max-new-tokens-cap N``)
@@ -44,28 +44,23 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from llava_avc.errors import UserError
+
 _MARKER_ATTR = "__llava_avc_launcher__"
 _MISSING = object()
 
-class LauncherError(ValueError):
-    """A user error detected by the launcher or its loader wrapper (one line, exit status 2)."""
-
-
 def check_quantization(load_4bit: bool, load_8bit: bool, device: Optional[str]) -> None:
-    """The loader's quantization check, raised as a LauncherError (one line, exit status 2).
+    """The loader's quantization check (a UserError: one line, exit status 2).
 
     With a device: whether this machine can load quantized (CUDA; on the CPU transformers >= 4.53
     and bitsandbytes >= 0.48). With None: only that 4-bit and 8-bit are not both asked for.
     """
     from llava_avc.backends.devices import check_one_quantization, check_quantization_supported
 
-    try:
-        if device is None:
-            check_one_quantization(load_4bit, load_8bit)
-        else:
-            check_quantization_supported(load_4bit, load_8bit, device)
-    except ValueError as error:
-        raise LauncherError(str(error)) from None
+    if device is None:
+        check_one_quantization(load_4bit, load_8bit)
+    else:
+        check_quantization_supported(load_4bit, load_8bit, device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,7 +288,7 @@ def loader_override(device: str, load_4bit: bool = False, load_8bit: bool = Fals
         load_4bit / load_8bit: the launcher's flags, OR-ed with what the script asks for.
         records: if given, one dict per load is appended (model path, effective flags, dtype).
     Raises (from the wrapped loader):
-        LauncherError: 4-bit and 8-bit together, or 4/8-bit on the CPU.
+        UserError: 4-bit and 8-bit together, or 4/8-bit on the CPU.
     """
     check_quantization(load_4bit, load_8bit, None)
     builder = _builder()
@@ -359,7 +354,7 @@ def max_new_tokens_cap(cap: int) -> Iterator[None]:
     `patched()`); calls without `max_new_tokens` are left alone (a cap never raises a limit).
     """
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
-        raise LauncherError(f"--max-new-tokens-cap must be a positive integer, got {cap!r}.")
+        raise UserError(f"--max-new-tokens-cap must be a positive integer, got {cap!r}.")
     cls = _llava_llama_class()
     current = cls.generate
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-import llava_avc
-from llava_avc import AVCConfig, M3IDConfig, VCDConfig
-from llava_avc.backends.llava.adapter import LlavaAdapter
+pytest.importorskip("llava", reason="a test of the original-LLaVA backend: needs llava-torch (the hf profile has none)")
+import torch  # noqa: E402
 
-from helpers import QUESTIONS, images_for, left_padded, no_eos, prompt_ids, variant_images
+import llava_avc  # noqa: E402
+from llava_avc import AVCConfig, M3IDConfig, VCDConfig  # noqa: E402
+from llava_avc.backends.llava.adapter import LlavaAdapter  # noqa: E402
+
+from helpers import QUESTIONS, images_for, left_padded, no_eos, prompt_ids, variant_images  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

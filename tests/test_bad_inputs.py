@@ -3,8 +3,10 @@ line on stderr (or argparse's short usage block), exit status 2 (130 for Ctrl-C)
 answer file damaged or left behind.
 
 The table (`CASES`) runs commands that must fail before any model loads, on a checkpoint that has
-no weights at all (so a case that loaded one would fail differently); the cases that need a loaded
-model are grouped below it (one subprocess each, 2 new tokens).
+no weights at all (so a case that loaded one would fail differently): in-process through the CLI's own
+`main` (stderr captured at the file descriptors), except the first case of each command and the cases
+that set environment variables, which run as `python -m llava_avc` in a fresh process. The cases that
+need a loaded model are grouped below it (one subprocess each, 2 new tokens).
 """
 
 from __future__ import annotations
@@ -387,6 +389,33 @@ def _snapshot(folder: Path) -> dict:
     return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
 
 
+#: Run as `python -m llava_avc` in a fresh process: the first case of each command (the real entry point) and
+#: every case that sets environment variables (read at import time by the hub libraries).
+SUBPROCESS_CASES = ({case.id for case in CASES if case.env}
+                    | {next(c.id for c in CASES if c.argv[0] == command) for command in {c.argv[0] for c in CASES}})
+
+
+@dataclass
+class _Finished:
+    """What `assert_one_line_error` reads of a finished command."""
+
+    returncode: int
+    stderr: bytes
+
+
+def _run_in_process(argv: list, cwd: Path, capfd, monkeypatch) -> _Finished:
+    """`llava-avc ARGV` through the CLI's `main` in this process (argparse's usage errors exit by SystemExit)."""
+    from llava_avc.interfaces.cli import main
+
+    monkeypatch.chdir(cwd)
+    capfd.readouterr()
+    try:
+        code = main([os.fsdecode(item) if isinstance(item, bytes) else str(item) for item in argv])
+    except SystemExit as stop:
+        code = stop.code
+    return _Finished(code, capfd.readouterr().err.encode("utf-8", "surrogateescape"))
+
+
 def test_the_table_has_at_least_fifty_bad_inputs_across_every_command():
     assert len(CASES) >= 50
     assert {case.argv[0] for case in CASES} >= {"ask", "eval", "score", "run", "merge", "doctor"}
@@ -394,7 +423,7 @@ def test_the_table_has_at_least_fifty_bad_inputs_across_every_command():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_a_bad_input_is_one_line_and_an_exit_status(case, world, tmp_path):
+def test_a_bad_input_is_one_line_and_an_exit_status(case, world, tmp_path, capfd, monkeypatch):
     if case.needs == "llava" and not LLAVA:
         pytest.skip("the original-LLaVA backend (llava-torch) is not installed")
     if case.needs == "nollava" and LLAVA:
@@ -415,7 +444,10 @@ def test_a_bad_input_is_one_line_and_an_exit_status(case, world, tmp_path):
         argv += ["--out", str(world["file"]) if case.out == "file" else str(out)]
     env = {key: None if value is None else _fill(value, world) for key, value in case.env.items()}
     started = time.monotonic()
-    proc = run(*argv, env=env, cwd=tmp_path, timeout=60)
+    if case.id in SUBPROCESS_CASES:
+        proc = run(*argv, env=env, cwd=tmp_path, timeout=60)
+    else:
+        proc = _run_in_process(argv, tmp_path, capfd, monkeypatch)
     assert_one_line_error(proc, case.code, case.pattern)
     if "hub cannot be reached" in case.pattern:
         assert time.monotonic() - started < 30  # no minute of retries (the hub check answers in seconds)
@@ -646,16 +678,17 @@ attempt("good", lambda: llava_avc.generate(model, ids, avc=AVCConfig(), max_new_
 
 _API_EXPECTED = {
     "unpatched-avc": r"^ValueError: The following `model_kwargs` are not used by the model: \['avc'\]",
-    "max-new-tokens-0": r"^ValueError: `max_new_tokens` (\(=0\) must be an integer >= 1|must be greater than 0, but is 0)",
-    "temperature-inf": r"^ValueError: `temperature` \(=inf\) must be a finite number >= 0",
-    "temperature-nan-greedy": r"^ValueError: `temperature` \(=nan\) must be a finite number >= 0",
-    "top-p-2": r"^ValueError: `top_p` \(=2.0\) must be in \(0, 1\]",
-    "top-p-0": r"^ValueError: `top_p` \(=0.0\) must be in \(0, 1\]",
-    "top-k-negative": r"^ValueError: .*`top_k` \(=-1\)",
-    "beams": r"^ValueError: `num_beams` \(=2\) must be 1 with avc=: contrastive",
-    "two-methods": r"^ValueError: .*at most one",
-    "config-nan": r"^ValueError: AVCConfig: `alpha` \(=nan\) must be a finite",
-    "device-tpu": r"^ValueError: --device \(='tpu'\) is not a device",
+    "max-new-tokens-0": r"^(UserError: `max_new_tokens` \(=0\) must be an integer >= 1|ValueError: `max_new_tokens` "
+                        r"must be greater than 0, but is 0)",
+    "temperature-inf": r"^UserError: `temperature` \(=inf\) must be a finite number >= 0",
+    "temperature-nan-greedy": r"^UserError: `temperature` \(=nan\) must be a finite number >= 0",
+    "top-p-2": r"^UserError: `top_p` \(=2.0\) must be in \(0, 1\]",
+    "top-p-0": r"^UserError: `top_p` \(=0.0\) must be in \(0, 1\]",
+    "top-k-negative": r"^UserError: .*`top_k` \(=-1\)",
+    "beams": r"^UserError: `num_beams` \(=2\) must be 1 with avc=: contrastive",
+    "two-methods": r"^UserError: .*at most one",
+    "config-nan": r"^UserError: AVCConfig: `alpha` \(=nan\) must be a finite",
+    "device-tpu": r"^UserError: --device \(='tpu'\) is not a device",
     "good": r"^no error$",
 }
 
@@ -700,8 +733,8 @@ def test_the_python_api_on_llava_hf_refuses_bad_generate_arguments_with_one_line
     expected = {
         "avc-without-custom-generate": r"^ValueError: The following `model_kwargs` are not used by the model: "
                                        r"\['avc'\]",
-        "top-p-2": r"^ValueError: `top_p` \(=2.0\) must be in \(0, 1\]",
-        "temperature-inf": r"^ValueError: `temperature` \(=inf\) must be a finite number >= 0",
+        "top-p-2": r"^UserError: `top_p` \(=2.0\) must be in \(0, 1\]",
+        "temperature-inf": r"^UserError: `temperature` \(=inf\) must be a finite number >= 0",
         "max-new-tokens-0": r"^ValueError: .*`max_new_tokens`.*0",
         "good": r"^no error$",
     }

@@ -10,8 +10,10 @@ import sys
 
 import pytest
 
-from llava_avc import AVCConfig, M3IDConfig, VCDConfig
-from llava_avc.interfaces.flags import add_method_arguments, config_from_args
+pytest.importorskip("llava", reason="a test of the original-LLaVA backend: needs llava-torch (the hf profile has none)")
+
+from llava_avc import AVCConfig, M3IDConfig, VCDConfig  # noqa: E402
+from llava_avc.interfaces.flags import add_method_arguments, config_from_args  # noqa: E402
 
 
 def parse(*argv, default="avc"):

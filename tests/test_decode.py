@@ -5,22 +5,24 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
-from llava.mm_utils import KeywordsStoppingCriteria
-from transformers.generation import LogitsProcessorList, StoppingCriteriaList
 
-import llava_avc
-from llava_avc import AVCConfig, M3IDConfig, VCDConfig
-from llava_avc.algorithm.contrast import NonFiniteLogitsError, m3id_logits, vcd_logits
-from llava_avc.decode.prefill import biased_embeds
-from llava_avc.interfaces.api import contrastive_generate
-from llava_avc.algorithm.blind import noise_generator
-from llava_avc.algorithm.noise import add_diffusion_noise
-from llava_avc.backends.llava.adapter import LlavaAdapter
+pytest.importorskip("llava", reason="a test of the original-LLaVA backend: needs llava-torch (the hf profile has none)")
+import torch  # noqa: E402
+from llava.mm_utils import KeywordsStoppingCriteria  # noqa: E402
+from transformers.generation import LogitsProcessorList, StoppingCriteriaList  # noqa: E402
 
-from helpers import LEAD, QUESTIONS, ForceTokens, images_for, left_padded, no_eos, prompt_ids, variant_images
-from reference_avc import contrast as reference_contrast
-from reference_avc import full_forward, reference_prefill
+import llava_avc  # noqa: E402
+from llava_avc import AVCConfig, M3IDConfig, VCDConfig  # noqa: E402
+from llava_avc.algorithm.contrast import NonFiniteLogitsError, m3id_logits, vcd_logits  # noqa: E402
+from llava_avc.decode.prefill import biased_embeds  # noqa: E402
+from llava_avc.interfaces.api import contrastive_generate  # noqa: E402
+from llava_avc.algorithm.blind import noise_generator  # noqa: E402
+from llava_avc.algorithm.noise import add_diffusion_noise  # noqa: E402
+from llava_avc.backends.llava.adapter import LlavaAdapter  # noqa: E402
+
+from helpers import LEAD, QUESTIONS, ForceTokens, images_for, left_padded, no_eos, prompt_ids, variant_images  # noqa: E402
+from reference_avc import contrast as reference_contrast  # noqa: E402
+from reference_avc import full_forward, reference_prefill  # noqa: E402
 
 NEW_TOKENS = 6
 CONFIGS = [AVCConfig(), VCDConfig(), M3IDConfig(lam=0.5)]

@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import pytest
-import transformers
 
-from llava_avc.interfaces.doctor import Check, classify_transformers, is_healthy, unhealthy_reason
+pytest.importorskip("llava", reason="a test of the original-LLaVA backend: needs llava-torch (the hf profile has none)")
+import transformers  # noqa: E402
+
+from llava_avc.interfaces.doctor import Check, classify_transformers, is_healthy, unhealthy_reason  # noqa: E402
 
 LLAVA_LLAMA = "llava.model.language_model.llava_llama"
 MISSING = "llava_avc_test_missing_module_xyz"

@@ -12,18 +12,21 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from PIL import Image
 
-from llava_avc.algorithm.config import AVCConfig, VCDConfig
-from llava_avc.eval import answers as ans
-from llava_avc.eval.benchmarks import get_benchmark
-from llava_avc.backends.llava.pipeline import LlavaPipeline
-from llava_avc.interfaces.cli import main as eval_main
-from llava_avc.eval.runner import EvalOptions, merge_chunks, run_eval
-from llava_avc.eval.score_mme import score_mme
+pytest.importorskip("llava", reason="a test of the original-LLaVA backend: needs llava-torch (the hf profile has none)")
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from helpers import BENCHMARKS
+from llava_avc.errors import UserError  # noqa: E402
+from llava_avc.algorithm.config import AVCConfig, VCDConfig  # noqa: E402
+from llava_avc.eval import answers as ans  # noqa: E402
+from llava_avc.eval.benchmarks import get_benchmark  # noqa: E402
+from llava_avc.backends.llava.pipeline import LlavaPipeline  # noqa: E402
+from llava_avc.interfaces.cli import main as eval_main  # noqa: E402
+from llava_avc.eval.runner import EvalOptions, merge_chunks, run_eval  # noqa: E402
+from llava_avc.eval.score_mme import score_mme  # noqa: E402
+
+from helpers import BENCHMARKS  # noqa: E402
 
 POPE_RANDOM = BENCHMARKS / "pope" / "coco_pope_random.json"
 AMBER_QUERIES = BENCHMARKS / "amber" / "query_all.json"
@@ -124,28 +127,29 @@ def test_batch_of_three_equals_one_at_a_time(setup, tiny_llava, config):
         "\nAnswer the question using a single word or phrase.")
 
 
+KILLED_AFTER = 5  # of the 12 questions
+
+
 def test_killed_run_resumes_with_every_question_exactly_once(setup, tiny_llava):
-    out = setup["tmp"] / "killed"
-    command = [sys.executable, "-m", "llava_avc", "eval", "pope", "--model-path", str(setup["model_path"]),
-               "--image-folder", str(setup["images"]), "--question-file", str(setup["questions"]),
-               "--out", str(out), "--method", "none", "--protocol", "llava", "--max-new-tokens", "24",
-               "--device", "cpu"]
+    out, stalled = setup["tmp"] / "killed", setup["tmp"] / "stalled-rank"
+    command = [sys.executable, str(Path(__file__).with_name("stall_after.py")), str(KILLED_AFTER), str(stalled), "--",
+               "eval", "pope", "--model-path", str(setup["model_path"]), "--image-folder", str(setup["images"]),
+               "--question-file", str(setup["questions"]), "--out", str(out), "--method", "none", "--protocol",
+               "llava", "--max-new-tokens", "24", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    answers, deadline = out / "answers.jsonl", time.time() + 180
-    while time.time() < deadline and process.poll() is None:
-        if answers.is_file() and answers.read_bytes().count(b"\n") >= 1:
-            break
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not Path(f"{stalled}0").is_file():
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # stopped for good right after its KILLED_AFTER-th answer
     _, stderr = process.communicate()
     assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
-    before = answers.read_bytes().count(b"\n")
-    assert 1 <= before < 12
+    answers = out / "answers.jsonl"
+    assert answers.read_bytes().count(b"\n") == KILLED_AFTER
     options = EvalOptions("pope", str(setup["model_path"]), str(out), str(setup["images"]),
                           str(setup["questions"]), None, "llava", max_new_tokens=24, progress=False)
     summary = run_eval(options, pipeline=LlavaPipeline(*tiny_llava))
-    assert summary.skipped == before and summary.new == 12 - before
+    assert summary.skipped == KILLED_AFTER and summary.new == 12 - KILLED_AFTER
     ids = [r["question_id"] for r in _lines(answers)]
     assert sorted(ids) == list(range(1, 13)) and len(ids) == 12
 
@@ -165,7 +169,7 @@ def test_missing_image_names_question_and_path_and_keeps_answers(setup, tiny_lla
     run_eval(_options(setup, out), pipeline=LlavaPipeline(*tiny_llava))
     missing = setup["images"] / setup["names"][1]
     missing.unlink()
-    with pytest.raises(FileNotFoundError, match=r"question 7: image .*COCO_val2014_000000210789\.jpg") as error:
+    with pytest.raises(UserError, match=r"question 7: image .*COCO_val2014_000000210789\.jpg") as error:
         run_eval(_options(setup, out, limit=None), pipeline=LlavaPipeline(*tiny_llava))
     assert str(missing) in str(error.value)
     assert len(_lines(out / "answers.jsonl")) == 6
@@ -219,7 +223,7 @@ def test_chunks_follow_llava_get_chunk_and_merge_in_question_order(setup, tiny_l
     out = setup["tmp"] / "chunks"
     for index in (2, 0, 3):  # 6 questions in 4 chunks: sizes 2, 2, 2, 0
         run_eval(_options(setup, out, num_chunks=4, chunk_idx=index), pipeline=LlavaPipeline(*tiny_llava))
-    with pytest.raises(FileNotFoundError, match=r"chunk\(s\) \[1\] of 4 missing"):
+    with pytest.raises(UserError, match=r"chunk\(s\) \[1\] of 4 missing"):
         merge_chunks(out)
     run_eval(_options(setup, out, num_chunks=4, chunk_idx=1), pipeline=LlavaPipeline(*tiny_llava))
     chunk1 = out / "answers.chunk1of4.jsonl"
@@ -240,7 +244,7 @@ def test_chunks_follow_llava_get_chunk_and_merge_in_question_order(setup, tiny_l
     assert merge_chunks(out, force=True).read_text() == merged
     run = json.loads((out / "run.json").read_text())
     (out / "run.json").write_text(json.dumps({**run, "question_file": str(setup["tmp"] / "my_questions.json")}))
-    with pytest.raises(FileNotFoundError, match="my_questions.json .* is gone; restore it"):
+    with pytest.raises(UserError, match="my_questions.json .* is gone; restore it"):
         merge_chunks(out, force=True)
 
 

@@ -91,20 +91,41 @@ def test_torchrun_with_two_processes_gives_the_single_process_answers(model, dat
     assert "Accuracy" in proc.stdout or "accuracy" in proc.stdout  # rank 0 scored the merged answers
 
 
+def _kill(pid: int) -> None:
+    """SIGKILL `pid` and wait until it is gone (its answers-file lock released)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.is_file() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z":
+            return  # dead, not yet reaped (its files, the lock included, are closed)
+        time.sleep(0.02)
+
+
 def test_a_killed_torchrun_run_resumes_with_every_answer_once(model, data, reference):
-    out = data / "killed"
+    out, stalled = data / "killed", data / "stalled-rank"
     argv = _eval_argv(model, data, out)
-    process = subprocess.Popen([sys.executable, *TORCHRUN, *argv], env=_env(), stdout=subprocess.DEVNULL,
+    stall = [str(Path(__file__).with_name("stall_after.py")), "1", str(stalled), "--", *argv[2:]]  # not -m llava_avc
+    process = subprocess.Popen([sys.executable, *TORCHRUN, *stall], env=_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
-    shard = out / "answers.chunk1of2.jsonl"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and process.poll() is None:
-        if shard.is_file() and shard.read_text().count("\n") >= 1:
-            os.killpg(process.pid, signal.SIGKILL)  # every rank and the launcher, mid-run
+        if all(Path(f"{stalled}{rank}").is_file() for rank in range(2)):
             break
         time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the launcher, and every rank right after its first answer
+    for rank in range(2):
+        _kill(int(Path(f"{stalled}{rank}").read_text()))
     process.wait(timeout=60)
-    assert not (out / "answers.jsonl").exists(), "the run finished before it could be killed"
+    assert not (out / "answers.jsonl").exists()
+    assert [(out / f"answers.chunk{rank}of2.jsonl").read_text().count("\n") for rank in range(2)] == [1, 1]
     _run(argv, launcher=TORCHRUN)
     records = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
     assert sorted(record["question_id"] for record in records) == sorted(reference)  # each question once

@@ -9,15 +9,17 @@ is `bench.bench_image()` because lent GPU machines have no matplotlib (a drawn i
 from __future__ import annotations
 
 import pytest
-import torch
-from PIL import Image
 
-import llava_avc
-from llava_avc import AVCConfig, M3IDConfig, VCDConfig
-from decode_benchmark import bench_image
-from llava_avc.backends.llava.loading import load_model
+pytest.importorskip("llava", reason="a test of the original-LLaVA backend: needs llava-torch (the hf profile has none)")
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from helpers import LEAD, QUESTIONS, avc_generate, images_for, left_padded, no_eos, prompt_ids
+import llava_avc  # noqa: E402
+from llava_avc import AVCConfig, M3IDConfig, VCDConfig  # noqa: E402
+from decode_benchmark import bench_image  # noqa: E402
+from llava_avc.backends.llava.loading import load_model  # noqa: E402
+
+from helpers import LEAD, QUESTIONS, avc_generate, images_for, left_padded, no_eos, prompt_ids  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
-from llava_avc import AVCConfig, find_blind_tokens
-from llava_avc.algorithm.blind import BlindTokens
-from llava_avc.interfaces.heatmap import draw_blind_tokens
+pytest.importorskip("llava", reason="a test of the original-LLaVA backend: needs llava-torch (the hf profile has none)")
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from helpers import QUESTIONS, images_for, prompt_ids
+from llava_avc import AVCConfig, find_blind_tokens  # noqa: E402
+from llava_avc.algorithm.blind import BlindTokens  # noqa: E402
+from llava_avc.interfaces.heatmap import draw_blind_tokens  # noqa: E402
+
+from helpers import QUESTIONS, images_for, prompt_ids  # noqa: E402
 
 
 def magenta_pixels(array: np.ndarray, box) -> int:

@@ -11,12 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from llava_avc.backends import devices
-from llava_avc.interfaces import cli
-from llava_avc.backends.llava import compat
-from llava_avc.patches import script_overrides
+pytest.importorskip("llava", reason="a test of the original-LLaVA backend: needs llava-torch (the hf profile has none)")
+import torch  # noqa: E402
+
+from llava_avc.backends import devices  # noqa: E402
+from llava_avc.interfaces import cli  # noqa: E402
+from llava_avc.backends.llava import compat  # noqa: E402
+from llava_avc.patches import script_overrides  # noqa: E402
 
 QUESTIONS = [
     ("a.jpg", "Is there a person in the image?"),

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
-from llava_avc.backends.llava.loading import load_model
+pytest.importorskip("llava", reason="a test of the original-LLaVA backend: needs llava-torch (the hf profile has none)")
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
-from helpers import LEAD, avc_generate
-from test_quantized import CPU_QUANTIZATION
+from llava_avc.backends.llava.loading import load_model  # noqa: E402
+
+from helpers import LEAD, avc_generate  # noqa: E402
+from test_quantized import CPU_QUANTIZATION  # noqa: E402
 
 
 def _reference_merge(base_dir, lora_dir):

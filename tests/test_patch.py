@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 
-import llava_avc
-from llava_avc import AVCConfig
-from llava_avc.backends import transformers_compat
-from llava_avc.backends.llava import compat
+pytest.importorskip("llava", reason="a test of the original-LLaVA backend: needs llava-torch (the hf profile has none)")
+import torch  # noqa: E402
+from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM  # noqa: E402
 
-from helpers import LEAD, QUESTIONS, images_for, no_eos, prompt_ids
+import llava_avc  # noqa: E402
+from llava_avc import AVCConfig  # noqa: E402
+from llava_avc.backends import transformers_compat  # noqa: E402
+from llava_avc.backends.llava import compat  # noqa: E402
+
+from helpers import LEAD, QUESTIONS, images_for, no_eos, prompt_ids  # noqa: E402
 
 ORIGINAL_GENERATE = LlavaLlamaForCausalLM.__dict__["generate"]
 ORIGINAL_FORWARD = LlavaLlamaForCausalLM.__dict__["forward"]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-from llava_avc.backends import transformers_compat
-from llava_avc.backends.llava.adapter import LlavaAdapter
+pytest.importorskip("llava", reason="a test of the original-LLaVA backend: needs llava-torch (the hf profile has none)")
+import torch  # noqa: E402
 
-from helpers import QUESTIONS, images_for, left_padded, prompt_ids, variant_images
+from llava_avc.backends import transformers_compat  # noqa: E402
+from llava_avc.backends.llava.adapter import LlavaAdapter  # noqa: E402
+
+from helpers import QUESTIONS, images_for, left_padded, prompt_ids, variant_images  # noqa: E402
 
 
 def probe_and_eager(model, merged):

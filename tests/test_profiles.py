@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("llava", reason="a test of the original-LLaVA backend: needs llava-torch (the hf profile has none)")
+
 OTHER_PYTHON = os.environ.get("LLAVA_AVC_OTHER_PYTHON")
 SCRIPT = Path(__file__).with_name("profile_tokens.py")
 

@@ -11,15 +11,17 @@ import json
 import shutil
 
 import pytest
-import torch
 
-import llava_avc
-from llava_avc import AVCConfig, M3IDConfig, VCDConfig
-from llava_avc.backends import devices
-from llava_avc.backends.llava.loading import NotALlavaCheckpointError, load_model
-from llava_avc.backends.llava import compat
+pytest.importorskip("llava", reason="a test of the original-LLaVA backend: needs llava-torch (the hf profile has none)")
+import torch  # noqa: E402
 
-from helpers import LEAD, QUESTIONS, images_for, left_padded, no_eos, prompt_ids, variant_images
+import llava_avc  # noqa: E402
+from llava_avc import AVCConfig, M3IDConfig, VCDConfig  # noqa: E402
+from llava_avc.backends import devices  # noqa: E402
+from llava_avc.backends.llava.loading import NotALlavaCheckpointError, load_model  # noqa: E402
+from llava_avc.backends.llava import compat  # noqa: E402
+
+from helpers import LEAD, QUESTIONS, images_for, left_padded, no_eos, prompt_ids, variant_images  # noqa: E402
 
 CPU_QUANTIZATION = compat.TRANSFORMERS_VERSION >= devices.MIN_TRANSFORMERS_CPU_QUANT
 CPU_ERROR = "4-bit loading needs a CUDA GPU; found none; drop --load-4bit to run in fp32 on the CPU"

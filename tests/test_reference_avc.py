@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-import llava_avc
+pytest.importorskip("llava", reason="a test of the original-LLaVA backend: needs llava-torch (the hf profile has none)")
+import torch  # noqa: E402
 
-from helpers import LEAD, QUESTIONS, images_for, no_eos, prompt_ids
-from reference_avc import reference_avc_greedy, reference_prefill
+import llava_avc  # noqa: E402
+
+from helpers import LEAD, QUESTIONS, images_for, no_eos, prompt_ids  # noqa: E402
+from reference_avc import reference_avc_greedy, reference_prefill  # noqa: E402
 
 NEW_TOKENS = 8
 CASES = {

@@ -23,18 +23,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import requests
-import torch
-from transformers import TextIteratorStreamer
 
-import llava_avc
-from llava_avc import AVCConfig
-from llava_avc.backends.llava.pipeline import LlavaPipeline
-from llava_avc.backends.llava.prompts import build_prompt
-from llava_avc.interfaces.ask import ask
-from llava_avc.patches.llava_patch import GENERATE_CALLS, PLAIN_IMAGE_CALLS, default_method
+pytest.importorskip("llava", reason="a test of the original-LLaVA backend: needs llava-torch (the hf profile has none)")
+import requests  # noqa: E402
+import torch  # noqa: E402
+from transformers import TextIteratorStreamer  # noqa: E402
 
-from helpers import QUESTIONS, images_for, no_eos, prompt_ids
+import llava_avc  # noqa: E402
+from llava_avc import AVCConfig  # noqa: E402
+from llava_avc.backends.llava.pipeline import LlavaPipeline  # noqa: E402
+from llava_avc.backends.llava.prompts import build_prompt  # noqa: E402
+from llava_avc.interfaces.ask import ask  # noqa: E402
+from llava_avc.patches.llava_patch import GENERATE_CALLS, PLAIN_IMAGE_CALLS, default_method  # noqa: E402
+
+from helpers import QUESTIONS, images_for, no_eos, prompt_ids  # noqa: E402
 
 QUERY = QUESTIONS[0]
 NEW_TOKENS = 8

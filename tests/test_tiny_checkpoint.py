@@ -7,15 +7,18 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from llava.constants import IMAGE_TOKEN_INDEX
-from llava.conversation import conv_templates
-from llava.mm_utils import KeywordsStoppingCriteria, process_images, tokenizer_image_token
-from safetensors.torch import load_file
 
-import llava_avc
-from llava_avc.testing import tiny
-from llava_avc.backends import transformers_compat
+pytest.importorskip("llava", reason="a test of the original-LLaVA backend: needs llava-torch (the hf profile has none)")
+import torch  # noqa: E402
+from llava.constants import IMAGE_TOKEN_INDEX  # noqa: E402
+from llava.conversation import conv_templates  # noqa: E402
+from llava.mm_utils import KeywordsStoppingCriteria, process_images, tokenizer_image_token  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from llava_avc.errors import UserError  # noqa: E402
+import llava_avc  # noqa: E402
+from llava_avc.testing import tiny  # noqa: E402
+from llava_avc.backends import transformers_compat  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTION = "Describe this image in detail."
@@ -174,7 +177,7 @@ def test_refuses_non_empty_dir_and_force_replaces(tiny_llava_dir, tmp_path):
     target = tmp_path / "llava-busy"
     target.mkdir()
     (target / "keep.txt").write_text("user data")
-    with pytest.raises(FileExistsError, match="--force") as err:
+    with pytest.raises(UserError, match="--force") as err:
         tiny.make_tiny_llava(target, seed=1)
     assert str(target) in str(err.value)
     assert (target / "keep.txt").exists()

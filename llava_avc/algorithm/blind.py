@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..errors import UserError
 from .config import MASKING_SCHEMES
 
 Layers = Union[Sequence[int], torch.Tensor]
@@ -63,18 +64,18 @@ def last_query_attention(query: torch.Tensor, keys: torch.Tensor,
 def _check_query_keys(query: torch.Tensor, keys: torch.Tensor) -> None:
     """Validates the shapes of ``last_query_attention``'s inputs."""
     if query.dim() != 3 or keys.dim() != 4:
-        raise ValueError(
+        raise UserError(
             f"`query` must be (B, H, D) and `keys` (B, H_kv, L, D); got shapes "
             f"{tuple(query.shape)} and {tuple(keys.shape)}. Pass the last position's query "
             "(e.g. q[:, :, -1]) and the cached keys of the same layer."
         )
     if query.shape[0] != keys.shape[0] or query.shape[2] != keys.shape[3]:
-        raise ValueError(
+        raise UserError(
             f"`query` {tuple(query.shape)} and `keys` {tuple(keys.shape)} must agree on the "
             "batch size B and the head dimension D. Pass tensors of the same layer and batch."
         )
     if query.shape[1] % keys.shape[1] != 0:
-        raise ValueError(
+        raise UserError(
             f"the number of query heads H (={query.shape[1]}) must be a multiple of the kv "
             f"heads H_kv (={keys.shape[1]}) for grouped-query attention. Check that the keys "
             "are not already repeated with a different factor."
@@ -84,7 +85,7 @@ def _check_query_keys(query: torch.Tensor, keys: torch.Tensor) -> None:
 def _as_bool_mask(key_mask: torch.Tensor, batch: int, length: int) -> torch.Tensor:
     """Validates a (B, L) key mask and returns it as bool (True = attend)."""
     if tuple(key_mask.shape) != (batch, length):
-        raise ValueError(
+        raise UserError(
             f"`key_mask` must be (B, L) = {(batch, length)}, got {tuple(key_mask.shape)}. "
             "Pass the 2-D padding mask (True/1 = real token)."
         )
@@ -97,7 +98,7 @@ def _as_bool_mask(key_mask: torch.Tensor, batch: int, length: int) -> torch.Tens
     attend = key_mask != 0  # (B, L) bool
     if not bool(attend.any(dim=-1).all()):
         empty = torch.nonzero(~attend.any(dim=-1)).flatten().tolist()
-        raise ValueError(
+        raise UserError(
             f"`key_mask` masks every key in rows {empty}; softmax would be NaN. "
             "Each sample needs at least one key with mask True."
         )
@@ -115,7 +116,7 @@ def image_attention(attn: torch.Tensor, image_span: Tuple[int, int]) -> torch.Te
         (n_layers, N) float32 with N = end - start.
     """
     if attn.dim() != 3:
-        raise ValueError(
+        raise UserError(
             f"`attn` must be (n_layers, H, L) for one sample, got shape {tuple(attn.shape)}. "
             "Index the batch first, e.g. attn[:, b]."
         )
@@ -127,7 +128,7 @@ def _check_span(image_span: Tuple[int, int], length: int) -> Tuple[int, int]:
     """Validates ``image_span`` = (start, end) against a sequence of ``length`` keys."""
     start, end = (int(i) for i in image_span)
     if not 0 <= start < end <= length:
-        raise ValueError(
+        raise UserError(
             f"`image_span` (={tuple(image_span)!r}) must satisfy 0 <= start < end <= L "
             f"(={length}). Pass the image tokens' (start, end) in the merged sequence."
         )
@@ -146,7 +147,7 @@ def layer_shares(image_attn: torch.Tensor) -> torch.Tensor:
     per_layer = image_attn.float().sum(dim=-1)  # (n_layers,)
     total = per_layer.sum()
     if not bool(torch.isfinite(total)) or float(total) <= 0.0:
-        raise ValueError(
+        raise UserError(
             f"total attention on the image (={float(total)}) must be finite and > 0 to split "
             "it into layer shares. Check `image_span` and that `attn` holds probabilities."
         )
@@ -167,7 +168,7 @@ def select_layers_top_p(shares: torch.Tensor, gamma: float) -> torch.Tensor:
         (k,) int64 layer indices in descending share order.
     """
     if not 0.0 < gamma <= 1.0:
-        raise ValueError(f"`gamma` (={gamma!r}) must be in (0, 1]. Use e.g. gamma=0.5.")
+        raise UserError(f"`gamma` (={gamma!r}) must be in (0, 1]. Use e.g. gamma=0.5.")
     order = torch.sort(shares, descending=True, stable=True).indices  # (n_layers,)
     # float64 cumsum: the comparison with the Python float gamma is not decided by
     # float32 accumulation error.
@@ -190,7 +191,7 @@ def token_scores(image_attn: torch.Tensor, layers: Layers) -> torch.Tensor:
     """
     index = torch.as_tensor(layers, dtype=torch.long, device=image_attn.device).flatten()
     if index.numel() == 0:
-        raise ValueError("`layers` must select at least one layer; got none.")
+        raise UserError("`layers` must select at least one layer; got none.")
     return image_attn.float()[index].mean(dim=0)  # (N,)
 
 
@@ -208,9 +209,9 @@ def blind_token_mask(scores: torch.Tensor, lam: float) -> torch.Tensor:
         (N,) bool mask, True = blind.
     """
     if scores.dim() != 1 or scores.numel() == 0:
-        raise ValueError(f"`scores` must be a non-empty (N,) tensor, got {tuple(scores.shape)}.")
+        raise UserError(f"`scores` must be a non-empty (N,) tensor, got {tuple(scores.shape)}.")
     if not bool(torch.isfinite(scores).all()):
-        raise ValueError("`scores` contain NaN/inf; check the attention of the image tokens.")
+        raise UserError("`scores` contain NaN/inf; check the attention of the image tokens.")
     values = scores.double()  # (N,) float64: the boundary case is not decided by rounding
     if bool((values == values[0]).all()):
         # Zero spread (incl. N == 1): threshold == every score. Computed explicitly because
@@ -304,7 +305,7 @@ def mask_non_blind(image_embeds: torch.Tensor, blind: torch.Tensor, scheme: str,
     """
     if scheme not in MASKING_SCHEMES:
         # NOTE(avc): the official code silently falls back to "zeros"; we refuse.
-        raise ValueError(
+        raise UserError(
             f"`scheme` (={scheme!r}) must be one of {MASKING_SCHEMES}. "
             "Use e.g. scheme='zeros' (the paper's default)."
         )
@@ -322,13 +323,13 @@ def mask_non_blind(image_embeds: torch.Tensor, blind: torch.Tensor, scheme: str,
 def _check_embeds_blind(image_embeds: torch.Tensor, blind: torch.Tensor) -> None:
     """Validates the shapes and dtypes of ``mask_non_blind``'s inputs."""
     if image_embeds.dim() != 2 or not image_embeds.is_floating_point():
-        raise ValueError(
+        raise UserError(
             f"`image_embeds` must be a float (N, D) tensor, got shape "
             f"{tuple(image_embeds.shape)} dtype {image_embeds.dtype}. Pass one sample's "
             "image-token embeddings."
         )
     if blind.dtype != torch.bool or tuple(blind.shape) != (image_embeds.shape[0],):
-        raise ValueError(
+        raise UserError(
             f"`blind` must be a bool (N,) tensor with N = {image_embeds.shape[0]}, got shape "
             f"{tuple(blind.shape)} dtype {blind.dtype}. Pass BlindTokens.blind."
         )

@@ -30,6 +30,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Tuple
 
+from ..errors import UserError
+
 
 NUM_DIFFUSION_STEPS = 1000
 """Length of VCD's diffusion schedule; valid noise steps are 0 .. NUM_DIFFUSION_STEPS - 1."""
@@ -56,7 +58,7 @@ def _check_real(owner: str, name: str, value: Any, example: str) -> None:
                      f"Use e.g. {example}.")
         )
     if not math.isfinite(value):
-        raise ValueError(
+        raise UserError(
             _message(owner, name, value, "be a finite real number (not NaN/inf)",
                      f"Use e.g. {example}.")
         )
@@ -76,7 +78,7 @@ def _check_beta(owner: str, beta: Any) -> None:
     example = f"beta={_PAPER_BETA} (the paper's value)"
     _check_real(owner, "beta", beta, example)
     if not 0.0 < beta <= 1.0:
-        raise ValueError(
+        raise UserError(
             _message(owner, "beta", beta,
                      "be in (0, 1]; it scales the plausibility cutoff log(beta) + max(logits)",
                      f"Use e.g. {example}.")
@@ -87,7 +89,7 @@ def _check_non_negative(owner: str, name: str, value: Any, meaning: str, example
     """Validates a finite real number >= 0."""
     _check_real(owner, name, value, example)
     if value < 0:
-        raise ValueError(
+        raise UserError(
             _message(owner, name, value, f"be >= 0; {meaning}", f"Use e.g. {example}.")
         )
 
@@ -96,7 +98,7 @@ def _check_seed(owner: str, seed: Any) -> None:
     """Validates a seed for a CPU ``torch.Generator``."""
     _check_int(owner, "noise_seed", seed, "noise_seed=0")
     if not 0 <= seed <= _MAX_SEED:
-        raise ValueError(
+        raise UserError(
             _message(owner, "noise_seed", seed, f"be in [0, 2**64 - 1] (={_MAX_SEED})",
                      "Use e.g. noise_seed=0.")
         )
@@ -177,18 +179,18 @@ class AVCConfig(MethodConfig):
         """Raises ValueError / TypeError on an invalid field (see the field help)."""
         owner = type(self).__name__
         _check_non_negative(owner, "alpha", self.alpha,
-                            "it is the contrast strength (1 + alpha) * l - alpha * l_biased",
-                            "alpha=2.5 (paper figure) or alpha=1.0 (authors' scripts)")
+                        "it is the contrast strength (1 + alpha) * l - alpha * l_biased",
+                        "alpha=2.5 (paper figure) or alpha=1.0 (authors' scripts)")
         _check_beta(owner, self.beta)
         _check_real(owner, "gamma", self.gamma, "gamma=0.5 (the paper's value)")
         if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(_message(
+            raise UserError(_message(
                 owner, "gamma", self.gamma,
                 "be in (0, 1]; it is the cumulative share of image attention the selected "
                 "layers must reach", "Use e.g. gamma=0.5 (the paper's value)."))
         _check_non_negative(owner, "lam", self.lam,
-                            "blind tokens are those >= mean + lam * std of the attention",
-                            "lam=1.0 (the paper's value)")
+                        "blind tokens are those >= mean + lam * std of the attention",
+                        "lam=1.0 (the paper's value)")
         self._validate_masking(owner)
         _check_seed(owner, self.noise_seed)
 
@@ -199,7 +201,7 @@ class AVCConfig(MethodConfig):
             raise TypeError(_message(owner, "masking", self.masking,
                                      f"be a str, not {type(self.masking).__name__}", fix))
         if self.masking not in MASKING_SCHEMES:
-            raise ValueError(_message(owner, "masking", self.masking,
+            raise UserError(_message(owner, "masking", self.masking,
                                       f"be one of {MASKING_SCHEMES}", fix))
 
     def _warn_no_ops(self) -> None:
@@ -241,12 +243,12 @@ class VCDConfig(MethodConfig):
         """Raises ValueError / TypeError on an invalid field (see the field help)."""
         owner = type(self).__name__
         _check_non_negative(owner, "alpha", self.alpha,
-                            "it is the contrast strength (1 + alpha) * l - alpha * l_noised",
-                            "alpha=1.0 (VCD's value)")
+                        "it is the contrast strength (1 + alpha) * l - alpha * l_noised",
+                        "alpha=1.0 (VCD's value)")
         _check_beta(owner, self.beta)
         _check_int(owner, "noise_step", self.noise_step, "noise_step=500")
         if not 0 <= self.noise_step < NUM_DIFFUSION_STEPS:
-            raise ValueError(_message(
+            raise UserError(_message(
                 owner, "noise_step", self.noise_step,
                 f"be in [0, {NUM_DIFFUSION_STEPS - 1}]; VCD's diffusion schedule has "
                 f"{NUM_DIFFUSION_STEPS} steps", "Use e.g. noise_step=500 (VCD's value)."))
@@ -282,8 +284,8 @@ class M3IDConfig(MethodConfig):
         """Raises ValueError / TypeError on an invalid field (see the field help)."""
         owner = type(self).__name__
         _check_non_negative(owner, "lam", self.lam,
-                            "it is the decay rate of g_t = exp(-lam * t)",
-                            "lam=0.02 (M3ID's value)")
+                        "it is the decay rate of g_t = exp(-lam * t)",
+                        "lam=0.02 (M3ID's value)")
         _check_beta(owner, self.beta)
 
     def _warn_no_ops(self) -> None:

@@ -17,6 +17,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from ..errors import UserError
+
 _NEG_INF = float("-inf")
 
 
@@ -28,7 +30,7 @@ def _upcast(logits: torch.Tensor) -> torch.Tensor:
 def _check_pair(logits: torch.Tensor, other: torch.Tensor, other_name: str) -> None:
     """Raises ValueError unless the two branches' logits have the same shape."""
     if logits.shape != other.shape:
-        raise ValueError(
+        raise UserError(
             f"`logits` {tuple(logits.shape)} and `{other_name}` {tuple(other.shape)} must have "
             "the same (B, V) shape. Pass the last position's logits of both branches, e.g. "
             "outputs.logits[:, -1, :]."
@@ -48,7 +50,7 @@ def plausibility_cutoff_mask(logits: torch.Tensor, beta: float) -> torch.Tensor:
         (B, V) bool, True = cut off (set to -inf by the contrastive functions).
     """
     if not 0.0 < beta <= 1.0:
-        raise ValueError(f"`beta` (={beta!r}) must be in (0, 1]. Use e.g. beta=0.1.")
+        raise UserError(f"`beta` (={beta!r}) must be in (0, 1]. Use e.g. beta=0.1.")
     l = _upcast(logits)  # (B, V)
     cutoff = math.log(beta) + l.max(dim=-1, keepdim=True).values  # (B, 1)
     return l < cutoff
@@ -113,7 +115,7 @@ def m3id_weight(t: int, lam: float) -> float:
     if isinstance(t, bool) or not isinstance(t, numbers.Integral):
         raise TypeError(f"`t` (={t!r}) must be an int decoding step. Use t=1 for the first token.")
     if t < 1:
-        raise ValueError(
+        raise UserError(
             f"`t` (={t}) must be >= 1; M3ID counts decoding steps from 1. "
             "Use t=1 for the first generated token."
         )
@@ -144,7 +146,7 @@ def m3id_logits(logits: torch.Tensor, uncond_logits: torch.Tensor, t: int, lam: 
     return z.masked_fill(plausibility_cutoff_mask(l, beta), _NEG_INF)
 
 
-class NonFiniteLogitsError(RuntimeError):
+class NonFiniteLogitsError(UserError, RuntimeError):
     """A decoding branch produced NaN/inf logits.
 
     Attributes:

@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
+from ..errors import UserError
 from .config import NUM_DIFFUSION_STEPS
 
 BETA_START = 1e-5
@@ -39,7 +40,7 @@ def diffusion_betas(num_steps: int = NUM_DIFFUSION_STEPS) -> torch.Tensor:
     if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
         raise TypeError(f"`num_steps` (={num_steps!r}) must be an int. Use e.g. num_steps=1000.")
     if num_steps < 1:
-        raise ValueError(f"`num_steps` (={num_steps}) must be >= 1. Use e.g. num_steps=1000.")
+        raise UserError(f"`num_steps` (={num_steps}) must be >= 1. Use e.g. num_steps=1000.")
     # NOTE(avc): VCD builds the schedule in float32; we use float64 so that alpha_bar is the
     # exact product (the two differ by ~1e-5 relative at t=500, far below the noise itself).
     grid = torch.linspace(-SIGMOID_RANGE, SIGMOID_RANGE, int(num_steps), dtype=torch.float64)
@@ -62,7 +63,7 @@ def alpha_bar(noise_step: int, num_steps: int = NUM_DIFFUSION_STEPS) -> float:
             "Use e.g. noise_step=500 (VCD's value)."
         )
     if not 0 <= noise_step < num_steps:
-        raise ValueError(
+        raise UserError(
             f"`noise_step` (={noise_step}) must be in [0, {num_steps - 1}]; the diffusion "
             f"schedule has {num_steps} steps. Use e.g. noise_step=500 (VCD's value)."
         )

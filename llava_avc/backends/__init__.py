@@ -17,6 +17,7 @@ import importlib
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..errors import UserError
 from ..decode.adapter import ModelAdapter
 from .versions import HF_OLDEST, dotted, version_tuple
 
@@ -76,8 +77,8 @@ def checkpoint_backend(model_path: str) -> str:
     """
     config_file = Path(model_path).expanduser() / "config.json"
     if config_file.parent.is_dir() and not config_file.is_file():
-        raise ValueError(f"{model_path!r} is not a checkpoint folder: it has no config.json (a LLaVA or llava-hf "
-                         "checkpoint holds config.json, its weights and its tokenizer); pass the folder that holds them.")
+        raise UserError(f"{model_path!r} is not a checkpoint folder: it has no config.json (a LLaVA or llava-hf "
+                        "checkpoint holds config.json, its weights and its tokenizer); pass the folder that holds them.")
     if not config_file.is_file():
         from .checkpoints import HUB_ID, cached_hub_file
 
@@ -89,15 +90,15 @@ def checkpoint_backend(model_path: str) -> str:
 
     config = check_json_file(Path(config_file))
     if not isinstance(config, dict):
-        raise ValueError(f"{config_file} holds a JSON {type(config).__name__}, not a model config (an object with "
-                         "model_type); re-download the checkpoint.")
+        raise UserError(f"{config_file} holds a JSON {type(config).__name__}, not a model config (an object with "
+                        "model_type); re-download the checkpoint.")
     model_type = config.get("model_type")
     if "mm_vision_tower" in config and model_type != "llava_next":
         return "llava"  # original LLaVA configs carry mm_* fields (some name their model_type "llava")
     if model_type not in CHECKPOINT_FORMATS:
-        raise ValueError(f"{model_path!r} is a {model_type!r} checkpoint; llava-avc serves original LLaVA "
-                         f"(llava_llama) and llava-hf ({', '.join(k for k, v in CHECKPOINT_FORMATS.items() if v == 'hf')}) "
-                         "checkpoints.")
+        raise UserError(f"{model_path!r} is a {model_type!r} checkpoint; llava-avc serves original LLaVA "
+                        f"(llava_llama) and llava-hf ({', '.join(k for k, v in CHECKPOINT_FORMATS.items() if v == 'hf')}) "
+                        "checkpoints.")
     return CHECKPOINT_FORMATS[model_type]
 
 
@@ -131,7 +132,7 @@ def check_backend_available(backend: str, model_path: str) -> None:
     from importlib import metadata
 
     if backend == "llava" and importlib.util.find_spec("llava") is None:
-        raise ValueError(
+        raise UserError(
             f"{model_path!r} is an original-LLaVA checkpoint and this environment has no original LLaVA (llava-torch); "
             "install it (pip install 'llava-avc[llava]' and pip install --no-deps llava-torch==1.2.2.post1), or "
             f"convert the checkpoint for this one: llava-avc convert --to hf {model_path} OUT_DIR.")
@@ -142,7 +143,7 @@ def check_backend_available(backend: str, model_path: str) -> None:
             found = "none"
         if found == "none" or version_tuple(found) < HF_OLDEST:
             oldest = dotted(HF_OLDEST[:2])
-            raise ValueError(
+            raise UserError(
                 f"{model_path!r} is a llava-hf checkpoint; the llava-hf backend needs transformers >= {oldest} and this "
                 f"environment has {found}: run it where transformers >= {oldest} is installed (e.g. bash "
                 "scripts/install.sh --profile hf), or use the original LLaVA checkpoint here.")

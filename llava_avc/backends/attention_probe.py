@@ -10,12 +10,15 @@ has just written into the KV cache, while the model keeps its fast (sdpa) attent
     a      = softmax(q_last . K^T / sqrt(D) + mask)    # (B, H, L), K = cached RoPE'd keys
 
 This equals row L-1 of eager attention's probabilities (tests/test_probe.py checks <= 1e-5 in fp32).
+The hooks live for one prefill and record only the forwards of the thread that attached them, so
+another thread decoding with the same model meanwhile neither feeds nor sees this probe.
 Shared by the backends whose language model is Llama-family (Llama, Mistral: the same RoPE and
 attention module layout): the original LLaVA's LlamaModel and llava-hf's language models.
 """
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -55,9 +58,12 @@ class LastQueryProbe:
     def __init__(self, key_mask: torch.Tensor):
         self.key_mask = key_mask.bool()  # (B, L)
         self.attentions: list[torch.Tensor] = []
+        self.thread = threading.get_ident()  # the forwards of other threads are not this probe's
 
     def hook(self, module, args, kwargs, output):
         """Forward hook (with_kwargs) on one attention module; runs right after it updated the cache."""
+        if threading.get_ident() != self.thread:
+            return
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]  # (B, S, D_model)
         cache = hook_cache(kwargs)
         if cache is None:  # the adapters always prefill with a cache: the kwarg's name changed

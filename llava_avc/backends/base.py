@@ -1,18 +1,87 @@
 """What the backends share: a ModelAdapter for a Hugging Face language model inside a LLaVA model
-(forward from embeddings with a DynamicCache, the attention probe, cache surgery), and the checks
-of a generation config that every backend makes."""
+(forward from embeddings with a DynamicCache, the attention probe, cache surgery), the output type
+of `generate(return_dict_in_generate=True)` with a method, the checks of a generation config that
+every backend makes, and what a pipeline (`ask`, `eval`) is."""
 
 from __future__ import annotations
 
 import abc
 from contextlib import AbstractContextManager
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol, Sequence
 
 import torch
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from ..errors import UserError
 from ..decode.adapter import ModelAdapter
 from . import transformers_compat as compat
 from .attention_probe import last_query_probe
+
+
+@dataclass
+class ContrastiveGenerateOutput(GenerateDecoderOnlyOutput):
+    """transformers' `GenerateDecoderOnlyOutput` plus what the contrastive method used (both backends).
+
+    `scores` are the final per-step scores that were sampled from (after the contrast, the
+    plausibility cutoff, the logits processors and, when sampling, the warpers); the cache
+    (`past_key_values`; `cache` from transformers 5.25) holds the ORIGINAL branch's rows only;
+    `blind_tokens` (AVC only) has one record per row.
+    """
+
+    blind_tokens: Optional[list] = None
+
+
+def contrastive_output(sequences, scores, cache, blind_tokens) -> ContrastiveGenerateOutput:
+    """A `ContrastiveGenerateOutput` with `cache` in the field this transformers names it by."""
+    return ContrastiveGenerateOutput(sequences=sequences, scores=scores, blind_tokens=blind_tokens,
+                                     **{compat.cache_field(ContrastiveGenerateOutput): cache})
+
+
+class Pipeline(Protocol):
+    """A loaded checkpoint with what `llava-avc ask` and `llava-avc eval` need; each backend has one
+    (`LlavaPipeline`, `HFPipeline`), found by `llava_avc.backends.pipeline_class`."""
+
+    model: Any
+
+    @classmethod
+    def load(cls, model_path: str, model_base: Optional[str] = None, *, device: Optional[str] = None,
+             load_4bit: bool = False, load_8bit: bool = False) -> "Pipeline":
+        """Load a checkpoint (fp16 on CUDA, fp32 on the CPU, or 4/8-bit)."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's inputs go."""
+
+    @staticmethod
+    def check_conv_mode(conv_mode: Optional[str]) -> None:
+        """Refuse a conversation template this backend cannot render (a UserError)."""
+
+    def preprocessing(self, conv_mode: Optional[str] = None, center_crop: bool = False) -> dict:
+        """What `inputs` makes of the prompt and the image for these settings (for run records)."""
+
+    def inputs(self, texts: list, pil_images: list, conv_mode: Optional[str] = None,
+               center_crop: bool = False) -> dict:
+        """One question per image -> the left-padded batch `generate` takes, on the model's device."""
+
+    def generate(self, inputs: dict, config=None, row_seeds=None, **generate_kwargs):
+        """`config`'s method (None: the model's own decoding) on `inputs`; `row_seeds` one int per row."""
+
+    def decode(self, sequences: torch.Tensor, inputs: dict) -> list:
+        """`generate`'s output -> the stripped answer strings, one per row."""
+
+    def find_blind_tokens(self, inputs: dict, config) -> list:
+        """The blind tokens AVC would use for each row of `inputs`."""
+
+    def token_grid(self) -> int:
+        """Image tokens per side of the base image (24 for LLaVA-1.5 at 336 px)."""
+
+    @property
+    def image_aspect_ratio(self) -> Optional[str]:
+        """The checkpoint's image preprocessing mode (pad, anyres, ...)."""
+
+    def model_id(self, model_path: str) -> str:
+        """The `model_id` answer files carry for this checkpoint path."""
 
 
 class LanguageModelAdapter(ModelAdapter):
@@ -67,12 +136,12 @@ def check_one_sequence_per_prompt(config, method: str) -> None:
         method: how the caller is named in the message, e.g. "avc=".
     """
     if config.num_beams != 1:
-        raise ValueError(
+        raise UserError(
             f"`num_beams` (={config.num_beams}) must be 1 with {method}: contrastive decoding is defined for greedy "
             f"and sampling only. Set num_beams=1, or drop {method} for beam search."
         )
     if config.num_return_sequences != 1:
-        raise ValueError(
+        raise UserError(
             f"`num_return_sequences` (={config.num_return_sequences}) must be 1 with {method}; repeat the prompt "
             "in the batch instead."
         )
@@ -87,7 +156,7 @@ def quiet_length_warning(tokenizer) -> None:
         warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
 
 
-def prompt_too_long(positions: int, limit: int, what: str, upstream: str) -> ValueError:
+def prompt_too_long(positions: int, limit: int, what: str, upstream: str) -> UserError:
     """The one refusal of a prompt that does not fit the model's context, for every method."""
-    return ValueError(f"the prompt takes {positions} positions with the image's tokens, but {what} is {limit}; "
-                      f"{upstream} Shorten the question.")
+    return UserError(f"the prompt takes {positions} positions with the image's tokens, but {what} is {limit}; "
+                     f"{upstream} Shorten the question.")

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ..errors import UserError
+
 
 def check_one_quantization(load_4bit: bool, load_8bit: bool) -> None:
     """Raise ValueError when both 4-bit and 8-bit loading are asked for (the one place that says so)."""
     if load_4bit and load_8bit:
-        raise ValueError("--load-4bit and --load-8bit are exclusive; pick one.")
+        raise UserError("--load-4bit and --load-8bit are exclusive; pick one.")
 
 
 #: Device types a model can be loaded on (what `--device` accepts, with an optional ":N" index).
@@ -41,17 +43,17 @@ def resolve_device(device: Optional[str]) -> str:
     except (RuntimeError, ValueError, TypeError):
         parsed = None
     if parsed is None or parsed.type not in DEVICE_TYPES:
-        raise ValueError(f"--device (={text!r}) is not a device llava-avc can load a model on; use cuda (the "
-                         "first CUDA GPU), cuda:N (GPU N) or cpu.")
+        raise UserError(f"--device (={text!r}) is not a device llava-avc can load a model on; use cuda (the "
+                        "first CUDA GPU), cuda:N (GPU N) or cpu.")
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {text}, but torch finds no CUDA GPU on this machine; pass --device cpu to run "
-                             "on the CPU (fp32), or install a CUDA build of torch.")
+            raise UserError(f"--device {text}, but torch finds no CUDA GPU on this machine; pass --device cpu to run "
+                            "on the CPU (fp32), or install a CUDA build of torch.")
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {text}: there are {torch.cuda.device_count()} CUDA GPU(s) here "
-                             f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); pick one of them.")
+            raise UserError(f"--device {text}: there are {torch.cuda.device_count()} CUDA GPU(s) here "
+                            f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); pick one of them.")
     if parsed.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ValueError(f"--device {text}, but torch finds no Apple GPU (MPS) here; pass --device cpu.")
+        raise UserError(f"--device {text}, but torch finds no Apple GPU (MPS) here; pass --device cpu.")
     return text
 
 
@@ -85,10 +87,10 @@ def check_quantization_supported(load_4bit: bool, load_8bit: bool, device: str) 
 
     on_cuda = str(device).startswith("cuda")
     if on_cuda and not torch.cuda.is_available():
-        raise ValueError(f"{bits} loading needs a CUDA GPU; found none; drop {flag} to run in fp32 on the CPU.")
+        raise UserError(f"{bits} loading needs a CUDA GPU; found none; drop {flag} to run in fp32 on the CPU.")
     transformers_version = _version("transformers") or (0, 0, 0)
     if not on_cuda and transformers_version < MIN_TRANSFORMERS_CPU_QUANT:
-        raise ValueError(
+        raise UserError(
             f"{bits} loading needs a CUDA GPU; found none; drop {flag} to run in fp32 on the CPU "
             f"(or use transformers >= 4.53 with bitsandbytes >= 0.48, which quantize on the CPU)."
         )
@@ -96,10 +98,10 @@ def check_quantization_supported(load_4bit: bool, load_8bit: bool, device: str) 
     installed = _version("bitsandbytes")
     wanted = ".".join(map(str, minimum))
     if installed is None:
-        raise ValueError(f"{flag} needs bitsandbytes >= {wanted}, which is not installed: "
-                         f"pip install 'bitsandbytes>={wanted}'.")
+        raise UserError(f"{flag} needs bitsandbytes >= {wanted}, which is not installed: "
+                        f"pip install 'bitsandbytes>={wanted}'.")
     if installed < minimum:
-        raise ValueError(
+        raise UserError(
             f"bitsandbytes {'.'.join(map(str, installed))} is too old for {flag} here; "
             f"need >= {wanted}: pip install -U 'bitsandbytes>={wanted}'."
         )

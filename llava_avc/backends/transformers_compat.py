@@ -43,13 +43,14 @@ import torch
 import transformers
 from transformers import DynamicCache
 
+from ..errors import UserError
 from .versions import HF_OLDEST, NEWEST_TESTED, is_newer_than_tested, version_tuple
 
 INSTALLED = transformers.__version__
 VERSION = version_tuple(INSTALLED)
 
 
-class UntestedTransformersError(RuntimeError):
+class UntestedTransformersError(UserError, RuntimeError):
     """transformers changed something llava-avc relies on, in a release newer than it was tested with."""
 
 

@@ -1,9 +1,10 @@
 """The model-adapter interface: everything the decode loop needs from a model, and nothing more.
 
 The two-branch loop (`llava_avc.decode.loop`) never touches a model, a tokenizer or a library's
-internals; it calls one `ModelAdapter`. A backend (`llava_avc.backends.<name>`) implements it for
-one family of models: `backends.llava` for the original LLaVA codebase (llava-torch); a new
-backend (for example Hugging Face-native Llava) implements the same methods and nothing in the
+internals; it calls one `ModelAdapter` (model operations) and one `GenerationFrontEnd` (what the
+user's `generate` arguments mean, and the output they ask for). A backend (`llava_avc.backends.<name>`)
+implements both for one family of models: `backends.llava` for the original LLaVA codebase (llava-torch), `backends.hf`
+for transformers' llava-hf models; a new backend implements the same methods and nothing in the
 loop changes.
 
 This module also holds the small data types the loop and the adapters exchange (`MergedPrompt`,
@@ -16,7 +17,7 @@ from __future__ import annotations
 import abc
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Protocol, Sequence
 
 import torch
 
@@ -151,20 +152,27 @@ class ModelAdapter(abc.ABC):
         holds, per decoder layer in order, the (B, H, L) float32 attention probabilities of the
         LAST query position over the L keys (rows sum to 1; masked keys 0)."""
 
-    # -- generation front end --------------------------------------------------------------
-    @abc.abstractmethod
-    def prepare_generation(self, input_ids: torch.Tensor, generate_kwargs: dict, method: str) -> GenerationSetup:
-        """Interpret and validate `generate` kwargs for (B, T) prompt ids before any forward (beams
-        etc. raise ValueError); `method` names the caller in messages ("avc=", "lean decoding")."""
 
-    @abc.abstractmethod
+
+class GenerationFrontEnd(Protocol):
+    """How one backend reads `generate`'s arguments and shapes its output: the loop's other collaborator.
+
+    The model adapter does model operations only (embeddings, forwards, caches, the probe); what the user
+    passed to `generate` (or what transformers' `generate` already prepared and handed over) is read here.
+    """
+
+    def prepare(self, input_ids: torch.Tensor, generate_kwargs: dict, method: str) -> GenerationSetup:
+        """Interpret and validate `generate` kwargs for (B, T) prompt ids before any forward (beams etc.
+        raise a UserError; the sampling settings pass `decode.sampling.check_generation_config`, the
+        command line's rules); `method` names the caller in messages ("avc=", "lean decoding")."""
+
     def bind_prompt_length(self, setup: GenerationSetup, prompt_length: int) -> None:
         """Complete `setup` (max/min length, processors, stopping) once the merged length L is known."""
 
-    @abc.abstractmethod
     def make_output(self, sequences: torch.Tensor, scores: Optional[tuple], past_key_values: list,
                     blind_tokens: Optional[list]) -> Any:
-        """The dict-style output the model's own `generate(return_dict_in_generate=True)` gives."""
+        """The dict-style output the model's own `generate(return_dict_in_generate=True)` gives;
+        `past_key_values` are the original branch's (keys, values) per layer."""
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,9 @@ that says how its biased branch is prefilled and how the two branches' logits be
 `sequential=True` keeps two separate caches and runs two forwards per token (the official AvisC code's
 structure), for benchmarks only.
 
-The loop is written against `ModelAdapter` (llava_avc.decode.adapter) only: it never imports a
-model library. A backend passes its adapter in.
+The loop is written against `ModelAdapter` and `GenerationFrontEnd` (llava_avc.decode.adapter) only: it
+never imports a model library. A backend passes its adapter (model operations) and its front end (what
+`generate`'s arguments mean, and the output they ask for) in.
 
 References: arXiv 2405.17820 (AVC/AvisC); official code sangminwoo/AvisC
 (`avisc_utils/avisc_sample.py`: one copied `sample()` with three methods interleaved), whose
@@ -21,14 +22,14 @@ from typing import Optional
 
 import torch
 
+from ..errors import UserError
 from ..algorithm.blind import BlindTokens
 from ..algorithm.config import AVCConfig, MethodConfig
 from ..algorithm.contrast import check_branches_finite
 from ..algorithm.seeds import derived_seed
-from .adapter import GenerationSetup, ModelAdapter, stopping_rows
+from .adapter import GenerationFrontEnd, GenerationSetup, ModelAdapter, stopping_rows
 from .methods import get_method
 from .prefill import PrefillRequest, avc_original_prefill, prefill_lean
-from .sampling import check_generation_config
 from .state import BranchState
 
 
@@ -98,6 +99,7 @@ def _decode(adapter: ModelAdapter, state: BranchState, config: Optional[MethodCo
 @torch.no_grad()
 def contrastive_generate(
     adapter: ModelAdapter,
+    front_end: GenerationFrontEnd,
     input_ids: torch.Tensor,
     *,
     images=None,
@@ -110,6 +112,7 @@ def contrastive_generate(
 
     Args:
         adapter: the model, seen through its backend's ModelAdapter.
+        front_end: the backend's reading of `generate_kwargs` and its output type.
         input_ids: (B, T) prompt ids with one image placeholder per row; left or right padded
             together with `attention_mask` (passed in `generate_kwargs`).
         images, image_sizes: the backend's image inputs (tensor, or list for anyres).
@@ -126,30 +129,30 @@ def contrastive_generate(
         (B, T') LongTensor as the model's `generate` returns, or the backend's dict-style output
         (with `blind_tokens`) when `return_dict_in_generate=True`.
     Raises:
-        ValueError: no image, several images per prompt, beams, unknown kwargs.
+        UserError: no image, several images per prompt, beams, unknown kwargs.
         NonFiniteLogitsError: NaN/inf in either branch's logits (never silently ignored).
     """
-    return _generate(adapter, input_ids, images, image_sizes, config, sequential, generate_kwargs)
+    return _generate(adapter, front_end, input_ids, images, image_sizes, config, sequential, generate_kwargs)
 
 
 @torch.no_grad()
-def lean_generate(adapter: ModelAdapter, input_ids: torch.Tensor, *, images=None, image_sizes=None,
-                  **generate_kwargs):
+def lean_generate(adapter: ModelAdapter, front_end: GenerationFrontEnd, input_ids: torch.Tensor, *, images=None,
+                  image_sizes=None, **generate_kwargs):
     """The package's own decode loop with one branch and no contrast (benchmark baseline).
 
     Same arguments and output as `contrastive_generate`, without a config.
     """
-    return _generate(adapter, input_ids, images, image_sizes, None, False, generate_kwargs)
+    return _generate(adapter, front_end, input_ids, images, image_sizes, None, False, generate_kwargs)
 
 
-def _generate(adapter: ModelAdapter, input_ids, images, image_sizes, config, sequential, generate_kwargs):
+def _generate(adapter: ModelAdapter, front_end: GenerationFrontEnd, input_ids, images, image_sizes, config, sequential,
+              generate_kwargs):
     name = f"{config.method}=" if config is not None else "lean decoding"
     if images is None:
-        raise ValueError(f"{name} needs an image: pass it to generate (images= for original LLaVA, the processor's "
-                         "pixel_values= for llava-hf).")
+        raise UserError(f"{name} needs an image: pass it to generate (images= for original LLaVA, the processor's "
+                        "pixel_values= for llava-hf).")
     row_seeds = _row_seeds(generate_kwargs.pop("row_seeds", None), input_ids.shape[0])
-    setup = adapter.prepare_generation(input_ids, generate_kwargs, name)
-    check_generation_config(setup.config)  # the same rules as the command line's, on every backend
+    setup = front_end.prepare(input_ids, generate_kwargs, name)  # checked there, once (check_generation_config)
     noise_seeds = None
     if row_seeds is not None:
         setup.sampling_seeds = [derived_seed(seed, "sample") for seed in row_seeds]
@@ -158,12 +161,12 @@ def _generate(adapter: ModelAdapter, input_ids, images, image_sizes, config, seq
     request = PrefillRequest(input_ids, setup.attention_mask, images, image_sizes, sequential, noise_seeds)
     prefill = prefill_lean if config is None else get_method(config.method).prefill
     state, records = prefill(adapter, request, config)
-    adapter.bind_prompt_length(setup, state.prompt_length)
+    front_end.bind_prompt_length(setup, state.prompt_length)
     sequences, scores = _decode(adapter, state, config, setup)
     if not setup.return_dict:
         return sequences
-    return adapter.make_output(sequences, scores if setup.output_scores else None,
-                               state.original_cache_rows(adapter), records)
+    return front_end.make_output(sequences, scores if setup.output_scores else None,
+                                 state.original_cache_rows(adapter), records)
 
 
 def _row_seeds(row_seeds, batch_size: int) -> Optional[list]:
@@ -173,8 +176,8 @@ def _row_seeds(row_seeds, batch_size: int) -> Optional[list]:
     seeds = list(row_seeds)
     if len(seeds) != batch_size or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0
                                        for s in seeds):
-        raise ValueError(f"`row_seeds` (={seeds!r}) must be {batch_size} non-negative ints, one per prompt row; "
-                         "e.g. llava_avc.algorithm.seeds.question_seed(run_seed, question_id) for each row.")
+        raise UserError(f"`row_seeds` (={seeds!r}) must be {batch_size} non-negative ints, one per prompt row; "
+                        "e.g. llava_avc.algorithm.seeds.question_seed(run_seed, question_id) for each row.")
     return [int(s) for s in seeds]
 
 

@@ -25,6 +25,7 @@ import difflib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from ..errors import UserError
 from ..algorithm.config import AVCConfig, M3IDConfig, MethodConfig, VCDConfig
 
 if TYPE_CHECKING:
@@ -60,20 +61,20 @@ _REGISTRY: dict = {}
 def _check_entry(method: Method) -> None:
     name, cls = method.name, method.config_class
     if not (isinstance(name, str) and name.isidentifier() and name.islower()) or name == NO_METHOD:
-        raise ValueError(f"Method name {name!r} must be a lower-case Python identifier other than {NO_METHOD!r} "
-                         "(it becomes the generate keyword and the --method value).")
+        raise UserError(f"Method name {name!r} must be a lower-case Python identifier other than {NO_METHOD!r} "
+                        "(it becomes the generate keyword and the --method value).")
     if not (isinstance(cls, type) and issubclass(cls, MethodConfig) and dataclasses.is_dataclass(cls)):
         raise TypeError(f"Method {name!r}: config_class (={cls!r}) must be a dataclass subclassing "
                         "llava_avc.MethodConfig (frozen, validated in validate()).")
     if cls.method != name:
-        raise ValueError(f"Method {name!r}: {cls.__name__}.method is {cls.method!r}; set `method: ClassVar[str] = "
-                         f"{name!r}` on the config class.")
+        raise UserError(f"Method {name!r}: {cls.__name__}.method is {cls.method!r}; set `method: ClassVar[str] = "
+                        f"{name!r}` on the config class.")
     for field in dataclasses.fields(cls):
         missing = [key for key in ("help", "constraint") if key not in field.metadata]
         if missing:
-            raise ValueError(f"Method {name!r}: field {cls.__name__}.{field.name} lacks metadata {missing} (the "
-                             "command line builds its --help from them): field(default=..., metadata={'help': ..., "
-                             "'constraint': ...}).")
+            raise UserError(f"Method {name!r}: field {cls.__name__}.{field.name} lacks metadata {missing} (the "
+                            "command line builds its --help from them): field(default=..., metadata={'help': ..., "
+                            "'constraint': ...}).")
     if not (callable(method.prefill) and callable(method.combine)):
         raise TypeError(f"Method {name!r}: prefill and combine must be callables (see llava_avc.decode.methods).")
 
@@ -88,8 +89,8 @@ def register_method(method: Method) -> Method:
     _check_entry(method)
     taken = _REGISTRY.get(method.name)
     if taken is not None and taken != method:
-        raise ValueError(f"a method named {method.name!r} is already registered ({taken.config_class.__name__}); "
-                         "choose another name.")
+        raise UserError(f"a method named {method.name!r} is already registered ({taken.config_class.__name__}); "
+                        "choose another name.")
     _REGISTRY[method.name] = method
     return method
 
@@ -97,7 +98,7 @@ def register_method(method: Method) -> Method:
 def unregister_method(name: str) -> None:
     """Remove a registered method (the built-in ones stay)."""
     if name in BUILT_IN:
-        raise ValueError(f"{name!r} is built in and cannot be unregistered.")
+        raise UserError(f"{name!r} is built in and cannot be unregistered.")
     _REGISTRY.pop(name, None)
 
 
@@ -116,7 +117,7 @@ def get_method(name: str) -> Method:
         return _REGISTRY[name]
     close = difflib.get_close_matches(str(name), list(_REGISTRY) + [NO_METHOD], n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown method {name!r}.{hint} Available: {', '.join(method_names() + (NO_METHOD,))}.")
+    raise UserError(f"unknown method {name!r}.{hint} Available: {', '.join(method_names() + (NO_METHOD,))}.")
 
 
 def default_config(name: str) -> Optional[MethodConfig]:
@@ -156,8 +157,8 @@ def resolve_method(**given: Any) -> Optional[MethodConfig]:
     chosen = [name for name, value in given.items() if value is not None]
     if len(chosen) > 1:
         names = ", ".join(f"{name}=" for name in chosen)
-        raise ValueError(f"resolve_method: got {names} (={len(chosen)} methods) but the methods are exclusive; pass "
-                         f"at most one of {', '.join(f'{n}=' for n in method_names())}. Drop all but one.")
+        raise UserError(f"resolve_method: got {names} (={len(chosen)} methods) but the methods are exclusive; pass "
+                        f"at most one of {', '.join(f'{n}=' for n in method_names())}. Drop all but one.")
     return given[chosen[0]] if chosen else None
 
 

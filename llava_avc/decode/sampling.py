@@ -21,6 +21,8 @@ import math
 import numbers
 from typing import Optional
 
+from ..errors import UserError
+
 #: How a setting is named in messages: the keyword of `generate`, or the command line's flag.
 KEYWORDS = {"max_new_tokens": "`max_new_tokens`", "temperature": "`temperature`", "top_p": "`top_p`",
             "top_k": "`top_k`"}
@@ -48,20 +50,20 @@ def check_sampling(*, max_new_tokens=None, do_sample: Optional[bool] = None, tem
     """
     names = names or KEYWORDS
     if max_new_tokens is not None and (not _is_int(max_new_tokens) or max_new_tokens < 1):
-        raise ValueError(f"{names['max_new_tokens']} (={max_new_tokens!r}) must be an integer >= 1 (the number of "
-                         "tokens to generate); e.g. 64.")
+        raise UserError(f"{names['max_new_tokens']} (={max_new_tokens!r}) must be an integer >= 1 (the number of "
+                        "tokens to generate); e.g. 64.")
     if temperature is not None:
         if not _is_number(temperature) or not math.isfinite(temperature) or temperature < 0:
-            raise ValueError(f"{names['temperature']} (={temperature!r}) must be a finite number >= 0 "
-                             "(0 = greedy decoding, 1 = the model's own distribution); e.g. 1.0.")
+            raise UserError(f"{names['temperature']} (={temperature!r}) must be a finite number >= 0 "
+                            "(0 = greedy decoding, 1 = the model's own distribution); e.g. 1.0.")
         if do_sample and temperature == 0:
-            raise ValueError(f"{names['temperature']} (=0) must be > 0 when sampling (do_sample=True); set a "
-                             "temperature such as 1.0, or do_sample=False for greedy decoding.")
+            raise UserError(f"{names['temperature']} (=0) must be > 0 when sampling (do_sample=True); set a "
+                            "temperature such as 1.0, or do_sample=False for greedy decoding.")
     if top_p is not None and (not _is_number(top_p) or not math.isfinite(top_p) or not 0 < top_p <= 1):
-        raise ValueError(f"{names['top_p']} (={top_p!r}) must be in (0, 1] (the probability mass sampled from; "
-                         "1 = all tokens); e.g. 0.9.")
+        raise UserError(f"{names['top_p']} (={top_p!r}) must be in (0, 1] (the probability mass sampled from; "
+                        "1 = all tokens); e.g. 0.9.")
     if top_k is not None and (not _is_int(top_k) or top_k < 0):
-        raise ValueError(f"{names['top_k']} (={top_k!r}) must be an integer >= 0 (0 = no top-k filtering); e.g. 50.")
+        raise UserError(f"{names['top_k']} (={top_k!r}) must be an integer >= 0 (0 = no top-k filtering); e.g. 50.")
 
 
 def check_generation_config(config) -> None:

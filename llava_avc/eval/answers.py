@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..errors import UserError
+
 RUN_FILE = "run.json"
 ANSWERS_FILE = "answers.jsonl"
 _CHUNK_RE = re.compile(r"^answers\.chunk(\d+)of(\d+)\.jsonl$")
@@ -50,7 +52,7 @@ def split_list(items: list, n: int) -> list:
 def get_chunk(items: list, n: int, k: int) -> list:
     """LLaVA's `get_chunk` (chunk k of n); an index past the last non-empty chunk gives []."""
     if n < 1 or not 0 <= k < n:
-        raise ValueError(f"--chunk-idx (={k}) must be in 0..{n - 1} for --num-chunks {n}.")
+        raise UserError(f"--chunk-idx (={k}) must be in 0..{n - 1} for --num-chunks {n}.")
     chunks = split_list(items, n)
     return chunks[k] if k < len(chunks) else []
 
@@ -74,8 +76,8 @@ class AnswerWriter:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self.close()
-            raise ValueError(f"another run is writing {self.path}; wait for it or use another --out / "
-                             "--chunk-idx.") from None
+            raise UserError(f"another run is writing {self.path}; wait for it or use another --out / "
+                            "--chunk-idx.") from None
 
     def write(self, record: dict) -> None:
         data = (json.dumps(record) + "\n").encode("utf-8")
@@ -146,7 +148,7 @@ def read_answers(path) -> list:
     answers = load_answer_file(path)
     if answers.invalid:
         lineno, reason = answers.invalid[0]
-        raise ValueError(f"{answers.path}, line {lineno}: {reason}.")
+        raise UserError(f"{answers.path}, line {lineno}: {reason}.")
     return [record for _, record in answers.lines]
 
 
@@ -250,12 +252,12 @@ def load_answer_file(path) -> AnswerFile:
     line set aside (`AnswerFile`).
 
     Raises:
-        FileNotFoundError: no such file.
+        UserError: no such file.
         ValueError: a complete line (not the last) that is not JSON (names the line).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"answers file {str(path)!r} does not exist.")
+        raise UserError(f"answers file {str(path)!r} does not exist.")
     lines, partial = _lines(path.read_bytes())
     readable, invalid = [], []
     for lineno, raw in enumerate(lines, 1):
@@ -264,8 +266,8 @@ def load_answer_file(path) -> AnswerFile:
         try:
             record = json.loads(raw)
         except ValueError as error:
-            raise ValueError(f"{path}, line {lineno}: not a JSON answer ({getattr(error, 'msg', error)}); fix or "
-                             "delete that line.") from error
+            raise UserError(f"{path}, line {lineno}: not a JSON answer ({getattr(error, 'msg', error)}); fix or "
+                            "delete that line.") from error
         reason = _invalid_reason(record)
         if reason:
             invalid.append((lineno, reason))
@@ -296,8 +298,8 @@ def check_benchmark(answers: AnswerFile, benchmark: str) -> None:
     other = sorted(found - {benchmark})
     if other:
         hint = f"; score them with `llava-avc score {other[0]}`" if len(found) == 1 else ""
-        raise ValueError(f"{answers.path} holds answers made for {', '.join(other)} (metadata.benchmark), not "
-                         f"{benchmark}{hint}.")
+        raise UserError(f"{answers.path} holds answers made for {', '.join(other)} (metadata.benchmark), not "
+                        f"{benchmark}{hint}.")
 
 
 def chunk_of(answers_file) -> Optional[tuple]:
@@ -321,10 +323,10 @@ def _differences(out: Path, settings: dict) -> str:
     return f" Changed: {'; '.join(changed)}." if changed else ""
 
 
-def mismatch_error(out, old: Optional[str], new: str, settings: dict) -> ValueError:
+def mismatch_error(out, old: Optional[str], new: str, settings: dict) -> UserError:
     """The refusal raised when existing answers were made with another configuration."""
-    return ValueError(f"answers in {out} were made with a different configuration (hash {old or 'unknown'} != "
-                      f"{new}); use a new --out or delete the file.{_differences(Path(out), settings)}")
+    return UserError(f"answers in {out} were made with a different configuration (hash {old or 'unknown'} != "
+                     f"{new}); use a new --out or delete the file.{_differences(Path(out), settings)}")
 
 
 def done_answers(path, expected_hash: str, settings: dict) -> dict:
@@ -369,21 +371,29 @@ def write_json_atomic(path, data: dict) -> None:
     os.replace(temporary, path)
 
 
+def _chunk_paths(out) -> list:
+    return [path for path in Path(out).iterdir() if _CHUNK_RE.match(path.name)]
+
+
+def has_chunk_files(out) -> bool:
+    """Whether the folder `out` holds chunk answer files (answers.chunk<I>of<K>.jsonl)."""
+    return bool(_chunk_paths(out))
+
+
 def chunk_files(out) -> dict:
     """{chunk index: path} of the chunk answer files in `out`, with their common chunk count.
 
     Raises:
-        ValueError: no chunk files, or files of different chunk counts.
+        UserError: no chunk files, or files of different chunk counts.
     """
     found = {}
-    for path in Path(out).iterdir():
+    for path in _chunk_paths(out):
         match = _CHUNK_RE.match(path.name)
-        if match:
-            found[(int(match.group(1)), int(match.group(2)))] = path
+        found[(int(match.group(1)), int(match.group(2)))] = path
     counts = {count for _, count in found}
     if not counts:
-        raise FileNotFoundError(f"no chunk answer files (answers.chunk<I>of<K>.jsonl) in {out}.")
+        raise UserError(f"no chunk answer files (answers.chunk<I>of<K>.jsonl) in {out}.")
     if len(counts) > 1:
-        raise ValueError(f"{out} holds chunk files of different --num-chunks ({sorted(counts)}); keep one set.")
+        raise UserError(f"{out} holds chunk files of different --num-chunks ({sorted(counts)}); keep one set.")
     count = counts.pop()
     return {"num_chunks": count, "files": {index: path for (index, _), path in found.items()}}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..errors import UserError
 from .answers import ANSWERS_FILE, run_record
 
 _SEED_DIR = re.compile(r"^seed(-?\d+)$")
@@ -60,7 +61,7 @@ def resolve_answers(path) -> Path:
     """An answers file, or a run directory's answers.jsonl.
 
     Raises:
-        FileNotFoundError: nothing there (or only chunk files: the message says to merge them).
+        UserError: nothing there (or only chunk files: the message says to merge them).
     """
     path = Path(path)
     if path.is_file():
@@ -69,9 +70,9 @@ def resolve_answers(path) -> Path:
         if (path / ANSWERS_FILE).is_file():
             return path / ANSWERS_FILE
         if any(path.glob("answers.chunk*of*.jsonl")):
-            raise FileNotFoundError(f"{path} holds chunk answers only; run `llava-avc merge --out {path}` first.")
-    raise FileNotFoundError(f"no answers at {str(path)!r} (an answers .jsonl file, a run directory or a folder of "
-                            "seed<S>/ run directories).")
+            raise UserError(f"{path} holds chunk answers only; run `llava-avc merge --out {path}` first.")
+    raise UserError(f"no answers at {str(path)!r} (an answers .jsonl file, a run directory or a folder of "
+                    "seed<S>/ run directories).")
 
 
 def seed_folders(path) -> list:
@@ -88,7 +89,7 @@ def resolve_run(path) -> Run:
     """The answers file(s) `path` names: a file, a run folder, or a folder of seed<S>/ run folders.
 
     Raises:
-        FileNotFoundError / ValueError: nothing to score, a seed folder without answers, or a folder
+        UserError: nothing to score, a seed folder without answers, or a folder
             holding both answers.jsonl and seed folders.
     """
     path = Path(path)
@@ -96,8 +97,8 @@ def resolve_run(path) -> Run:
     if not seeds:
         return Run(path, (("", resolve_answers(path)),))
     if (path / ANSWERS_FILE).is_file():
-        raise ValueError(f"{path} holds both {ANSWERS_FILE} and seed folders ({seeds[0].name}, ...); pass one of them: "
-                         f"{path / ANSWERS_FILE} or the folder of seeds without it.")
+        raise UserError(f"{path} holds both {ANSWERS_FILE} and seed folders ({seeds[0].name}, ...); pass one of them: "
+                        f"{path / ANSWERS_FILE} or the folder of seeds without it.")
     return Run(path, tuple((folder.name, resolve_answers(folder)) for folder in seeds))
 
 
@@ -114,8 +115,8 @@ def check_same_configuration(run: Run) -> None:
         first_name, first = settings[0]
         if values != first:
             keys = sorted(key for key in set(first) | set(values) if first.get(key) != values.get(key))
-            raise ValueError(f"{run.path}: {first_name} and {name} were made with different settings "
-                             f"({', '.join(keys)}); a folder of seeds must differ only in the seed.")
+            raise UserError(f"{run.path}: {first_name} and {name} were made with different settings "
+                            f"({', '.join(keys)}); a folder of seeds must differ only in the seed.")
 
 
 def run_label(answers_file: Path) -> str:
@@ -162,7 +163,7 @@ def compare(paths: list, score: Callable[[Path], dict], labels: Optional[list] =
     """Score every run (each seed of a folder of seeds): (labels, {metric: [Stat or None per run]})."""
     runs = [resolve_run(path) for path in paths]
     if labels and len(labels) != len(runs):
-        raise ValueError(f"--labels has {len(labels)} names for {len(runs)} runs.")
+        raise UserError(f"--labels has {len(labels)} names for {len(runs)} runs.")
     for run in runs:
         check_same_configuration(run)
     names = _unique(labels or [label_of(run) for run in runs])

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
+from ..errors import UserError
+
 #: (rank, world size, local rank) variables of each launcher, in the order they are looked for.
 LAUNCHER_VARIABLES = (
     ("torchrun / accelerate", "RANK", "WORLD_SIZE", "LOCAL_RANK"),
@@ -51,8 +53,8 @@ def _int(environ: Mapping[str, str], name: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name} (={value!r}) must be an integer; it is set by the launcher "
-                         "(torchrun, accelerate launch or srun): do not set it by hand.") from None
+        raise UserError(f"environment variable {name} (={value!r}) must be an integer; it is set by the launcher "
+                        "(torchrun, accelerate launch or srun): do not set it by hand.") from None
 
 
 def launch_context(environ: Mapping[str, str] = os.environ) -> LaunchContext:
@@ -66,7 +68,7 @@ def launch_context(environ: Mapping[str, str] = os.environ) -> LaunchContext:
             world_size, rank = _int(environ, world_name), _int(environ, rank_name)
             local_rank = _int(environ, local_name) if local_name in environ else rank
             if world_size < 1 or not 0 <= rank < world_size:
-                raise ValueError(f"{rank_name} (={rank}) must be in [0, {world_name}) with {world_name} (={world_size}) "
+                raise UserError(f"{rank_name} (={rank}) must be in [0, {world_name}) with {world_name} (={world_size}) "
                                  ">= 1; check the launcher's command line.")
             return LaunchContext(rank, world_size, local_rank, launcher if world_size > 1 else None)
     return LaunchContext()
@@ -81,8 +83,8 @@ def rank_device(context: LaunchContext, requested: Optional[str]) -> Optional[st
     if not context.is_distributed:
         return requested
     if requested not in (None, "cuda", "cpu"):
-        raise ValueError(f"--device {requested} under {context.launcher} (world size {context.world_size}) would put "
-                         "every rank on one device; pass --device cuda (each rank takes cuda:LOCAL_RANK) or cpu.")
+        raise UserError(f"--device {requested} under {context.launcher} (world size {context.world_size}) would put "
+                        "every rank on one device; pass --device cuda (each rank takes cuda:LOCAL_RANK) or cpu.")
     if requested == "cpu":
         return "cpu"
     import torch

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import UserError
+
 #: The smallest side an image may have: LLaVA's CLIP preprocessing takes a side of 1 pixel for the
 #: colour-channel axis ("mean must have 1 elements if it is an iterable, got 3").
 MIN_SIDE = 2
@@ -30,18 +32,18 @@ def check_query(query, what: str = "--query") -> str:
     surrogate escapes, which the tokenizers cannot encode.
     """
     if not isinstance(query, str):
-        raise ValueError(f"{what} (={query!r}) must be text (a str).")
+        raise UserError(f"{what} (={query!r}) must be text (a str).")
     try:
         query.encode("utf-8")
     except UnicodeEncodeError as error:
         bad = query[error.start:error.end].encode("utf-8", "surrogateescape")
-        raise ValueError(f"{what} is not valid UTF-8 text (bytes {bad!r} at character {error.start}); pass the "
-                         "question as UTF-8 (e.g. convert it with iconv -t UTF-8).") from None
+        raise UserError(f"{what} is not valid UTF-8 text (bytes {bad!r} at character {error.start}); pass the "
+                        "question as UTF-8 (e.g. convert it with iconv -t UTF-8).") from None
     if not query.strip():
-        raise ValueError(f"{what} is empty; ask a question, e.g. --query 'Is there a dog in the image?'.")
+        raise UserError(f"{what} is empty; ask a question, e.g. --query 'Is there a dog in the image?'.")
     problem = image_placeholder_problem(query)
     if problem is not None:
-        raise ValueError(f"{what} (={query!r}) {problem}.")
+        raise UserError(f"{what} (={query!r}) {problem}.")
     return query
 
 
@@ -56,10 +58,10 @@ def check_output_file(path, what: str) -> None:
     """Refuse, before any model work, an output path that is a directory or whose folder is a file."""
     target = Path(path)
     if target.is_dir():
-        raise ValueError(f"{what} {str(target)!r} is a directory; give a file name such as blind.png.")
+        raise UserError(f"{what} {str(target)!r} is a directory; give a file name such as blind.png.")
     blocking = _file_in_the_way(target.absolute().parent)
     if blocking is not None:
-        raise ValueError(f"{what} {str(target)!r}: {str(blocking)!r} is a file, not a folder; choose another path.")
+        raise UserError(f"{what} {str(target)!r}: {str(blocking)!r} is a file, not a folder; choose another path.")
 
 
 def check_png_file(path, what: str) -> None:
@@ -67,16 +69,33 @@ def check_png_file(path, what: str) -> None:
     end in .png (the picture is written as PNG)."""
     check_output_file(path, what)
     if Path(path).suffix.lower() != ".png":
-        raise ValueError(f"{what} (={str(path)!r}) must name a .png file: the picture is written as PNG; e.g. "
-                         f"{what} {Path(path).with_suffix('.png').name}.")
+        raise UserError(f"{what} (={str(path)!r}) must name a .png file: the picture is written as PNG; e.g. "
+                        f"{what} {Path(path).with_suffix('.png').name}.")
 
 
 def check_output_folder(path, what: str) -> None:
     """Refuse, before anything is written, a run folder that is a file or lies under one."""
     blocking = _file_in_the_way(Path(path).expanduser())
     if blocking is not None:
-        raise ValueError(f"{what} (={path!r}) must be a folder, but {str(blocking)!r} is a file; choose another "
-                         f"{what}.")
+        raise UserError(f"{what} (={path!r}) must be a folder, but {str(blocking)!r} is a file; choose another "
+                        f"{what}.")
+
+
+def parse_json(text: str, where: str, fix: str):
+    """`json.loads(text)`, or a UserError naming `where` (a file, or "file, line N"), the position and `fix`."""
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"{where}: not valid JSON ({error.msg} at line {error.lineno} column {error.colno}); "
+                        f"{fix}.") from None
+
+
+def read_json_file(path, fix: str, read=None):
+    """The JSON value in the file `path` (read with `read`, default UTF-8 text), or a UserError naming it."""
+    text = read(path) if read is not None else Path(path).read_text(encoding="utf-8")
+    return parse_json(text, str(path), fix)
 
 
 def image_problem(path) -> str | None:
@@ -93,15 +112,15 @@ def check_size(image, label: str) -> None:
     """Raise ValueError when an image is too small for LLaVA's preprocessing."""
     width, height = image.size
     if min(width, height) < MIN_SIDE:
-        raise ValueError(f"{label} is {width}x{height} pixels; images need at least {MIN_SIDE} pixels on each side "
-                         "(LLaVA's CLIP preprocessing reads a 1-pixel side as the colour axis); use a larger image.")
+        raise UserError(f"{label} is {width}x{height} pixels; images need at least {MIN_SIDE} pixels on each side "
+                        "(LLaVA's CLIP preprocessing reads a 1-pixel side as the colour axis); use a larger image.")
 
 
 def open_rgb(path, label: str | None = None):
     """The image at `path` as an RGB PIL image, fully decoded.
 
     Raises:
-        FileNotFoundError: missing file, or a directory.
+        UserError: missing file, or a directory.
         ValueError: not an image PIL can read, truncated or damaged, or too small.
     """
     from PIL import Image, UnidentifiedImageError
@@ -109,16 +128,16 @@ def open_rgb(path, label: str | None = None):
     label = label or f"image {str(path)!r}"
     problem = image_problem(path)
     if problem is not None:
-        raise FileNotFoundError(f"{problem}; pass an image file (JPEG, PNG, ...).")
+        raise UserError(f"{problem}; pass an image file (JPEG, PNG, ...).")
     try:
         with Image.open(path) as image:
             rgb = image.convert("RGB")
     except UnidentifiedImageError:
-        raise ValueError(f"{label} cannot be read: it is not an image PIL can read (JPEG, PNG, ...); check the "
-                         "file.") from None
+        raise UserError(f"{label} cannot be read: it is not an image PIL can read (JPEG, PNG, ...); check the "
+                        "file.") from None
     except OSError as error:  # truncated or damaged data
-        raise ValueError(f"{label} cannot be read ({error}); the file is damaged or incomplete: copy or "
-                         "download it again.") from None
+        raise UserError(f"{label} cannot be read ({error}); the file is damaged or incomplete: copy or "
+                        "download it again.") from None
     check_size(rgb, label)
     return rgb
 
@@ -141,8 +160,8 @@ def check_questions(questions: list, question_file) -> list:
         ValueError: no questions at all, or the first bad field, naming the file, its line and the fix.
     """
     if not questions:
-        raise ValueError(f"{question_file} holds no questions; pass the benchmark's question file (e.g. "
-                         "coco_pope_random.json).")
+        raise UserError(f"{question_file} holds no questions; pass the benchmark's question file (e.g. "
+                        "coco_pope_random.json).")
     for question in questions:
         problem = (field_problem("question_id", question.qid, (int, str), True)
                    or field_problem("image", question.image, (str,), True)
@@ -153,7 +172,7 @@ def check_questions(questions: list, question_file) -> list:
                    or _placeholder_problem(question.text))
         if problem is not None:
             where = question.source or str(question_file)
-            raise ValueError(f"{where}: {problem}; fix that record (nothing was answered).")
+            raise UserError(f"{where}: {problem}; fix that record (nothing was answered).")
     return questions
 
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Optional, Sequence
+
+from ..errors import UserError
 
 #: LLaVA-1.5's short-answer instruction (its POPE / MME question files end with it).
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
@@ -40,14 +42,13 @@ class Protocol:
     center_crop: bool
     answer_rule: str
 
-    def settings(self, max_new_tokens: Optional[int] = None, conv_mode: Optional[str] = None) -> dict:
-        """The JSON-able generation settings (part of the run's configuration hash)."""
-        from .benchmarks import registered
-
+    def settings(self, max_new_tokens: Optional[int] = None, conv_mode: Optional[str] = None,
+                 first_line_only: Sequence[str] = ()) -> dict:
+        """The JSON-able generation settings (part of the run's configuration hash); `first_line_only`
+        names the benchmarks whose questions this protocol cuts to their first line (kept in the settings,
+        so in the hash, in the place and form run folders of earlier releases have it)."""
         values = asdict(self)
-        # the benchmarks whose questions this protocol cuts to their first line (kept in the settings, so
-        # in the configuration hash, in the place and form run folders of earlier releases have it)
-        values["first_line_only"] = [b.name for b in registered() if self.name in b.first_line_under]
+        values["first_line_only"] = list(first_line_only)
         if max_new_tokens is not None:
             values["max_new_tokens"] = max_new_tokens
         if conv_mode is not None:
@@ -71,7 +72,7 @@ def get_protocol(name: str) -> Protocol:
         return PROTOCOLS[name]
     close = difflib.get_close_matches(name, PROTOCOLS, n=1, cutoff=0.3)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}.{hint}")
+    raise UserError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}.{hint}")
 
 
 def generation_kwargs(settings: dict) -> dict:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..errors import UserError
 from .inputs import field_problem
 
 #: MME's own sub-task folder names (calculation.py's eval_type_dict).
@@ -96,7 +97,7 @@ def question_path(benchmark: str, value) -> Path:
     """The question file `value` names: a path that exists, else (a bare name) the packaged copy.
 
     Raises:
-        FileNotFoundError: neither; the message lists the packaged names and the nearest one.
+        UserError: neither; the message lists the packaged names and the nearest one.
     """
     path = Path(str(value)).expanduser()
     if path.exists():
@@ -105,11 +106,11 @@ def question_path(benchmark: str, value) -> Path:
     if path.name == str(value) and bare_name(path.name) in packaged:
         return packaged[bare_name(path.name)]
     if not packaged:
-        raise FileNotFoundError(f"question file {str(value)!r} does not exist.")
+        raise UserError(f"question file {str(value)!r} does not exist.")
     close = difflib.get_close_matches(bare_name(path.name), packaged, n=1, cutoff=0.6)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise FileNotFoundError(f"question file {str(value)!r} does not exist and is not a packaged {benchmark} "
-                            f"question set ({', '.join(packaged)}).{hint}")
+    raise UserError(f"question file {str(value)!r} does not exist and is not a packaged {benchmark} "
+                    f"question set ({', '.join(packaged)}).{hint}")
 
 
 def open_text(path):
@@ -130,14 +131,14 @@ def _json_line(path: Path, lineno: int, raw: str, required: tuple) -> dict:
     try:
         item = json.loads(raw)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}, line {lineno}: not valid JSON ({error.msg}); expected one JSON object "
-                         "per line.") from error
+        raise UserError(f"{path}, line {lineno}: not valid JSON ({error.msg}); expected one JSON object "
+                        "per line.") from error
     if not isinstance(item, dict):
-        raise ValueError(f"{path}, line {lineno}: expected a JSON object, found {type(item).__name__}.")
+        raise UserError(f"{path}, line {lineno}: expected a JSON object, found {type(item).__name__}.")
     missing = [key for key in required if key not in item]
     if missing:
-        raise ValueError(f"{path}, line {lineno}: missing {', '.join(repr(k) for k in missing)} "
-                         f"(a question needs {', '.join(required)}).")
+        raise UserError(f"{path}, line {lineno}: missing {', '.join(repr(k) for k in missing)} "
+                        f"(a question needs {', '.join(required)}).")
     return item
 
 
@@ -145,7 +146,7 @@ def read_jsonl(path, required: tuple) -> list:
     """(line number, object) for each non-blank line of a JSONL file, checked for `required` keys."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"question file {str(path)!r} does not exist.")
+        raise UserError(f"question file {str(path)!r} does not exist.")
     with open_text(path) as handle:
         return [(lineno, _json_line(path, lineno, raw, required))
                 for lineno, raw in enumerate(handle, 1) if raw.strip()]
@@ -157,10 +158,10 @@ def check_unique(questions: list) -> list:
     for question in questions:
         problem = field_problem("question_id", question.qid, (int, str), False)  # an id must be hashable here
         if problem is not None:
-            raise ValueError(f"{question.source}: {problem}; fix that record (nothing was answered).")
+            raise UserError(f"{question.source}: {problem}; fix that record (nothing was answered).")
         if question.qid in seen:
-            raise ValueError(f"question_id {question.qid!r} appears twice ({seen[question.qid]} and "
-                             f"{question.source}); question ids must be unique.")
+            raise UserError(f"question_id {question.qid!r} appears twice ({seen[question.qid]} and "
+                            f"{question.source}); question ids must be unique.")
         seen[question.qid] = question.source
     return questions
 
@@ -202,12 +203,12 @@ def _pope_items(path: Path) -> list:
     items = _array_items(path, text, "question_id")
     for index, (lineno, item) in enumerate(items):
         if not isinstance(item, dict):
-            raise ValueError(f"{path}, line {lineno or '?'} (item {index}): expected a JSON object, found "
-                             f"{type(item).__name__}.")
+            raise UserError(f"{path}, line {lineno or '?'} (item {index}): expected a JSON object, found "
+                            f"{type(item).__name__}.")
         missing = [key for key in required if key not in item]
         if missing:
-            raise ValueError(f"{path}, line {lineno or '?'} (item {index}): missing "
-                             f"{', '.join(repr(k) for k in missing)} (a question needs {', '.join(required)}).")
+            raise UserError(f"{path}, line {lineno or '?'} (item {index}): missing "
+                            f"{', '.join(repr(k) for k in missing)} (a question needs {', '.join(required)}).")
     return items
 
 
@@ -220,7 +221,7 @@ def _array_items(path: Path, text: str, id_key: str) -> list:
     try:
         items = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}).") from error
+        raise UserError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}).") from error
     return list(zip(_array_lines(text, items, id_key), items))
 
 
@@ -263,13 +264,13 @@ def load_amber(path) -> list:
     packaged query set by name (query_all, query_generative, ...)."""
     path = question_path("amber", path)
     if not path.is_file():
-        raise FileNotFoundError(f"question file {str(path)!r} is not a file (AMBER's query_all.json).")
+        raise UserError(f"question file {str(path)!r} is not a file (AMBER's query_all.json).")
     questions = []
     for index, (lineno, item) in enumerate(_amber_items(path)):
         missing = [k for k in ("id", "image", "query") if not isinstance(item, dict) or k not in item]
         if missing:
-            raise ValueError(f"{path}, line {lineno or '?'} (item {index}): missing "
-                             f"{', '.join(repr(k) for k in missing)}; AMBER queries have id, image, query.")
+            raise UserError(f"{path}, line {lineno or '?'} (item {index}): missing "
+                            f"{', '.join(repr(k) for k in missing)}; AMBER queries have id, image, query.")
         generative = isinstance(item["id"], int) and item["id"] <= AMBER_GENERATIVE_MAX_ID
         questions.append(Question(item["id"], item["image"], item["query"], not generative, None,
                                   "generative" if generative else "discriminative",
@@ -308,8 +309,8 @@ def _mme_root(path: Path) -> Path:
     for child in sorted(p for p in path.iterdir() if p.is_dir()):
         if any((child / name).is_dir() for name in known):
             return child  # e.g. MME_Benchmark_release_version/MME_Benchmark
-    raise ValueError(f"{path} is not an MME folder: none of its sub-folders is an MME sub-task "
-                     f"({', '.join(MME_PERCEPTION + MME_COGNITION)}).")
+    raise UserError(f"{path} is not an MME folder: none of its sub-folders is an MME sub-task "
+                    f"({', '.join(MME_PERCEPTION + MME_COGNITION)}).")
 
 
 def _mme_dirs(category_dir: Path) -> tuple:
@@ -322,7 +323,7 @@ def _mme_dirs(category_dir: Path) -> tuple:
             return images, category_dir / name
     found = [p for p in category_dir.iterdir() if p.is_dir() and p.name.startswith("question")]
     if not found:
-        raise ValueError(f"{category_dir}: has images/ but no questions_answers_YN/ folder.")
+        raise UserError(f"{category_dir}: has images/ but no questions_answers_YN/ folder.")
     return images, found[0]
 
 
@@ -341,7 +342,7 @@ def _load_mme_folder(folder: Path) -> list:
         for txt in sorted(qa_dir.glob("*.txt")):
             questions.extend(_mme_txt(folder, category_dir.name, image_dir, txt))
     if not questions:
-        raise ValueError(f"{folder}: no MME question files (*.txt) found.")
+        raise UserError(f"{folder}: no MME question files (*.txt) found.")
     return _number_repeats(questions)
 
 
@@ -352,8 +353,8 @@ def _mme_txt(folder: Path, category: str, image_dir: Path, txt: Path) -> list:
             continue
         fields = raw.strip().split("\t")
         if len(fields) not in (2, 3) or fields[-1].strip().lower() not in ("yes", "no"):
-            raise ValueError(f"{txt}, line {lineno}: expected 'question<TAB>Yes|No' (or "
-                             f"'image<TAB>question<TAB>Yes|No'), found {raw.strip()[:80]!r}.")
+            raise UserError(f"{txt}, line {lineno}: expected 'question<TAB>Yes|No' (or "
+                            f"'image<TAB>question<TAB>Yes|No'), found {raw.strip()[:80]!r}.")
         image = fields[0] if len(fields) == 3 else _image_name(image_dir, txt.stem)
         original = fields[-2].strip()
         text = original.replace(MME_YES_NO_SUFFIX, "").strip()
@@ -377,9 +378,9 @@ def check_pope_shape(questions: list, source) -> None:
         label = str(question.label).strip().lower() if question.label is not None else None
         if label not in POPE_LABELS:
             found = "no 'label'" if question.label is None else f"label {question.label!r}"
-            raise ValueError(f"{question.source or source}: POPE question {question.qid!r} has {found}; POPE is scored "
-                             "against each question's yes/no label: pass a POPE question file with labels (a "
-                             "packaged set such as coco_pope_random, or the POPE authors' files). Nothing was answered.")
+            raise UserError(f"{question.source or source}: POPE question {question.qid!r} has {found}; POPE is scored "
+                            "against each question's yes/no label: pass a POPE question file with labels (a "
+                            "packaged set such as coco_pope_random, or the POPE authors' files). Nothing was answered.")
 
 
 def check_mme_shape(questions: list, source) -> None:
@@ -391,15 +392,15 @@ def check_mme_shape(questions: list, source) -> None:
     known = MME_PERCEPTION + MME_COGNITION
     for question in questions:
         if question.category not in known:
-            raise ValueError(f"{question.source or source}: question {question.qid!r} belongs to no MME sub-task "
-                             f"(category {question.category!r}): {source} is not an MME question source (another "
-                             "benchmark's file?); pass the MME_Benchmark_release_version folder or LLaVA's "
-                             "llava_mme.jsonl. Nothing was answered.")
+            raise UserError(f"{question.source or source}: question {question.qid!r} belongs to no MME sub-task "
+                            f"(category {question.category!r}): {source} is not an MME question source (another "
+                            "benchmark's file?); pass the MME_Benchmark_release_version folder or LLaVA's "
+                            "llava_mme.jsonl. Nothing was answered.")
 
 
 def check_amber_shape(questions: list, source) -> None:
     """Every AMBER query id is a positive integer (ids 1-1004 are the generative items)."""
     for question in questions:
         if isinstance(question.qid, bool) or not isinstance(question.qid, int) or question.qid < 1:
-            raise ValueError(f"{question.source or source}: AMBER query id {question.qid!r} is not a positive integer; "
-                             f"{source} is not an AMBER query file (query_all.json). Nothing was answered.")
+            raise UserError(f"{question.source or source}: AMBER query id {question.qid!r} is not a positive integer; "
+                            f"{source} is not an AMBER query file (query_all.json). Nothing was answered.")

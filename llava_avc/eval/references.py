@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Optional
 
+from ..errors import UserError
 from .answers import run_record
 from .benchmarks import benchmark_names, get_benchmark
 from .compare import Stat, mean_std_text
@@ -86,7 +87,7 @@ def load_reference(name: str) -> Reference:
     if not path.is_file():
         close = difflib.get_close_matches(name, available(), n=1, cutoff=0.3)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown --reference {name!r}; choose one of {', '.join(available())}.{hint}")
+        raise UserError(f"unknown --reference {name!r}; choose one of {', '.join(available())}.{hint}")
     data = json.loads(path.read_text(encoding="utf-8"))
     tables = {key: data[key] for key in benchmark_names() if key in data}
     return Reference(data["name"], data["title"], data["source"], data["model"], data["protocol"], data["methods"],
@@ -106,15 +107,15 @@ def published(reference: Reference, benchmark: str, method: str, dataset: Option
         ValueError: no table for the benchmark, no row for the method, or (POPE) an unknown dataset.
     """
     if benchmark not in reference.tables:
-        raise ValueError(f"--reference {reference.name} has no {benchmark} results; it has "
-                         f"{', '.join(reference.tables)}.")
+        raise UserError(f"--reference {reference.name} has no {benchmark} results; it has "
+                        f"{', '.join(reference.tables)}.")
     table = reference.tables[benchmark]
     if not get_benchmark(benchmark).reference_by_dataset:
         return _cells(table["columns"], _row(reference, table["rows"], method, benchmark))
     if dataset not in table["rows"]:
-        raise ValueError(f"--reference {reference.name}: cannot tell which POPE dataset these answers are from "
-                         f"(found {dataset!r}; {', '.join(table['rows'])} are published); pass --question-file with "
-                         "the question set, e.g. --question-file coco_pope_random.")
+        raise UserError(f"--reference {reference.name}: cannot tell which POPE dataset these answers are from "
+                        f"(found {dataset!r}; {', '.join(table['rows'])} are published); pass --question-file with "
+                        "the question set, e.g. --question-file coco_pope_random.")
     values = {}
     for category, rows in table["rows"][dataset].items():
         for column, cell in _cells(table["columns"], _row(reference, rows, method, benchmark)).items():
@@ -125,7 +126,7 @@ def published(reference: Reference, benchmark: str, method: str, dataset: Option
 def _row(reference: Reference, rows: dict, method: str, benchmark: str) -> list:
     if method not in rows:
         known = ", ".join(f"{key} ({reference.methods.get(key, key)})" for key in rows)
-        raise ValueError(f"--reference {reference.name} has no {benchmark} row for method {method!r}; it has {known}.")
+        raise UserError(f"--reference {reference.name} has no {benchmark} row for method {method!r}; it has {known}.")
     return rows[method]
 
 

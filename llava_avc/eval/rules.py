@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import difflib
 
+from ..errors import UserError
+
 _RECORDER_NEGATIONS = ("No", "not", "no", "NO")
 
 
@@ -45,7 +47,7 @@ def get_rule(name: str):
         return RULES[name]
     close = difflib.get_close_matches(name, RULES, n=1, cutoff=0.3)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown answer rule {name!r}; choose llava or paper.{hint}")
+    raise UserError(f"unknown answer rule {name!r}; choose llava or paper.{hint}")
 
 
 def parse_pred_ans(pred_ans: str) -> str:

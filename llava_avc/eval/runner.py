@@ -15,13 +15,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
+from ..errors import UserError
 from ..algorithm.seeds import question_seed
 from . import answers as ans
 from . import provenance
 from .distributed import (LaunchContext, clear_done, launch_context, mark_done, rank_device, shard_key,
                           wait_for_shards)
-from .benchmarks import get_benchmark, recorded_question_file
+from .benchmarks import get_benchmark, recorded_question_file, registered
 from .protocols import generation_kwargs, get_protocol
+from .inputs import read_json_file
 from .questions import fingerprint
 
 
@@ -54,11 +56,11 @@ class EvalOptions:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"--batch-size (={self.batch_size}) must be at least 1.")
+            raise UserError(f"--batch-size (={self.batch_size}) must be at least 1.")
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit (={self.limit}) must be at least 1; drop --limit to answer every question.")
+            raise UserError(f"--limit (={self.limit}) must be at least 1; drop --limit to answer every question.")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"--max-new-tokens (={self.max_new_tokens}) must be at least 1.")
+            raise UserError(f"--max-new-tokens (={self.max_new_tokens}) must be at least 1.")
         ans.get_chunk([], self.num_chunks, self.chunk_idx)  # validates the chunk flags
         get_benchmark(self.benchmark)  # unknown names raise with the nearest one
         get_protocol(self.protocol)
@@ -84,6 +86,11 @@ def _canonical_model_path(path: str) -> str:
     return str(Path(path).expanduser().resolve()) if Path(path).expanduser().exists() else path
 
 
+def first_line_benchmarks(protocol) -> list:
+    """The registered benchmarks whose questions `protocol` cuts to their first line (their `first_line_under`)."""
+    return [benchmark.name for benchmark in registered() if protocol.name in benchmark.first_line_under]
+
+
 def run_settings(options: EvalOptions, protocol, question_set: str) -> dict:
     """The hashed configuration: method + config + protocol + model (path and a fingerprint of its
     weights: a checkpoint rebuilt at the same path is another configuration) + seed + generation +
@@ -94,7 +101,7 @@ def run_settings(options: EvalOptions, protocol, question_set: str) -> dict:
         "method": "none" if config is None else config.method,
         "config": {} if config is None else config.to_dict(),
         "protocol": protocol.name,
-        "generation": protocol.settings(options.max_new_tokens, options.conv_mode),
+        "generation": protocol.settings(options.max_new_tokens, options.conv_mode, first_line_benchmarks(protocol)),
         "model_path": _canonical_model_path(options.model_path),
         "model_base": options.model_base,
         "quantization": "4bit" if options.load_4bit else "8bit" if options.load_8bit else None,
@@ -110,8 +117,8 @@ def _check_images(pending: list, image_root: str) -> None:
     if missing:
         first = missing[0]
         more = f" ({len(missing)} questions have no image file)" if len(missing) > 1 else ""
-        raise FileNotFoundError(f"question {first.qid!r}: image {str(Path(image_root) / first.image)!r} does "
-                                f"not exist{more}; check --image-folder.")
+        raise UserError(f"question {first.qid!r}: image {str(Path(image_root) / first.image)!r} does "
+                        f"not exist{more}; check --image-folder.")
 
 
 def _open_image(question, image_root: str):
@@ -158,7 +165,7 @@ def generate_answers(pipeline, texts: list, pil_images: list, settings: dict, co
     except torch.cuda.OutOfMemoryError as error:
         torch.cuda.empty_cache()
         hint = f"try --batch-size {batch // 2}" if batch > 1 else "try a 4-bit model (--load-4bit) or a larger GPU"
-        raise ValueError(f"out of GPU memory at batch size {batch}; {hint}.") from error
+        raise UserError(f"out of GPU memory at batch size {batch}; {hint}.") from error
     return pipeline.decode(output, inputs)
 
 
@@ -235,16 +242,16 @@ def _checked_questions(benchmark, question_file: str, image_root: str) -> list:
     from .inputs import check_questions
 
     if Path(question_file).is_dir() and not benchmark.images_in_question_folder:
-        raise ValueError(f"--question-file (={question_file!r}) is a directory; pass the question file itself "
-                         f"({benchmark.question_hint}).")
+        raise UserError(f"--question-file (={question_file!r}) is a directory; pass the question file itself "
+                        f"({benchmark.question_hint}).")
     if not Path(image_root).is_dir():
-        raise FileNotFoundError(f"--image-folder (={image_root!r}) is not a folder; pass the folder holding the "
-                                f"{benchmark.title} images.")
+        raise UserError(f"--image-folder (={image_root!r}) is not a folder; pass the folder holding the "
+                        f"{benchmark.title} images.")
     try:
         questions = benchmark.load(question_file)
     except TypeError as error:  # a reader met a field of the wrong type (e.g. an AMBER id that is a list)
-        raise ValueError(f"{question_file}: a question has a field of the wrong type ({error}); fix that record "
-                         "(nothing was answered).") from None
+        raise UserError(f"{question_file}: a question has a field of the wrong type ({error}); fix that record "
+                        "(nothing was answered).") from None
     check_questions(questions, question_file)
     benchmark.check_shape(questions, question_file)
     return questions
@@ -294,7 +301,7 @@ def run_eval(options: EvalOptions, pipeline=None) -> EvalSummary:
     Returns:
         An `EvalSummary` (answers file, new / skipped / total answers, configuration hash).
     Raises:
-        ValueError / FileNotFoundError: bad options, question file, image, configuration mismatch.
+        UserError: bad options, question file, image, configuration mismatch.
     """
     start = time.time()
     benchmark = get_benchmark(options.benchmark)
@@ -344,15 +351,14 @@ def _check_shard_count(out: Path, num_chunks: int) -> None:
     again and the merge would then refuse two sets of shards. A single process may rerun a merged run."""
     if not out.is_dir():
         return
-    try:
-        found = ans.chunk_files(out)["num_chunks"]
-    except FileNotFoundError:
+    if not ans.has_chunk_files(out):
         return
+    found = ans.chunk_files(out)["num_chunks"]
     if found == num_chunks or (num_chunks == 1 and (out / ans.ANSWERS_FILE).is_file()):
         return
-    raise ValueError(f"--out {str(out)!r} holds the shards of a run split {found} ways (answers.chunk<I>of{found}.jsonl) "
-                     f"and this run is split {num_chunks} way(s); resume with {found} processes (or --num-chunks "
-                     f"{found}), or use another --out.")
+    raise UserError(f"--out {str(out)!r} holds the shards of a run split {found} ways (answers.chunk<I>of{found}.jsonl) "
+                    f"and this run is split {num_chunks} way(s); resume with {found} processes (or --num-chunks "
+                    f"{found}), or use another --out.")
 
 
 @dataclass
@@ -379,9 +385,9 @@ def run_sharded(options: EvalOptions, context: Optional[LaunchContext] = None, p
     context = context or launch_context()
     if context.is_distributed:
         if options.num_chunks != 1 or options.chunk_idx != 0:
-            raise ValueError(f"--num-chunks/--chunk-idx (={options.num_chunks}/{options.chunk_idx}) under "
-                             f"{context.launcher} (world size {context.world_size}): the launcher shards the "
-                             "questions itself; drop those flags.")
+            raise UserError(f"--num-chunks/--chunk-idx (={options.num_chunks}/{options.chunk_idx}) under "
+                            f"{context.launcher} (world size {context.world_size}): the launcher shards the "
+                            "questions itself; drop those flags.")
         options = replace(options, num_chunks=context.world_size, chunk_idx=context.rank,
                           device=rank_device(context, options.device), progress=False if context.rank else options.progress)
         clear_done(ans.answers_path(Path(options.out), context.world_size, context.rank))  # not complete until marked
@@ -404,7 +410,7 @@ def seed_runs(options: EvalOptions, seeds: Optional[list]) -> list:
     if not seeds:
         return [options]
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds (={','.join(map(str, seeds))}) repeats a seed; give each seed once.")
+        raise UserError(f"--seeds (={','.join(map(str, seeds))}) repeats a seed; give each seed once.")
     return [replace(options, seed=seed, out=str(Path(options.out) / f"seed{seed}")) for seed in seeds]
 
 
@@ -412,7 +418,7 @@ def merge_chunks(out, force: bool = False) -> Path:
     """Concatenate `<out>/answers.chunk{I}of{K}.jsonl` into `<out>/answers.jsonl` in question order.
 
     Raises:
-        ValueError / FileNotFoundError: a chunk file is missing or incomplete, chunks of different
+        UserError: a chunk file is missing or incomplete, chunks of different
             configurations, no run.json, or answers.jsonl already exists (without `force`).
     """
     import json
@@ -420,16 +426,17 @@ def merge_chunks(out, force: bool = False) -> Path:
     out = Path(out)
     target = out / ans.ANSWERS_FILE
     if target.exists() and not force:
-        raise ValueError(f"{target} already exists; delete it or pass --force to overwrite it.")
+        raise UserError(f"{target} already exists; delete it or pass --force to overwrite it.")
     found = ans.chunk_files(out)
     count, files = found["num_chunks"], found["files"]
     missing = [index for index in range(count) if index not in files]
     if missing:
-        raise FileNotFoundError(f"chunk(s) {missing} of {count} missing in {out} "
-                                f"(answers.chunk<I>of{count}.jsonl); run them with --chunk-idx first.")
-    run = json.loads((out / ans.RUN_FILE).read_text()) if (out / ans.RUN_FILE).is_file() else None
+        raise UserError(f"chunk(s) {missing} of {count} missing in {out} "
+                        f"(answers.chunk<I>of{count}.jsonl); run them with --chunk-idx first.")
+    run = (read_json_file(out / ans.RUN_FILE, "restore it from the run (or rerun the chunks into a clean --out)")
+           if (out / ans.RUN_FILE).is_file() else None)
     if run is None:
-        raise FileNotFoundError(f"{out / ans.RUN_FILE} is missing; it names the question file the chunks split.")
+        raise UserError(f"{out / ans.RUN_FILE} is missing; it names the question file the chunks split.")
     records = _merged_records(run, files, count, out)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     temporary.write_text("".join(json.dumps(record) + "\n" for record in records))
@@ -441,8 +448,8 @@ def _merged_records(run: dict, files: dict, count: int, out: Path) -> list:
     benchmark = get_benchmark(run["benchmark"])
     source = recorded_question_file(benchmark, run["question_file"])
     if source is None:
-        raise FileNotFoundError(f"{run['question_file']} (the question file {out / ans.RUN_FILE} names) is gone; "
-                                "restore it to merge the chunks.")
+        raise UserError(f"{run['question_file']} (the question file {out / ans.RUN_FILE} names) is gone; "
+                        "restore it to merge the chunks.")
     questions = benchmark.load(str(source))
     questions = questions[:run["limit"]] if run.get("limit") is not None else questions
     records = []
@@ -450,12 +457,12 @@ def _merged_records(run: dict, files: dict, count: int, out: Path) -> list:
         by_id = {r["question_id"]: r for r in ans.read_answers(files[index])}
         hashes = {ans.answer_hash(r) for r in by_id.values()}
         if hashes - {run["config_hash"]}:
-            raise ValueError(f"{files[index]} holds answers of another configuration ({sorted(map(str, hashes))} "
-                             f"!= {run['config_hash']}); rerun that chunk into a clean --out.")
+            raise UserError(f"{files[index]} holds answers of another configuration ({sorted(map(str, hashes))} "
+                            f"!= {run['config_hash']}); rerun that chunk into a clean --out.")
         wanted = [q.qid for q in ans.get_chunk(questions, count, index)]
         absent = [qid for qid in wanted if qid not in by_id]
         if absent:
-            raise ValueError(f"chunk {index} of {count} is incomplete: {len(absent)} of {len(wanted)} answers "
-                             f"missing (first: question {absent[0]!r}); rerun it with --chunk-idx {index}.")
+            raise UserError(f"chunk {index} of {count} is incomplete: {len(absent)} of {len(wanted)} answers "
+                            f"missing (first: question {absent[0]!r}); rerun it with --chunk-idx {index}.")
         records.extend(by_id[qid] for qid in wanted)
     return records

@@ -33,13 +33,14 @@ to 0.1). AMBER score = (100 - CHAIR + F1) / 2.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..errors import UserError
+from .inputs import read_json_file
 from .questions import DATA_DIR, read_text
 from .rules import get_rule
 
@@ -90,9 +91,10 @@ def load_references(annotation_dir=None) -> AmberReferences:
     files = {name: _reference_file(folder, name) for name in _REFERENCE_FILES}
     missing = [name for name, path in files.items() if path is None]
     if missing:
-        raise FileNotFoundError(f"--annotation-dir {str(folder)!r} lacks {', '.join(missing)} (AMBER's data/ folder).")
-    annotations = {int(item["id"]): item for item in json.loads(read_text(files["annotations.json"]))}
-    association = json.loads(read_text(files["relation.json"]))
+        raise UserError(f"--annotation-dir {str(folder)!r} lacks {', '.join(missing)} (AMBER's data/ folder).")
+    fix = "use AMBER's own data/ files (or drop --annotation-dir for the packaged copy)"
+    annotations = {int(item["id"]): item for item in read_json_file(files["annotations.json"], fix, read_text)}
+    association = read_json_file(files["relation.json"], fix, read_text)
     safe = frozenset(line.strip() for line in read_text(files["safe_words.txt"]).splitlines() if line.strip())
     vocabulary = frozenset(association) | frozenset(w for words in association.values() for w in words)
     return AmberReferences(annotations, association, safe, vocabulary)
@@ -179,7 +181,7 @@ def noun_matcher(mode: str = "auto") -> NounMatcher:
         ValueError: unknown mode, or `official` without spaCy / en_core_web_lg / NLTK data (with the fix).
     """
     if mode not in NOUN_MODES:
-        raise ValueError(f"--amber-nouns (={mode!r}) must be one of {', '.join(NOUN_MODES)}.")
+        raise UserError(f"--amber-nouns (={mode!r}) must be one of {', '.join(NOUN_MODES)}.")
     if mode == "fallback":
         return fallback_matcher("chosen with --amber-nouns fallback")
     try:
@@ -187,8 +189,8 @@ def noun_matcher(mode: str = "auto") -> NounMatcher:
     except (ImportError, OSError, LookupError) as error:
         reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
     if mode == "official":
-        raise ValueError(f"--amber-nouns official needs spaCy with en_core_web_lg and NLTK with its data ({reason}); "
-                         f"install them: {_OFFICIAL_INSTALL}")
+        raise UserError(f"--amber-nouns official needs spaCy with en_core_web_lg and NLTK with its data ({reason}); "
+                        f"install them: {_OFFICIAL_INSTALL}")
     return fallback_matcher(f"official matching unavailable: {reason}")
 
 
@@ -282,7 +284,7 @@ def _entry(refs: AmberReferences, record: dict) -> dict:
     try:
         return refs.annotations[int(record["question_id"])]
     except (KeyError, ValueError, TypeError):
-        raise ValueError(f"answer to question {record['question_id']!r} is not an AMBER id in annotations.json.") \
+        raise UserError(f"answer to question {record['question_id']!r} is not an AMBER id in annotations.json.") \
             from None
 
 

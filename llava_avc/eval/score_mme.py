@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from ..errors import UserError
 from .protocols import SHORT_ANSWER_SUFFIX
 from .questions import MME_COGNITION, MME_PERCEPTION, MME_YES_NO_SUFFIX
 from .rules import mme_answer
@@ -95,12 +96,12 @@ def _group(records: list, question_folder, rule: str) -> dict:
     for record in records:
         category, image, label = _truth(record, index)
         if index is None and category not in known:
-            raise ValueError(f"the answer to question {record['question_id']!r} belongs to no MME sub-task (category "
-                             f"{category!r}; MME's are {', '.join(known)}): these are not MME answers; score them "
-                             "with the benchmark they were made for.")
+            raise UserError(f"the answer to question {record['question_id']!r} belongs to no MME sub-task (category "
+                            f"{category!r}; MME's are {', '.join(known)}): these are not MME answers; score them "
+                            "with the benchmark they were made for.")
         if label is None or category is None:
-            raise ValueError(f"no MME ground truth for question {record['question_id']!r}; pass --question-file "
-                             "with the MME_Benchmark_release_version folder.")
+            raise UserError(f"no MME ground truth for question {record['question_id']!r}; pass --question-file "
+                            "with the MME_Benchmark_release_version folder.")
         groups.setdefault(category, []).append((image, label.lower(), mme_answer(record["text"], rule)))
     return groups
 

@@ -19,11 +19,12 @@ a ratio is 0.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional
 
+from ..errors import UserError
+from .inputs import parse_json
 from .rules import get_rule
 
 METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
@@ -73,14 +74,16 @@ def by_annotation_dir(records: list, questions: dict, annotation_dir, rule: str)
         if not current:
             continue
         with open(Path(annotation_dir) / name, encoding="utf-8") as handle:
-            labels = [_label_value(json.loads(line)["label"]) for line in handle if line.strip()]
+            labels = [_label_value(parse_json(line, f"{Path(annotation_dir) / name}, line {number}",
+                                              "use the POPE authors' annotation file")["label"])
+                      for number, line in enumerate(handle, start=1) if line.strip()]
         if len(current) != len(labels):  # upstream's zip would pair the rest silently
-            raise ValueError(f"{name}: {len(current)} {category} answers for {len(labels)} labels; matching by "
-                             "position needs one answer per label in the file's order: score by label instead "
-                             "(leave out --annotation-dir).")
+            raise UserError(f"{name}: {len(current)} {category} answers for {len(labels)} labels; matching by "
+                            "position needs one answer per label in the file's order: score by label instead "
+                            "(leave out --annotation-dir).")
         results[category] = pope_metrics(_predictions(current, rule), labels)
     if not results:
-        raise ValueError(f"no coco_pope_<category>.json in {annotation_dir} matches the answers' categories.")
+        raise UserError(f"no coco_pope_<category>.json in {annotation_dir} matches the answers' categories.")
     return results
 
 
@@ -88,8 +91,8 @@ def _question(questions: dict, record: dict):
     try:
         return questions[record["question_id"]]
     except KeyError:
-        raise ValueError(f"answer to question {record['question_id']!r} has no question in the question "
-                         "file; is it the file the answers were made from?") from None
+        raise UserError(f"answer to question {record['question_id']!r} has no question in the question "
+                        "file; is it the file the answers were made from?") from None
 
 
 def _truth(record: dict, questions: Optional[dict]) -> tuple:
@@ -106,8 +109,8 @@ def by_labels(records: list, questions: Optional[dict], rule: str) -> dict:
     for record in records:
         label, category = _truth(record, questions)
         if label is None:
-            raise ValueError(f"no ground truth for question {record['question_id']!r}: pass --question-file "
-                             "(with labels) or --annotation-dir.")
+            raise UserError(f"no ground truth for question {record['question_id']!r}: pass --question-file "
+                            "(with labels) or --annotation-dir.")
         groups.setdefault(category or "all", []).append((record, _label_value(label)))
     return {category: pope_metrics(_predictions([r for r, _ in pairs], rule), [y for _, y in pairs])
             for category, pairs in groups.items()}
@@ -121,7 +124,7 @@ def score_pope(records: list, question_file=None, annotation_dir=None, rule: str
     questions = {q.qid: q for q in load_pope(question_file)} if question_file else None
     if annotation_dir:
         if questions is None:
-            raise ValueError("--annotation-dir needs --question-file (its `category` field sorts the answers).")
+            raise UserError("--annotation-dir needs --question-file (its `category` field sorts the answers).")
         return by_annotation_dir(records, questions, annotation_dir, rule)
     return by_labels(records, questions, rule)
 

@@ -9,6 +9,7 @@ from typing import Optional
 
 import torch
 
+from ..errors import UserError
 from ..algorithm.config import AVCConfig
 from ..backends import adapter_for, backend_module
 from ..backends.transformers_compat import guarded
@@ -81,7 +82,7 @@ def find_blind_tokens(model, input_ids, images=None, image_sizes=None, config: O
         raise TypeError(f"find_blind_tokens: config (={type(config).__name__}) must be an AVCConfig: blind tokens are "
                         "AVC's (its gamma and lam select them); pass AVCConfig(gamma=..., lam=...) or no config.")
     if images is not None and pixel_values is not None:
-        raise ValueError("find_blind_tokens: got both images= and pixel_values=; pass the image once (images= for "
-                         "original LLaVA, pixel_values= from a llava-hf processor).")
+        raise UserError("find_blind_tokens: got both images= and pixel_values=; pass the image once (images= for "
+                        "original LLaVA, pixel_values= from a llava-hf processor).")
     images = images if images is not None else pixel_values
     return loop.find_blind_tokens(adapter_for(model), input_ids, images, image_sizes, config, attention_mask)

@@ -12,6 +12,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from ..errors import UserError
 from .flags import add_method_arguments, add_model_arguments
 
 
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_run(subparsers)
     register_eval(subparsers)
     register_convert(subparsers)
-    parser.set_defaults(commands=subparsers.choices)
+    parser.set_defaults(commands=subparsers.choices, main=main)  # a command may run another one
     return parser
 
 
@@ -112,7 +113,7 @@ def _run_ask(args, argv) -> int:
     check_query(args.query, "--query")
     check_sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, names=FLAGS)
     if image_problem(args.image):
-        raise FileNotFoundError(f"{image_problem(args.image)}; pass an image file (JPEG, PNG, ...) as --image.")
+        raise UserError(f"{image_problem(args.image)}; pass an image file (JPEG, PNG, ...) as --image.")
     if args.heatmap:
         check_png_file(args.heatmap, "--heatmap")
     from .ask import ask
@@ -158,20 +159,18 @@ def describe_error(error: BaseException) -> str:
 
 
 def _is_user_error(error: BaseException) -> bool:
-    """ValueError, OSError, NonFiniteLogitsError and UntestedTransformersError (a transformers newer than
-    llava-avc was tested with broke a method: the fix is the user's install). Their modules, and torch,
-    are imported only when a model ran: `--help` and the early usage errors stay free of torch."""
-    classes = [getattr(sys.modules.get(module), name, None)
-               for module, name in (("llava_avc.algorithm.contrast", "NonFiniteLogitsError"),
-                                    ("llava_avc.backends.transformers_compat", "UntestedTransformersError"))]
-    return isinstance(error, (ValueError, OSError, *[cls for cls in classes if cls is not None]))
+    """A `UserError` (raised on purpose for a user's mistake) or an operating-system error on a named file
+    (`llava_avc.errors`); anything else is a bug and keeps its traceback."""
+    from ..errors import UserError, is_environment_error
+
+    return isinstance(error, UserError) or is_environment_error(error)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one subcommand. Its handler gets the parsed args and the argv (for run records).
 
-    A user error (ValueError, OSError, NonFiniteLogitsError, UntestedTransformersError) is one line on
-    stderr and exit status 2;
+    A user error (`llava_avc.errors.UserError`, or an operating-system error on a file) is one line on
+    stderr and exit status 2; anything else is a bug and shows its traceback;
     Ctrl-C is one line and exit status 130 (handlers that write files say what was kept).
     """
     argv = list(sys.argv[1:] if argv is None else argv)

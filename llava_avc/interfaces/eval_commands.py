@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from ..errors import UserError
 from .flags import add_method_arguments, add_model_arguments
 
 
@@ -171,10 +172,8 @@ def run_eval_command(args, argv) -> int:
         print(f"when every chunk is done: llava-avc merge --out {run.out}")
         return 0
     if context.is_distributed:  # rank 0 of a launcher run scores what the shards answered together
-        from .cli import main
-
         print(f"score ({benchmark}, {args.out}):", flush=True)
-        if main(["score", benchmark, "--answers-file", args.out]) != 0:
+        if args.main(["score", benchmark, "--answers-file", args.out]) != 0:  # the CLI's own main
             print(f"scoring needs more (see the line above); then: llava-avc score {benchmark} --answers-file {args.out}")
         return 0
     print(f"next: llava-avc score {benchmark} --answers-file {args.out}")
@@ -202,7 +201,7 @@ def _score_file(benchmark, path, args) -> tuple:
         answers.expected = len(questions)
         answers.missing = missing_answers(benchmark, questions, answers.records)
     if not answers.records:
-        raise ValueError(f"{path}: no answers to score ({answers.summary()}).")
+        raise UserError(f"{path}: no answers to score ({answers.summary()}).")
     if args.strict:
         _strict(answers)
     rule = args.rule or default_rule(answers.records)
@@ -213,7 +212,7 @@ def _strict(answers) -> None:
     problems = answers.issues() + (["missing answers cannot be checked (no question file known: pass "
                                     "--question-file)"] if answers.expected is None else [])
     if problems:
-        raise ValueError(f"--strict: {answers.path}: {'; '.join(problems)}.")
+        raise UserError(f"--strict: {answers.path}: {'; '.join(problems)}.")
 
 
 def _score_run(benchmark, args) -> tuple:
@@ -232,13 +231,13 @@ def _reference_rows(benchmark, args, run, scored: list, stats: dict):
     reference = refs.load_reference(args.reference)
     facts = refs.run_facts(run.files[0][1], scored[0][3].records, args.question_file)
     if not facts["method"]:
-        raise ValueError(f"--reference needs the method the answers were made with; {run.path} has no run.json and "
-                         "its answers no metadata.method.")
+        raise UserError(f"--reference needs the method the answers were made with; {run.path} has no run.json and "
+                        "its answers no metadata.method.")
     paper = refs.published(reference, benchmark.name, facts["method"], facts["dataset"])
     rows = refs.rows_beside(stats, paper)
     if not rows:
-        raise ValueError(f"--reference {reference.name}: none of your metrics ({', '.join(stats) or 'none'}) is among "
-                         f"the published ones ({', '.join(paper)}).")
+        raise UserError(f"--reference {reference.name}: none of your metrics ({', '.join(stats) or 'none'}) is among "
+                        f"the published ones ({', '.join(paper)}).")
     notes = refs.notes(reference, benchmark.name, facts["method"], facts["protocol"], len(scored))
     return refs.Comparison(reference, facts["method"], rows, notes)
 
@@ -297,7 +296,7 @@ def _score_compare(benchmark, args) -> tuple:
     from ..eval import compare as cmp
 
     if args.reference:
-        raise ValueError("--reference goes with --answers-file (one run, or one folder of seeds), not --compare.")
+        raise UserError("--reference goes with --answers-file (one run, or one folder of seeds), not --compare.")
     summaries = []
 
     def headline(path):
@@ -327,8 +326,8 @@ def run_score_command(args, argv) -> int:
 
     benchmark = get_benchmark(args.benchmark)
     if args.labels and not args.compare:
-        raise ValueError(f"--labels (={' '.join(args.labels)}) names the runs of --compare; with --answers-file drop it "
-                         "(the run is named after its folder).")
+        raise UserError(f"--labels (={' '.join(args.labels)}) names the runs of --compare; with --answers-file drop it "
+                        "(the run is named after its folder).")
     if args.chart:
         check_png_file(args.chart, "--chart")
     names, rows = _score_compare(benchmark, args) if args.compare else _score_one(benchmark, args)
@@ -348,8 +347,8 @@ def run_merge_command(args, argv) -> int:
 
     check_output_folder(args.out, "--out")
     if not Path(args.out).expanduser().is_dir():
-        raise FileNotFoundError(f"--out (={args.out!r}) does not exist; give the run folder that `llava-avc eval "
-                                "--num-chunks K --chunk-idx I` wrote the chunks into.")
+        raise UserError(f"--out (={args.out!r}) does not exist; give the run folder that `llava-avc eval "
+                        "--num-chunks K --chunk-idx I` wrote the chunks into.")
     target = merge_chunks(args.out, force=args.force)
     print(f"merged {len(read_answers(target))} answers -> {target}")
     return 0

@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
+from ..errors import UserError
 from ..decode.methods import NO_METHOD, get_method, method_names
 
 #: The official scripts' method switches: flag (also hyphenated) -> method.
@@ -113,7 +114,7 @@ def chosen_method(args: argparse.Namespace) -> str:
     asked = {args.method} if args.method else set()
     asked |= {method for dest, method in METHOD_SWITCHES.items() if getattr(args, dest)}
     if len(asked) > 1:
-        raise ValueError(f"conflicting method flags: {', '.join(sorted(asked))}; choose one method.")
+        raise UserError(f"conflicting method flags: {', '.join(sorted(asked))}; choose one method.")
     return asked.pop() if asked else args.default_method
 
 
@@ -132,11 +133,11 @@ def config_from_args(args: argparse.Namespace) -> Optional[object]:
         if value is None:
             continue
         if method not in flag.methods:
-            raise ValueError(f"{flag.flags[0]} applies to {'/'.join(flag.methods)}, but the method is {method}; "
-                             "drop it.")
+            raise UserError(f"{flag.flags[0]} applies to {'/'.join(flag.methods)}, but the method is {method}; "
+                            "drop it.")
         if flag.field in values and values[flag.field] != value:
-            raise ValueError(f"{flag.flags[0]} (={value}) contradicts another flag setting "
-                             f"{flag.field}={values[flag.field]}.")
+            raise UserError(f"{flag.flags[0]} (={value}) contradicts another flag setting "
+                            f"{flag.field}={values[flag.field]}.")
         values[flag.field] = value
     if method == NO_METHOD:
         return None

@@ -28,6 +28,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..errors import UserError
+
 Grid = Union[int, Tuple[int, int]]
 #: Outline colour of blind cells: magenta appears neither in the colour map (viridis) nor in photos
 #: often, so the marks stay visible (and testable).
@@ -55,7 +57,7 @@ def resolve_grid(num_tokens: int, grid: Optional[Grid] = None) -> Tuple[int, int
     if grid is None:
         side = math.isqrt(num_tokens)
         if side * side != num_tokens or side == 0:
-            raise ValueError(
+            raise UserError(
                 f"heatmaps support LLaVA-1.5-style square grids (N = side x side image tokens, e.g. "
                 f"576 = 24 x 24); this record has {num_tokens} image tokens, not a square (a LLaVA-1.6 "
                 "anyres record?). To draw an anyres record's base image, which is its first side x side "
@@ -65,7 +67,7 @@ def resolve_grid(num_tokens: int, grid: Optional[Grid] = None) -> Tuple[int, int
         return side, side
     rows, cols = (grid, grid) if isinstance(grid, int) else tuple(grid)
     if rows < 1 or cols < 1 or rows * cols > num_tokens:
-        raise ValueError(
+        raise UserError(
             f"grid {rows} x {cols} needs {rows * cols} image tokens but the record has {num_tokens}; "
             "pass the vision tower's patch grid (e.g. 24 for 576 tokens)."
         )
@@ -128,7 +130,7 @@ def draw_blind_tokens(image, record, *, grid: Optional[Grid] = None, out_path,
     blind = _as_numpy(_field(record, "blind")).astype(bool).ravel()
     layers = [int(layer) for layer in _field(record, "layers")]
     if scores.shape != blind.shape:
-        raise ValueError(f"record has {scores.size} scores but {blind.size} blind flags; they must match.")
+        raise UserError(f"record has {scores.size} scores but {blind.size} blind flags; they must match.")
     total = scores.size
     rows, cols = resolve_grid(total, grid)
     count = rows * cols

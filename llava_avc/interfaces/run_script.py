@@ -64,6 +64,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Sequence
 
+from ..errors import UserError
 from ..decode.methods import method_name
 from ..eval import provenance
 from .flags import add_method_arguments
@@ -82,10 +83,6 @@ KNOWN_MODULES = {
 PROG = "llava-avc run"
 USAGE = "llava-avc run MODULE [plugin flags] -- [module args]"
 RUN_RECORD_SUFFIX = ".run.json"
-
-
-class _UsageError(ValueError):
-    """A user error before the module starts: one line, exit status 2."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,7 +142,7 @@ def _split_rest(args: argparse.Namespace) -> None:
     if rest[:1] == ["--"]:
         rest = rest[1:]
     if not rest or rest[0].startswith("-"):
-        raise _UsageError(f"MODULE is missing (usage: {USAGE}).")
+        raise UserError(f"MODULE is missing (usage: {USAGE}).")
     module, tail = rest[0], rest[1:]
     if "--" in tail:
         cut = tail.index("--")
@@ -157,7 +154,7 @@ def _split_rest(args: argparse.Namespace) -> None:
         _add_plugin_arguments(late)
         _, unknown = late.parse_known_args(plugin_flags, namespace=args)
         if unknown:
-            raise _UsageError(
+            raise UserError(
                 f"unrecognized arguments: {' '.join(unknown)} (the module's own arguments go after `--`: {USAGE})."
             )
     args.module, args.module_args = module, module_args
@@ -224,41 +221,38 @@ def _check_model_path(model_path: Optional[str], module: str) -> None:
         if module not in KNOWN_MODULES:
             return
         model_path, what = SCRIPT_DEFAULT_MODEL, f"--model-path (not given after `--`, so {module}'s default)"
-    try:
-        preflight(model_path, what=what)
-        check_local_checkpoint(model_path)
-    except ValueError as error:
-        raise _UsageError(str(error)) from None
+    preflight(model_path, what=what)
+    check_local_checkpoint(model_path)
 
 
 def plan_run(args: argparse.Namespace) -> ScriptPlan:
-    """Validate the command line; raise _UsageError / ValueError (one line) before anything runs."""
+    """Validate the command line; raise a UserError (one line) before anything runs."""
     from ..patches.script_overrides import check_quantization
     from .flags import config_from_args
 
     _split_rest(args)
     if importlib.util.find_spec("llava") is None:
-        raise _UsageError("llava-avc run runs the original LLaVA's scripts, and this environment has no original LLaVA "
-                          "(llava-torch): install it (pip install '.[llava]' and pip install --no-deps "
-                          "llava-torch==1.2.2.post1); llava-hf checkpoints run with llava-avc ask / eval.")
+        raise UserError("llava-avc run runs the original LLaVA's scripts, and this environment has no original LLaVA "
+                        "(llava-torch): install it (pip install '.[llava]' and pip install --no-deps "
+                        "llava-torch==1.2.2.post1); llava-hf checkpoints run with llava-avc ask / eval.")
     if not (math.isfinite(args.record_every) and args.record_every > 0):
-        raise _UsageError(f"--record-every (={args.record_every}) must be > 0 seconds; e.g. --record-every 10.")
+        raise UserError(f"--record-every (={args.record_every}) must be > 0 seconds; e.g. --record-every 10.")
     if args.max_new_tokens_cap is not None and args.max_new_tokens_cap < 1:
-        raise _UsageError(f"--max-new-tokens-cap must be >= 1, got {args.max_new_tokens_cap}.")
+        raise UserError(f"--max-new-tokens-cap must be >= 1, got {args.max_new_tokens_cap}.")
     config = config_from_args(args)  # ValueError on conflicting method flags
     import torch
 
     check_quantization(args.load_4bit, args.load_8bit, args.device)
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise _UsageError("--device cuda, but torch finds no CUDA GPU; pass --device cpu to run on the CPU (fp32).")
+        raise UserError("--device cuda, but torch finds no CUDA GPU; pass --device cpu to run on the CPU (fp32).")
 
     warnings = []
     try:
         spec = importlib.util.find_spec(args.module)
     except (ImportError, ValueError) as error:
-        raise _UsageError(f"cannot find module {args.module!r} ({type(error).__name__}: {error}).") from None
+        raise UserError(f"cannot find module {args.module!r} ({type(error).__name__}: {error}).") from None
     if spec is None:
-        raise _UsageError(
+        raise UserError(
             f"no module named {args.module!r}; give a LLaVA script such as {', '.join(KNOWN_MODULES)}."
         )
     if args.module not in KNOWN_MODULES:
@@ -272,8 +266,8 @@ def plan_run(args: argparse.Namespace) -> ScriptPlan:
         if given is None:
             module_args += ["--device", args.device]
         elif given.split(":")[0] != args.device:
-            raise _UsageError(f"the launcher's --device {args.device} contradicts the module's --device {given}; "
-                              "give it once, before `--`.")
+            raise UserError(f"the launcher's --device {args.device} contradicts the module's --device {given}; "
+                            "give it once, before `--`.")
     for flag, wanted in (("--load-4bit", args.load_4bit), ("--load-8bit", args.load_8bit)):
         if wanted and flag in own_flags and flag not in module_args:
             module_args.append(flag)
@@ -287,7 +281,7 @@ def plan_run(args: argparse.Namespace) -> ScriptPlan:
     answers = _option_value(module_args, "--answers-file")
     answers_path = Path(answers).expanduser().resolve() if answers else None
     if record_path is not None and answers_path is not None and record_path.resolve() == answers_path:
-        raise _UsageError(f"--run-json {args.run_json} is the answers file; give another path.")
+        raise UserError(f"--run-json {args.run_json} is the answers file; give another path.")
 
     return ScriptPlan(module=args.module, module_args=module_args, config=config, device=args.device,
                       load_4bit=args.load_4bit, load_8bit=args.load_8bit, seed=args.seed,
@@ -499,8 +493,6 @@ def _finish_record(plan: ScriptPlan, record: dict, exit_code: int, refresher: _R
 
 def execute(plan: ScriptPlan, launcher_argv: Optional[Sequence[str]] = None) -> int:
     """Run the planned module; keep the run record current while it runs; return the exit status."""
-    from ..patches import script_overrides as overrides
-
     for warning in plan.warnings:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     if plan.seed is not None:
@@ -513,7 +505,7 @@ def execute(plan: ScriptPlan, launcher_argv: Optional[Sequence[str]] = None) -> 
         _run_module_wrapped(plan, record)
     except SystemExit as stop:
         exit_code = _exit_code_of(stop, record)
-    except overrides.LauncherError as error:
+    except UserError as error:
         exit_code = 2
         record["error"] = f"{type(error).__name__}: {error}"
         print(f"{PROG}: error: {error}", file=sys.stderr)
@@ -557,7 +549,7 @@ def run_command(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) 
     """The `run` subcommand's handler."""
     try:
         plan = plan_run(args)
-    except ValueError as error:  # _UsageError, LauncherError, conflicting method flags, bad config values
+    except UserError as error:  # the command line, conflicting method flags, bad config values
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     return execute(plan, launcher_argv=argv)

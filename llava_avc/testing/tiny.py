@@ -45,6 +45,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
+
 __all__ = [
     "CORPUS_VERSION",
     "PRESETS",
@@ -232,11 +234,11 @@ def preset_configs(preset: str = "tiny", **config_overrides):
     from transformers import CLIPVisionConfig
 
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        raise UserError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     spec = PRESETS[preset]
     unknown = sorted(set(config_overrides) - _allowed_llm_keys(spec))
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"unknown config override(s) {unknown} for preset {preset!r}; use LlamaConfig "
             f"field names such as num_hidden_layers, num_key_value_heads, intermediate_size"
         )
@@ -279,11 +281,11 @@ def check_linear_out_features(llm_config, vision_config) -> None:
     try:
         outs = _linear_out_features(llm_config, vision_config)
     except ValueError as exc:  # e.g. hidden_size not divisible by num_attention_heads
-        raise ValueError(f"invalid tiny LLaVA config: {exc}") from exc
+        raise UserError(f"invalid tiny LLaVA config: {exc}") from exc
     bad = {name: n for name, n in outs.items() if n % LINEAR_MULTIPLE}
     if bad:
         shown = ", ".join(f"{k}={v}" for k, v in list(bad.items())[:4])
-        raise ValueError(
+        raise UserError(
             f"{len(bad)} linear layer(s) have out_features that are not a multiple of "
             f"{LINEAR_MULTIPLE} ({shown}); bitsandbytes' CPU 4-bit kernels require it: choose "
             f"hidden_size, intermediate_size, num_key_value_heads*head_dim and vocab_size "
@@ -314,7 +316,7 @@ def _train_spm_proto(vocab_size: int) -> bytes:
             vocab_size=n_train, **_SPM_TRAINER_ARGS,
         )
     except RuntimeError as exc:
-        raise ValueError(f"cannot train a {n_train}-piece tokenizer: {exc}") from exc
+        raise UserError(f"cannot train a {n_train}-piece tokenizer: {exc}") from exc
     spm_pb2 = import_protobuf()
     proto = spm_pb2.ModelProto()
     proto.ParseFromString(buf.getvalue())
@@ -406,13 +408,13 @@ def _check_dir_name(path: Path) -> None:
 
     name = get_model_name_from_path(str(path)).lower()
     if "llava" not in name:
-        raise ValueError(
+        raise UserError(
             f"checkpoint directory name {path.name!r} must contain 'llava' (LLaVA's "
             f"load_pretrained_model only builds a LLaVA model then); use e.g. {path.name}-llava"
         )
     for word, cls in (("lora", "a LoRA delta"), ("mpt", "LlavaMpt"), ("mistral", "LlavaMistral")):
         if word in name:
-            raise ValueError(
+            raise UserError(
                 f"checkpoint directory name {path.name!r} contains {word!r}, which makes "
                 f"LLaVA's loader treat it as {cls}; rename it, e.g. llava-tiny"
             )
@@ -421,9 +423,9 @@ def _check_dir_name(path: Path) -> None:
 def _check_target(path: Path, force: bool) -> None:
     """Refuse an existing file, or an existing non-empty directory unless ``force``."""
     if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} exists and is not a directory; remove it first")
+        raise UserError(f"{path} exists and is not a directory; remove it first")
     if path.is_dir() and any(path.iterdir()) and not force:
-        raise FileExistsError(
+        raise UserError(
             f"{path} exists and is not empty; pass force=True (--force) to replace its contents"
         )
 
@@ -477,7 +479,7 @@ def make_tiny_llava(out_dir, *, preset: str = "tiny", seed: int = 0, force: bool
     (with ``force``, the old contents are removed just before that rename, so a failed build
     keeps them). Raises ValueError for a directory name without 'llava' (or with 'lora', 'mpt',
     'mistral', which switch LLaVA's loader to another class), a bad preset or override, and
-    FileExistsError for an existing non-empty directory unless ``force`` is true.
+    UserError for an existing non-empty directory unless ``force`` is true.
     """
     final = Path(out_dir).expanduser().resolve()
     _check_dir_name(final)
@@ -534,8 +536,8 @@ def make_tiny_lora(out_dir, base_dir, *, seed: int = 0, rank: int = 8, force: bo
     final = Path(out_dir).expanduser().resolve()
     name = get_model_name_from_path(str(final)).lower()
     if "llava" not in name or "lora" not in name:
-        raise ValueError(f"LoRA checkpoint directory name {final.name!r} must contain 'llava' and 'lora' "
-                         "(LLaVA's loader takes the LoRA path by name); use e.g. llava-tiny-lora")
+        raise UserError(f"LoRA checkpoint directory name {final.name!r} must contain 'llava' and 'lora' "
+                        "(LLaVA's loader takes the LoRA path by name); use e.g. llava-tiny-lora")
     _check_target(final, force)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
 from ..backends.hf.convert import LlavaHFParts, staging_dir, verify_hf_checkpoint, write_llava_hf
 from . import tiny
 
@@ -108,7 +109,7 @@ def _clip_std(name: str, config: dict):
             return std
     if name.endswith(".bias") or ("norm" in name and name.endswith(".weight")):
         return None
-    raise ValueError(f"no init rule for CLIP parameter {name!r}; add one to _clip_std in tiny_hf.py")
+    raise RuntimeError(f"no init rule for CLIP parameter {name!r}; add one to _clip_std in tiny_hf.py")
 
 
 def _clip_tensor(name: str, shape, config: dict, gen) -> torch.Tensor:
@@ -147,7 +148,7 @@ def _fp16(tensors: dict) -> dict:
 def _preset_configs(preset: str) -> tuple:
     """(LlamaConfig fields, CLIPVisionConfig fields, LLaVA fields, init) of an original tiny preset."""
     if preset not in HF_PRESETS:
-        raise ValueError(f"unknown preset {preset!r} for the llava-hf format; choose one of {list(HF_PRESETS)}")
+        raise UserError(f"unknown preset {preset!r} for the llava-hf format; choose one of {list(HF_PRESETS)}")
     spec = tiny.PRESETS[preset]
     text = {**tiny._LLM_COMMON, **spec["llm"]}
     llava = {**tiny._LLAVA_COMMON, **spec["llava"]}
@@ -186,7 +187,7 @@ def make_tiny_llava_hf(out_dir, *, preset: str = "tiny", seed: int = 0, force: b
     The same ``seed`` gives identical weights (on every transformers version). The build happens
     in a hidden sibling directory, is loaded once on the meta device with strict key checks, and
     only then renamed onto ``out_dir`` (with ``force`` the old contents go just before that rename,
-    so a failed build keeps them). Raises ValueError for an unknown preset and FileExistsError for
+    so a failed build keeps them). Raises UserError for an unknown preset and for
     an existing non-empty directory unless ``force``.
     """
     final = Path(out_dir).expanduser().resolve()

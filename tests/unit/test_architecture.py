@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 #: Rooms in dependency order: a module may import llava_avc modules of its own room or an EARLIER one.
-LAYERS = ("algorithm", "decode", "backends", "eval", "interfaces", "testing")
+LAYERS = ("errors", "algorithm", "decode", "backends", "eval", "interfaces", "testing")
 #: Rooms that may not import `llava` or `transformers` at all.
 NO_MODEL_LIBRARIES = ("algorithm", "decode")
 #: Rooms that may import `transformers` only as the top-level package (versions, public classes
@@ -97,6 +97,9 @@ def _violations(path: Path) -> list[str]:
             if mine and theirs and mine != theirs:
                 problems.append(f"{where}: backend {mine} may not import backend {theirs} (share code through "
                                 "llava_avc.backends' own modules)")
+            if target.startswith("llava_avc.patches") and not _module_name(path).startswith("llava_avc.patches") \
+                    and room == "backends":
+                problems.append(f"{where}: the backends never import patches/ (it sits on top of the llava backend)")
             if other is not None and LAYERS.index(other) > LAYERS.index(room):
                 problems.append(f"{where}: {room} may not import {other} (rooms in order: {', '.join(LAYERS)}; "
                                 "a room imports only itself and earlier rooms)")
@@ -135,10 +138,65 @@ def test_the_rule_catches_an_upward_import_and_a_model_library_in_the_algorithm(
     try:
         assert _violations(bad_decode) == [
             "llava_avc/decode/bad.py:1 imports llava_avc.eval: decode may not import eval (rooms in order: "
-            "algorithm, decode, backends, eval, interfaces, testing; a room imports only itself and earlier rooms)"]
+            "errors, algorithm, decode, backends, eval, interfaces, testing; a room imports only itself and earlier "
+            "rooms)"]
         assert len(_violations(bad_algorithm)) == 1 and "transformers.cache_utils" in _violations(bad_algorithm)[0]
         assert _violations(bad_backend) == [
             "llava_avc/backends/hf/bad.py:1 imports llava_avc.backends.llava.prompts: backend hf may not import "
             "backend llava (share code through llava_avc.backends' own modules)"]
     finally:
         globals()["ROOT"] = Path(__file__).resolve().parents[2]
+
+
+def _file_graph() -> dict:
+    """{module: the llava_avc modules it imports} (every import, at any depth), over the source files."""
+    modules = {_module_name(path): path for path in _sources()}
+    graph = {}
+    for module, path in modules.items():
+        edges = set()
+        for _, target in _imports(path):
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != module:
+                edges.add(target)
+        graph[module] = edges
+    return graph
+
+
+def _cycles(graph: dict) -> list:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in graph[node]:
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_two_files_import_each_other_even_indirectly():
+    assert _cycles(_file_graph()) == []
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

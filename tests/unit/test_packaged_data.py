@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from llava_avc.errors import UserError
 from llava_avc.eval import questions as q
 from llava_avc.eval.benchmarks import get_benchmark
 from llava_avc.eval.score_amber import load_references
@@ -109,7 +110,7 @@ def test_a_name_reads_the_packaged_copy_and_a_path_the_users_file(tmp_path, monk
     own.write_text(json.dumps({"question_id": 1, "image": "a.jpg", "text": "Is there a cat?"}) + "\n")
     assert Path(source("coco_pope_adversarial.json", None)) == Path("coco_pope_adversarial.json")
     assert len(q.load_pope("coco_pope_adversarial.json")) == 1
-    with pytest.raises(FileNotFoundError, match="not a packaged pope question set .* Did you mean 'coco_pope_popular'"):
+    with pytest.raises(UserError, match="not a packaged pope question set .* Did you mean 'coco_pope_popular'"):
         source("coco_pope_populr", None)
-    with pytest.raises(FileNotFoundError, match="'data/coco_pope_random' does not exist"):
+    with pytest.raises(UserError, match="'data/coco_pope_random' does not exist"):
         source("data/coco_pope_random", None)  # a path is never swapped for the packaged copy

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from ...decode.adapter import GenerationSetup, MergedPrompt, left_align
+from ...errors import UserError
+from ...decode.adapter import MergedPrompt, left_align
 from ..base import LanguageModelAdapter
 
 def image_token_id(model) -> int:
@@ -36,14 +37,14 @@ def image_span(row_ids: torch.Tensor, token_id: int, row: int) -> tuple[int, int
     """
     positions = torch.nonzero(row_ids == token_id).flatten()  # (N,)
     if positions.numel() == 0:
-        raise ValueError(
+        raise UserError(
             f"row {row} of input_ids holds no image token (id {token_id}); contrastive decoding needs one image "
             "per prompt. Build the inputs with the model's processor: processor(images=image, text=prompt) with "
             "one '<image>' in the prompt."
         )
     start, end = int(positions[0]), int(positions[-1]) + 1
     if end - start != positions.numel():
-        raise ValueError(
+        raise UserError(
             f"row {row} of input_ids holds more than one image (separate runs of image tokens between "
             f"positions {start} and {end - 1}); contrastive decoding needs exactly one image per prompt. "
             "Put one '<image>' in each prompt."
@@ -76,7 +77,7 @@ class HFLlavaAdapter(LanguageModelAdapter):
         sizes = "with" if image_sizes is not None else "without"
         wanted = ("a LlavaNextProcessor's (B, P, 3, H, W) tiles and image_sizes" if self._is_next
                   else "a LlavaProcessor's (B, 3, H, W) images")
-        raise ValueError(
+        raise UserError(
             f"pixel_values {shape} {sizes} image_sizes come from {made_by}, and the model is a "
             f"{type(self.model).__name__}, which takes {wanted}: load the checkpoint with the class its config.json "
             "names (model_type llava: LlavaForConditionalGeneration; llava_next: LlavaNextForConditionalGeneration) "
@@ -110,7 +111,7 @@ class HFLlavaAdapter(LanguageModelAdapter):
         features = self._image_features(images, image_sizes).to(embeds.device, embeds.dtype)  # (sum N_b, D)
         is_image = (input_ids == token_id).unsqueeze(-1)  # (B, T, 1)
         if int(is_image.sum()) != features.shape[0]:
-            raise ValueError(
+            raise UserError(
                 f"input_ids hold {int(is_image.sum())} image tokens but the images give {features.shape[0]} "
                 "features; build input_ids and pixel_values with the same processor call."
             )
@@ -127,18 +128,3 @@ class HFLlavaAdapter(LanguageModelAdapter):
         keep = attention_mask.bool() & (input_ids != image_token_id(self.model))  # (B, T)
         embeds = self.embed_tokens(input_ids.masked_fill(~keep, 0))  # (B, T, D)
         return left_align(embeds, keep)
-
-    def prepare_generation(self, input_ids: torch.Tensor, generate_kwargs: dict, method: str) -> GenerationSetup:
-        """The setup transformers' `generate` already prepared and handed to the custom decoding function."""
-        from .generation import generation_setup
-
-        return generation_setup(input_ids, generate_kwargs, method)
-
-    def bind_prompt_length(self, setup: GenerationSetup, prompt_length: int) -> None:
-        """Nothing to do: `generate` counted the processor's expanded ids, which ARE the merged positions."""
-
-    def make_output(self, sequences, scores, past_key_values, blind_tokens):
-        from .generation import contrastive_output
-
-        return contrastive_output(sequences, scores, past_key_values, blind_tokens)
-

@@ -20,29 +20,17 @@ from __future__ import annotations
 
 import functools
 import inspect
-from dataclasses import dataclass
-from typing import Optional
 
 import torch
-from transformers.generation import GenerateDecoderOnlyOutput
 
+from ...errors import UserError
 from ...decode import loop
 from ...decode.methods import method_names, pop_method
 from ...decode.adapter import GenerationSetup
+from ...decode.sampling import check_generation_config
 from .. import transformers_compat as compat
-from ..base import check_one_sequence_per_prompt
-
-
-@dataclass
-class ContrastiveGenerateOutput(GenerateDecoderOnlyOutput):
-    """transformers' `GenerateDecoderOnlyOutput` plus what the contrastive method used.
-
-    `scores` are the final per-step scores that were sampled from (after the contrast, the
-    plausibility cutoff and the logits processors); the cache (`past_key_values`; `cache` from
-    transformers 5.25) holds the ORIGINAL branch's rows; `blind_tokens` (AVC only) has one record per row.
-    """
-
-    blind_tokens: Optional[list] = None
+from ..base import ContrastiveGenerateOutput, check_one_sequence_per_prompt, contrastive_output
+from .adapter import HFLlavaAdapter
 
 
 def generation_setup(input_ids: torch.Tensor, kwargs: dict, method: str) -> GenerationSetup:
@@ -52,6 +40,7 @@ def generation_setup(input_ids: torch.Tensor, kwargs: dict, method: str) -> Gene
         ValueError: beam search or several return sequences (generate would have expanded the batch).
     """
     config = kwargs["generation_config"]
+    check_generation_config(config)  # the command line's rules, the same message on every backend
     check_one_sequence_per_prompt(config, method)
     eos = getattr(config, "_eos_token_tensor", None)
     pad = getattr(config, "_pad_token_tensor", None)
@@ -69,10 +58,19 @@ def generation_setup(input_ids: torch.Tensor, kwargs: dict, method: str) -> Gene
     )
 
 
-def contrastive_output(sequences, scores, past_key_values, blind_tokens) -> ContrastiveGenerateOutput:
-    """The dict-style output, with the original branch's rows as a DynamicCache, as generate returns it."""
-    cache = {compat.cache_field(ContrastiveGenerateOutput): compat.cache_from_layers(past_key_values)}
-    return ContrastiveGenerateOutput(sequences=sequences, scores=scores, blind_tokens=blind_tokens, **cache)
+class HFFrontEnd:
+    """The llava-hf backend's `GenerationFrontEnd`: what transformers' `generate` already prepared and
+    handed to the custom decoding function, and generate's output layout."""
+
+    def prepare(self, input_ids: torch.Tensor, generate_kwargs: dict, method: str) -> GenerationSetup:
+        return generation_setup(input_ids, generate_kwargs, method)
+
+    def bind_prompt_length(self, setup: GenerationSetup, prompt_length: int) -> None:
+        """Nothing to do: `generate` counted the processor's expanded ids, which ARE the merged positions."""
+
+    def make_output(self, sequences, scores, past_key_values, blind_tokens) -> ContrastiveGenerateOutput:
+        """The original branch's rows as a DynamicCache, as generate returns them."""
+        return contrastive_output(sequences, scores, compat.cache_from_layers(past_key_values), blind_tokens)
 
 
 class _WithMethodKeywords:
@@ -119,7 +117,7 @@ def contrastive_decoding(model, input_ids, logits_processor, stopping_criteria, 
     """
     config = pop_method(model_kwargs)
     if config is None:
-        raise ValueError(
+        raise UserError(
             "custom_generate=contrastive_decoding needs a method: pass avc=AVCConfig(), vcd=VCDConfig() or "
             "m3id=M3IDConfig() (or a registered method's keyword); for plain decoding call model.generate without "
             "custom_generate."
@@ -147,17 +145,15 @@ def lean_decoding(model, input_ids, logits_processor, stopping_criteria, generat
 def _decode(model, input_ids, config, sequential, pixel_values, image_sizes, prepared: dict, synced_gpus,
             model_kwargs: dict):
     """Check what generate handed over, then run the loop on the model's adapter."""
-    from .adapter import HFLlavaAdapter
-
     if synced_gpus:
-        raise ValueError("synced_gpus (DeepSpeed ZeRO-3 / FSDP generation) is not supported by contrastive decoding; "
-                         "generate on one process per model copy instead.")
+        raise UserError("synced_gpus (DeepSpeed ZeRO-3 / FSDP generation) is not supported by contrastive decoding; "
+                        "generate on one process per model copy instead.")
     attention_mask, encoder_outputs = compat.decoding_kwargs(model_kwargs)
     if encoder_outputs:
-        raise ValueError("precomputed image features (mm_encoder_outputs) are not supported: pass pixel_values.")
-    adapter = HFLlavaAdapter(model)
+        raise UserError("precomputed image features (mm_encoder_outputs) are not supported: pass pixel_values.")
+    adapter, front_end = HFLlavaAdapter(model), HFFrontEnd()
     if config is None:
-        return loop.lean_generate(adapter, input_ids, images=pixel_values, image_sizes=image_sizes,
+        return loop.lean_generate(adapter, front_end, input_ids, images=pixel_values, image_sizes=image_sizes,
                                   attention_mask=attention_mask, **prepared)
-    return loop.contrastive_generate(adapter, input_ids, images=pixel_values, image_sizes=image_sizes, config=config,
+    return loop.contrastive_generate(adapter, front_end, input_ids, images=pixel_values, image_sizes=image_sizes, config=config,
                                      sequential=sequential, attention_mask=attention_mask, **prepared)

@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import torch
 
+from ...errors import UserError
 from ..base import prompt_too_long, quiet_length_warning
 from . import prompts
 from .adapter import is_llava_next
@@ -52,8 +53,8 @@ def _model_class(model_path: str):
     config_file = Path(model_path) / "config.json"
     model_type = check_json_file(config_file).get("model_type") if config_file.is_file() else "llava"
     if model_type not in MODEL_TYPES:
-        raise ValueError(f"{model_path!r} has model_type {model_type!r}; the llava-hf backend loads "
-                         f"{', '.join(MODEL_TYPES)} checkpoints.")
+        raise UserError(f"{model_path!r} has model_type {model_type!r}; the llava-hf backend loads "
+                        f"{', '.join(MODEL_TYPES)} checkpoints.")
     return getattr(transformers, MODEL_TYPES[model_type])
 
 
@@ -81,6 +82,9 @@ class HFPipeline:
     processor: Any
     model: Any
 
+    def __post_init__(self):
+        self.processor.tokenizer.padding_side = "left"  # our batches are left-padded (set once, not per call)
+
     @classmethod
     def load(cls, model_path: str, model_base: Optional[str] = None, *, device: Optional[str] = None,
              load_4bit: bool = False, load_8bit: bool = False) -> "HFPipeline":
@@ -88,8 +92,8 @@ class HFPipeline:
         from transformers import AutoProcessor
 
         if model_base is not None:
-            raise ValueError(f"--model-base (={model_base!r}) is for original-LLaVA LoRA checkpoints; a llava-hf "
-                             "checkpoint is complete: drop --model-base.")
+            raise UserError(f"--model-base (={model_base!r}) is for original-LLaVA LoRA checkpoints; a llava-hf "
+                            "checkpoint is complete: drop --model-base.")
         check_quantization_supported(load_4bit, load_8bit, device or default_device())
         device = resolve_device(device)
         preflight(model_path)
@@ -153,7 +157,6 @@ class HFPipeline:
     def inputs(self, texts: list, pil_images: list, conv_mode: Optional[str] = None, center_crop: bool = False) -> dict:
         """One question per image -> the processor's left-padded batch on the model's device (`conv_mode` and
         `center_crop` as the module docstring says)."""
-        self.processor.tokenizer.padding_side = "left"
         images, image_kwargs = self._image_kwargs(pil_images, center_crop)
         batch = self.processor(images=images, text=[self.prompt(text, conv_mode) for text in texts],
                                return_tensors="pt", padding=True, **image_kwargs)

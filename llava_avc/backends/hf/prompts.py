@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ...errors import UserError
+
 #: `--conv-mode` value naming the checkpoint's own chat template (the default of `ask` on llava-hf).
 CHAT_TEMPLATE = "chat-template"
 #: LLaVA's conversation templates this backend renders: name -> system message.
@@ -29,9 +31,9 @@ def check_conv_mode(conv_mode: Optional[str]) -> None:
     """
     if conv_mode is None or conv_mode == CHAT_TEMPLATE or conv_mode in LLAVA_CONVERSATIONS:
         return
-    raise ValueError(f"--conv-mode (={conv_mode!r}) is not available for llava-hf checkpoints; choose "
-                     f"{CHAT_TEMPLATE!r} (the checkpoint's own chat template, the default of ask) or one of LLaVA's "
-                     f"{', '.join(repr(name) for name in LLAVA_CONVERSATIONS)}.")
+    raise UserError(f"--conv-mode (={conv_mode!r}) is not available for llava-hf checkpoints; choose "
+                    f"{CHAT_TEMPLATE!r} (the checkpoint's own chat template, the default of ask) or one of LLaVA's "
+                    f"{', '.join(repr(name) for name in LLAVA_CONVERSATIONS)}.")
 
 
 def llava_conversation(conv_mode: str, question: str, image_token: str) -> str:

@@ -8,10 +8,12 @@
     prompts    LLaVA prompts and image tensors (LLaVA's public script API)
     pipeline   `LlavaPipeline`: a loaded checkpoint for `ask` and `eval`
     health     what `llava-avc doctor` checks about the `llava` package
+    upstream   LLaVA's own generate (no method) on any supported transformers, without patching a class
     self_check a tiny random model in memory, on which the doctor runs the methods
 
 The monkey-patches that make unmodified LLaVA scripts use the method live in the repository's
-`patches/` folder (`llava_avc.patches`), which builds on this package.
+`patches/` folder (`llava_avc.patches`), which builds on this package; this package never imports it
+and never patches a class: its entry points call the decode loop (a method) or LLaVA's own generate.
 """
 
 
@@ -29,18 +31,21 @@ def model_adapter(model):
     return LlavaAdapter(model)
 
 
-def generate(model, input_ids, config=None, **generate_kwargs):
-    """The model's patched `generate`: `config`'s method, or upstream LLaVA decoding for None.
+def front_end(model):
+    """How the decode loop reads `generate`'s arguments for a LlavaLlamaForCausalLM."""
+    from .generation import LlavaFrontEnd
 
-    The patch is applied for the call (and left as it was found), so this works whether or not
-    the user called `llava_avc.patch_llava()`.
-    """
-    from llava_avc.patches.llava_patch import patched
+    return LlavaFrontEnd(model)
 
-    if config is not None:
-        generate_kwargs[config.method] = config
-    with patched():
-        return model.generate(input_ids, **generate_kwargs)
+
+def generate(model, input_ids, config=None, images=None, image_sizes=None, **generate_kwargs):
+    """`config`'s method in the decode loop, or (None) LLaVA's own generate: what `model.generate` does
+    after `llava_avc.patch_llava()`, with no class patched (`upstream`)."""
+    if config is None:
+        from .upstream import upstream_generate
+
+        return upstream_generate(model, input_ids, images, image_sizes, **generate_kwargs)
+    return contrastive_generate(model, input_ids, images, image_sizes, config, **generate_kwargs)
 
 
 def contrastive_generate(model, input_ids, images, image_sizes, config, sequential: bool = False, **generate_kwargs):
@@ -48,13 +53,13 @@ def contrastive_generate(model, input_ids, images, image_sizes, config, sequenti
     branches as two forwards (the official code's structure, for benchmarks)."""
     from ...decode import loop
 
-    return loop.contrastive_generate(model_adapter(model), input_ids, images=images, image_sizes=image_sizes,
-                                     config=config, sequential=sequential, **generate_kwargs)
+    return loop.contrastive_generate(model_adapter(model), front_end(model), input_ids, images=images,
+                                     image_sizes=image_sizes, config=config, sequential=sequential, **generate_kwargs)
 
 
 def lean_generate(model, input_ids, images, image_sizes, **generate_kwargs):
     """The package's own one-branch loop (the benchmarks' baseline): greedy equals upstream generate."""
     from ...decode import loop
 
-    return loop.lean_generate(model_adapter(model), input_ids, images=images, image_sizes=image_sizes,
+    return loop.lean_generate(model_adapter(model), front_end(model), input_ids, images=images, image_sizes=image_sizes,
                               **generate_kwargs)

@@ -2,8 +2,8 @@
 
 Everything the decoder needs from the model goes through `LlavaAdapter`: LLaVA's own multimodal
 merge (`prepare_inputs_labels_for_multimodal`), token embeddings, one forward of the language
-model with a KV cache, KV-cache surgery, the last-query attention probe (`probe.py`) and the
-generation front end of transformers (`generation.py`).
+model with a KV cache, KV-cache surgery and the last-query attention probe (`attention_probe.py`).
+What `generate`'s arguments mean is the front end's (`generation.LlavaFrontEnd`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import torch
 
 from llava.constants import IMAGE_TOKEN_INDEX
 
-from ...decode.adapter import GenerationSetup, MergedPrompt, left_align
+from ...errors import UserError
+from ...decode.adapter import MergedPrompt, left_align
 from ..base import LanguageModelAdapter
-from . import generation
 
 
 def image_token_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
@@ -53,13 +53,13 @@ class LlavaAdapter(LanguageModelAdapter):
         placeholders = image_token_positions(input_ids, attention_mask)
         for row, found in enumerate(placeholders):
             if len(found) != 1:
-                raise ValueError(
+                raise UserError(
                     f"row {row} of input_ids holds {len(found)} image placeholders ({IMAGE_TOKEN_INDEX}); "
                     "contrastive decoding needs exactly one image per prompt. Build the prompt with one "
                     "'<image>' and llava.mm_utils.tokenizer_image_token."
                 )
         if input_ids.shape[1] == 1:
-            raise ValueError("input_ids holds only the image placeholder; add the question text.")
+            raise UserError("input_ids holds only the image placeholder; add the question text.")
         _, _, merged_mask, _, embeds, _ = self.model.prepare_inputs_labels_for_multimodal(
             input_ids, None, attention_mask, None, None, images, image_sizes
         )
@@ -80,7 +80,7 @@ class LlavaAdapter(LanguageModelAdapter):
     def _check_not_truncated(self, merged_mask: torch.Tensor) -> None:
         limit = getattr(self.model.config, "tokenizer_model_max_length", None)
         if limit is not None and int(merged_mask.sum(-1).max()) >= limit:
-            raise ValueError(
+            raise UserError(
                 f"the merged prompt reaches tokenizer_model_max_length (={limit}), so LLaVA truncated it "
                 "and the image span cannot be trusted; shorten the question."
             )
@@ -97,15 +97,3 @@ class LlavaAdapter(LanguageModelAdapter):
         safe_ids = input_ids.masked_fill(~keep, 0)
         embeds = self.embed_tokens(safe_ids)  # (B, T, D)
         return left_align(embeds, keep)
-
-    def prepare_generation(self, input_ids: torch.Tensor, generate_kwargs: dict, method: str) -> GenerationSetup:
-        return generation.prepare_generation(self.model, input_ids.shape[0], input_ids.device, generate_kwargs,
-                                             method)
-
-    def bind_prompt_length(self, setup: GenerationSetup, prompt_length: int) -> None:
-        generation.bind_prompt_length(self.model, setup, prompt_length)
-
-    def make_output(self, sequences, scores, past_key_values, blind_tokens):
-        return generation.ContrastiveGenerateOutput(sequences=sequences, scores=scores,
-                                                    past_key_values=tuple(past_key_values),
-                                                    blind_tokens=blind_tokens)

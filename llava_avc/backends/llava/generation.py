@@ -9,16 +9,15 @@ own code here, so behaviour matches upstream LLaVA generate.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from transformers.generation import LogitsProcessorList, StoppingCriteriaList
-from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from ...errors import UserError
 from ...decode.adapter import GenerationSetup
 from ...decode.sampling import check_generation_config
-from ..base import check_one_sequence_per_prompt
+from ..base import ContrastiveGenerateOutput, check_one_sequence_per_prompt, contrastive_output
 from .. import transformers_compat
 from ..transformers_compat import generate_returns_leading_bos
 
@@ -26,17 +25,22 @@ from ..transformers_compat import generate_returns_leading_bos
 _ACCEPTED_MODEL_KWARGS = {"attention_mask", "use_cache", "position_ids"}
 
 
-@dataclass
-class ContrastiveGenerateOutput(GenerateDecoderOnlyOutput):
-    """`GenerateDecoderOnlyOutput` plus what the contrastive method used.
+class LlavaFrontEnd:
+    """The original backend's `GenerationFrontEnd`: `generate`'s raw keyword arguments, read by
+    transformers' own generation code (the functions below), and LLaVA's output layout."""
 
-    `scores` are the final per-step scores that were sampled from (after the contrast, the
-    plausibility cutoff, the logits processors and, when sampling, the warpers);
-    `past_key_values` holds the ORIGINAL branch's cache only; `blind_tokens` (AVC only) has one
-    record per row.
-    """
+    def __init__(self, model):
+        self.model = model
 
-    blind_tokens: Optional[list] = None
+    def prepare(self, input_ids: torch.Tensor, generate_kwargs: dict, method: str) -> GenerationSetup:
+        return prepare_generation(self.model, input_ids.shape[0], input_ids.device, generate_kwargs, method)
+
+    def bind_prompt_length(self, setup: GenerationSetup, prompt_length: int) -> None:
+        bind_prompt_length(self.model, setup, prompt_length)
+
+    def make_output(self, sequences, scores, past_key_values, blind_tokens) -> ContrastiveGenerateOutput:
+        """LLaVA's generate returns the original branch's cache as a tuple of (keys, values) per layer."""
+        return contrastive_output(sequences, scores, tuple(past_key_values), blind_tokens)
 
 
 def prepare_generation(model, batch_size: int, device, kwargs: dict, method: str) -> GenerationSetup:
@@ -89,7 +93,7 @@ def bind_prompt_length(model, setup: GenerationSetup, prompt_length: int) -> Non
                                                    setup.has_default_min_length, initial_length,
                                                    (setup.initial_ids.shape[0], prompt_length)):
         if config.max_length <= initial_length:
-            raise ValueError(
+            raise UserError(
                 f"`max_length` leaves no room for new tokens: with transformers >= 4.38 it counts the "
                 f"{prompt_length} prompt positions (text and image embeddings). Set max_new_tokens instead."
             )
@@ -104,25 +108,25 @@ def bind_prompt_length(model, setup: GenerationSetup, prompt_length: int) -> Non
 def _reject_unsupported(kwargs: dict, method: str) -> None:
     for name in ("assistant_model", "prefix_allowed_tokens_fn", "negative_prompt_ids"):
         if kwargs.get(name) is not None:
-            raise ValueError(f"`{name}` is not supported together with {method}; drop it or {method}.")
+            raise UserError(f"`{name}` is not supported together with {method}; drop it or {method}.")
     if "inputs_embeds" in kwargs:
-        raise ValueError("`inputs_embeds` is not supported (as in upstream LLaVA generate); pass input_ids and images.")
+        raise UserError("`inputs_embeds` is not supported (as in upstream LLaVA generate); pass input_ids and images.")
 
 
 def _check_mode(config, model_kwargs: dict, method: str) -> None:
     check_one_sequence_per_prompt(config, method)
     if config.penalty_alpha is not None and config.penalty_alpha > 0 and (config.top_k or 0) > 1:
-        raise ValueError(f"contrastive search (`penalty_alpha`) cannot be combined with {method}.")
+        raise UserError(f"contrastive search (`penalty_alpha`) cannot be combined with {method}.")
     unused = sorted(set(model_kwargs) - _ACCEPTED_MODEL_KWARGS)
     if unused:
-        raise ValueError(f"The following `model_kwargs` are not used by the model: {unused}")
+        raise UserError(f"The following `model_kwargs` are not used by the model: {unused}")
 
 
 def _initial_ids(config, batch_size: int, device) -> torch.Tensor:
     """The ids upstream LLaVA's generate output starts with (see transformers_compat.generate_returns_leading_bos)."""
     if generate_returns_leading_bos():
         if config.bos_token_id is None:
-            raise ValueError("`bos_token_id` must be set in the generation config.")
+            raise UserError("`bos_token_id` must be set in the generation config.")
         return torch.full((batch_size, 1), config.bos_token_id, dtype=torch.long, device=device)
     return torch.empty((batch_size, 0), dtype=torch.long, device=device)
 

@@ -24,6 +24,7 @@ from typing import Iterator, Optional
 
 import torch
 
+from ...errors import UserError
 from ..devices import check_quantization_supported, default_device, resolve_device
 from ..checkpoints import HUB_ID as _HUB_ID
 from ..checkpoints import check_json_file, own_vision_tower, preflight, quiet_loading_notes
@@ -32,7 +33,7 @@ from ..checkpoints import check_json_file, own_vision_tower, preflight, quiet_lo
 UNQUANTIZED_MODULES = ["mm_projector", "lm_head"]
 
 
-class NotALlavaCheckpointError(ValueError):
+class NotALlavaCheckpointError(UserError):
     """The path is not a LLaVA checkpoint directory (the message names what is missing)."""
 
 

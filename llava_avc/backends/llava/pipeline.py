@@ -1,35 +1,25 @@
 """A loaded original-LLaVA checkpoint with what `llava-avc ask` and `llava-avc eval` need.
 
-`LlavaPipeline` turns questions and PIL images into one left-padded `generate` call of the patched
-`LlavaLlamaForCausalLM` (prompts as `llava.eval.run_llava` builds them) and decodes the answers.
+`LlavaPipeline` turns questions and PIL images into one left-padded generate call on a
+`LlavaLlamaForCausalLM` (prompts as `llava.eval.run_llava` builds them; the backend's `generate`, no
+class patched) and decodes the answers.
 The command line and the eval harness talk to a pipeline, never to LLaVA directly.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Optional
 
 import torch
 
-from ...decode.loop import lean_generate
 from . import prompts
+from . import generate as backend_generate
+from . import lean_generate as backend_lean_generate
 from .adapter import LlavaAdapter
 from .loading import load_model
 from ..base import prompt_too_long, quiet_length_warning
-
-
-@contextmanager
-def _left_padding(model):
-    """LLaVA re-pads after merging the image; make upstream generate pad on the left like our batch."""
-    saved = getattr(model.config, "tokenizer_padding_side", "right")
-    model.config.tokenizer_padding_side = "left"
-    try:
-        yield
-    finally:
-        model.config.tokenizer_padding_side = saved
 
 
 def _most_features(model) -> int:
@@ -57,6 +47,11 @@ class LlavaPipeline:
     model: Any
     image_processor: Any
     context_len: int
+
+    def __post_init__(self):
+        # LLaVA re-pads the batch after merging the image; its own generate must pad on the left like our
+        # batches. Set once for the pipeline's model (the decode loop left-aligns whatever the setting).
+        self.model.config.tokenizer_padding_side = "left"
 
     @classmethod
     def load(cls, model_path: str, model_base: Optional[str] = None, *, device: Optional[str] = None,
@@ -101,25 +96,23 @@ class LlavaPipeline:
                 "image_sizes": [image.size for image in pil_images]}
 
     def generate(self, inputs: dict, config=None, row_seeds=None, **generate_kwargs):
-        """`model.generate` under llava-avc's patch, with `config`'s method (None: upstream decoding).
+        """`config`'s method in the decode loop, or (None) LLaVA's own generate (`upstream`; no class is
+        patched, so pipelines may decode in several threads at once).
 
         `row_seeds` (one int per row) give each row its own noise and sampling generators, so that a
         row's answer does not depend on its batch; plain SAMPLED decoding then runs in llava-avc's
         one-branch loop (upstream generate draws from torch's global RNG), greedy stays upstream's.
         """
-        from llava_avc.patches.llava_patch import patched
-
         self.check_prompt_fits(inputs)
         kwargs = dict(generate_kwargs, use_cache=True, attention_mask=inputs["attention_mask"],
                       images=inputs["images"], image_sizes=inputs["image_sizes"])
-        if config is not None:
-            kwargs[config.method] = config
         if row_seeds is not None and (config is not None or kwargs.get("do_sample")):
             kwargs["row_seeds"] = row_seeds
-        with patched(), _left_padding(self.model), torch.inference_mode():
+        with torch.inference_mode():
             if config is None and "row_seeds" in kwargs:
-                return lean_generate(LlavaAdapter(self.model), inputs["input_ids"], **kwargs)
-            return self.model.generate(inputs["input_ids"], **kwargs)
+                return backend_lean_generate(self.model, inputs["input_ids"], kwargs.pop("images"),
+                                             kwargs.pop("image_sizes"), **kwargs)
+            return backend_generate(self.model, inputs["input_ids"], config, **kwargs)
 
     def check_prompt_fits(self, inputs: dict) -> None:
         """Refuse, for every method (none included), a prompt whose text and image features reach
@@ -150,7 +143,6 @@ class LlavaPipeline:
     def find_blind_tokens(self, inputs: dict, config) -> list:
         """The blind tokens AVC would use for each row of `inputs` (the decoder's own code path)."""
         from ...decode.loop import find_blind_tokens
-        from .adapter import LlavaAdapter
 
         return find_blind_tokens(LlavaAdapter(self.model), inputs["input_ids"], inputs["images"],
                                  inputs["image_sizes"], config, attention_mask=inputs["attention_mask"])

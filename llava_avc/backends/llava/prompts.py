@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from ...errors import UserError
+
 
 #: The conversation template of `ask` and of the protocols' LLaVA-1.5 prompts when none is named.
 DEFAULT_CONV_MODE = "llava_v1"
@@ -19,8 +21,8 @@ def check_conv_mode(conv_mode) -> None:
     from llava.conversation import conv_templates
 
     if conv_mode is not None and conv_mode not in conv_templates:
-        raise ValueError(f"--conv-mode (={conv_mode!r}) is not one of LLaVA's conversation templates; choose one of "
-                         f"{', '.join(sorted(conv_templates))}.")
+        raise UserError(f"--conv-mode (={conv_mode!r}) is not one of LLaVA's conversation templates; choose one of "
+                        f"{', '.join(sorted(conv_templates))}.")
 
 
 def build_prompt(query: str, conv_mode: str, model_config) -> str:

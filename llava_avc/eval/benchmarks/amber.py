@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .. import questions as q
 from .. import score_amber
-from . import Benchmark, ScoreOptions
+from .base import Benchmark, ScoreOptions
 
 
 class Amber(Benchmark):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .. import questions as q
 from .. import score_mme
-from . import Benchmark, ScoreOptions
+from .base import Benchmark, ScoreOptions
 
 
 class MME(Benchmark):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .. import questions as q
 from .. import score_pope
-from . import Benchmark, ScoreOptions
+from .base import Benchmark, ScoreOptions
 
 
 class Pope(Benchmark):
