@@ -24,6 +24,7 @@ from typing import Iterator, Optional
 from llava_avc.backends.llava.compat import check_transformers_supported
 from llava_avc.backends.llava.upstream import ORIGINALS_ATTR as _ORIGINALS_ATTR
 from llava_avc.backends.llava.upstream import forward_without_new_kwargs, with_attention_mask
+from llava_avc.errors import UserError
 
 _MARKER_ATTR = "__llava_avc_patch__"
 _LOADER_KEY = "llava.model.builder.load_pretrained_model"
@@ -65,7 +66,7 @@ def _llava_class():
     try:
         from llava.model.language_model import llava_llama
     except ImportError as error:
-        raise RuntimeError(
+        raise UserError(
             f"cannot import LLaVA ({type(error).__name__}: {error}). Install it with "
             "`bash scripts/install.sh` or `pip install --no-deps llava-torch==1.2.2.post1`; "
             "`llava-avc doctor` shows the details."
@@ -78,10 +79,10 @@ def _check_patchable(cls) -> None:
     from llava import constants
 
     if not hasattr(constants, "IMAGE_TOKEN_INDEX"):
-        raise RuntimeError("this LLaVA has no llava.constants.IMAGE_TOKEN_INDEX; llava-avc needs LLaVA >= 1.1.")
+        raise UserError("this LLaVA has no llava.constants.IMAGE_TOKEN_INDEX; llava-avc needs LLaVA >= 1.1.")
     for name in ("generate", "forward", "prepare_inputs_labels_for_multimodal"):
         if not callable(getattr(cls, name, None)):
-            raise RuntimeError(f"LlavaLlamaForCausalLM has no `{name}`; this LLaVA version is not supported.")
+            raise UserError(f"LlavaLlamaForCausalLM has no `{name}`; this LLaVA version is not supported.")
 
 
 def _patched_generate(original):
@@ -147,7 +148,7 @@ def patch_llava() -> None:
     """Patch `LlavaLlamaForCausalLM.generate` / `.forward` (class-wide). A second call is a no-op.
 
     Raises:
-        RuntimeError: LLaVA cannot be imported, or the LLaVA/transformers versions are not
+        UserError: LLaVA cannot be imported, or the LLaVA/transformers versions are not
             supported; nothing is modified in that case.
     """
     cls = _llava_class()
@@ -204,7 +205,7 @@ def default_method(config: Optional[object]) -> Iterator[None]:
     `patch_llava()`.
     """
     if config is not None and not is_patched():
-        raise RuntimeError("default_method() needs the patch: call llava_avc.patch_llava() first.")
+        raise UserError("default_method() needs the patch: call llava_avc.patch_llava() first.")
     previous = _DEFAULT_METHOD.swap(config)
     try:
         yield

@@ -9,7 +9,7 @@ from PIL import Image
 from transformers.generation import LogitsProcessor, LogitsProcessorList, SuppressTokensLogitsProcessor
 
 from llava_avc.backends.llava import prompts
-from llava_avc.backends.transformers_compat import generate_returns_leading_bos
+from llava_avc.backends.transformers_compat import VERSION, generate_returns_leading_bos
 
 #: Small excerpts of the benchmarks' reference files (POPE, AMBER, with their licences), kept in the
 #: repository; fixtures/benchmarks/README.md says where they come from and how they were cut.
@@ -81,3 +81,14 @@ def avc_generate(loaded, image, new_tokens: int = 4):
         return model.generate(ids, images=images_for(model, image_processor, [image]), image_sizes=[image.size],
                               do_sample=False, max_new_tokens=new_tokens, logits_processor=no_eos(tokenizer),
                               avc=llava_avc.AVCConfig(), return_dict_in_generate=True)
+
+
+def set_attention_implementation(model, name: str) -> str:
+    """Switch the attention kernel of a loaded Llama-family model (to ask it for attention maps); returns
+    the previous name. From transformers 4.48 the kernel is looked up per call from
+    `config._attn_implementation`, so switching is enough; 4.37 builds one module class per implementation
+    at init, where `output_attentions=True` on sdpa falls back to eager by itself."""
+    previous = model.config._attn_implementation
+    if VERSION >= (4, 48, 0):
+        model.config._attn_implementation = name
+    return previous

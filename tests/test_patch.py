@@ -12,6 +12,7 @@ import llava_avc  # noqa: E402
 from llava_avc import AVCConfig  # noqa: E402
 from llava_avc.backends import transformers_compat  # noqa: E402
 from llava_avc.backends.llava import compat  # noqa: E402
+from llava_avc.errors import UserError  # noqa: E402
 
 from helpers import LEAD, QUESTIONS, images_for, no_eos, prompt_ids  # noqa: E402
 
@@ -68,7 +69,7 @@ def test_patched_context_keeps_a_patch_made_outside_it():
 def test_unsupported_transformers_refuses_and_mutates_nothing(monkeypatch):
     before = _class_state()
     monkeypatch.setattr(compat, "TRANSFORMERS_VERSION", (5, 0, 0))
-    with pytest.raises(RuntimeError, match="transformers >= 4.37 and < 4.58"):
+    with pytest.raises(UserError, match="transformers >= 4.37 and < 4.58"):
         llava_avc.patch_llava()
     assert _class_state() == before
 

@@ -7,10 +7,9 @@ import pytest
 pytest.importorskip("llava", reason="a test of the original-LLaVA backend: needs llava-torch (the hf profile has none)")
 import torch  # noqa: E402
 
-from llava_avc.backends import transformers_compat  # noqa: E402
 from llava_avc.backends.llava.adapter import LlavaAdapter  # noqa: E402
 
-from helpers import QUESTIONS, images_for, left_padded, prompt_ids, variant_images  # noqa: E402
+from helpers import QUESTIONS, images_for, left_padded, prompt_ids, set_attention_implementation, variant_images  # noqa: E402,E501
 
 
 def probe_and_eager(model, merged):
@@ -18,12 +17,12 @@ def probe_and_eager(model, merged):
     adapter = LlavaAdapter(model)
     with adapter.last_query_probe(merged.attention_mask) as probe:
         adapter.forward_last_logits(merged.embeds, merged.attention_mask, merged.position_ids, adapter.new_cache())
-    previous = transformers_compat.set_attention_implementation(model, "eager")  # sdpa returns no attentions on >= 4.53
+    previous = set_attention_implementation(model, "eager")  # sdpa returns no attentions on >= 4.53
     try:
         eager = model(inputs_embeds=merged.embeds, attention_mask=merged.attention_mask.long(),
                       position_ids=merged.position_ids, output_attentions=True).attentions
     finally:
-        transformers_compat.set_attention_implementation(model, previous)
+        set_attention_implementation(model, previous)
     return torch.stack(probe.attentions), torch.stack([layer[:, :, -1, :].float() for layer in eager])
 
 

@@ -15,10 +15,11 @@ from llava.conversation import conv_templates  # noqa: E402
 from llava.mm_utils import KeywordsStoppingCriteria, process_images, tokenizer_image_token  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from llava_avc.errors import UserError  # noqa: E402
 import llava_avc  # noqa: E402
+from llava_avc.errors import UserError  # noqa: E402
 from llava_avc.testing import tiny  # noqa: E402
-from llava_avc.backends import transformers_compat  # noqa: E402
+
+from helpers import set_attention_implementation  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTION = "Describe this image in detail."
@@ -124,13 +125,13 @@ def test_init_gives_clear_top1_and_peaky_image_attention(tiny_llava, sample_imag
     input_ids = _prompt_ids(tokenizer)
     start = int((input_ids[0] == IMAGE_TOKEN_INDEX).nonzero()[0])
     images = process_images([sample_image], image_processor, model.config)
-    previous = transformers_compat.set_attention_implementation(model, "eager")  # sdpa gives no attentions on >= 4.53
+    previous = set_attention_implementation(model, "eager")  # sdpa gives no attentions on >= 4.53
     try:
         with torch.no_grad():
             out = model(input_ids, images=images, image_sizes=[sample_image.size],
                         output_attentions=True)
     finally:
-        transformers_compat.set_attention_implementation(model, previous)
+        set_attention_implementation(model, previous)
     top2 = out.logits[0, -1].topk(2).values
     assert top2[0] - top2[1] > 0.05
     for layer_attn in out.attentions:

@@ -283,19 +283,6 @@ def needs_explicit_attention_mask() -> bool:
     return VERSION >= (4, 38, 0)
 
 
-def set_attention_implementation(model, name: str) -> str:
-    """Switch the attention kernel of a loaded Llama-family model; returns the previous name.
-
-    From transformers 4.48 the kernel is looked up per call from `config._attn_implementation`,
-    so switching is enough; 4.37 builds one module class per implementation at init, where
-    `output_attentions=True` on sdpa falls back to eager by itself.
-    """
-    previous = model.config._attn_implementation
-    if VERSION >= (4, 48, 0):
-        model.config._attn_implementation = name
-    return previous
-
-
 def prepare_special_tokens(model, config, has_attention_mask: bool, device) -> None:
     """`GenerationMixin._prepare_special_tokens` (4.41+: the tensors the processors read); none before."""
     if hasattr(model, "_prepare_special_tokens"):

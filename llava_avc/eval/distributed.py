@@ -136,8 +136,8 @@ def wait_for_shards(answers_files: list, keys: list, timeout_s: float, poll_s: f
             return
         if time.monotonic() > deadline:
             names = ", ".join(Path(path).name for path in missing)
-            raise TimeoutError(f"{len(missing)} shard(s) not finished after {timeout_s:.0f} s ({names}); their answers "
-                               "so far are saved: rerun the same command to finish and merge them.")
+            raise UserError(f"{len(missing)} shard(s) not finished after {timeout_s:.0f} s ({names}); their answers "
+                            "so far are saved: rerun the same command to finish and merge them.")
         if not announced:
             log(f"waiting for {len(missing)} other shard(s) to finish ...")
             announced = True

@@ -7,6 +7,7 @@ import hashlib
 import pytest
 
 from llava_avc.algorithm.seeds import derived_seed, question_seed
+from llava_avc.errors import UserError
 from llava_avc.eval.distributed import (LaunchContext, launch_context, mark_done, rank_device, shard_key,
                                         wait_for_shards)
 
@@ -65,10 +66,10 @@ def test_rank_zero_waits_for_every_shard_of_this_run(tmp_path):
     keys = [shard_key("abc", [1, 3]), shard_key("abc", [2, 4])]
     mark_done(shards[0], 2, keys[0])
     mark_done(shards[1], 2, shard_key("other-config", [2, 4]))
-    with pytest.raises(TimeoutError, match=r"1 shard\(s\) not finished after 0 s \(answers.chunk1of2.jsonl\)"):
+    with pytest.raises(UserError, match=r"1 shard\(s\) not finished after 0 s \(answers.chunk1of2.jsonl\)"):
         wait_for_shards(shards, keys, timeout_s=0, poll_s=0)
     mark_done(shards[1], 1, shard_key("abc", [2]))  # the same configuration, a smaller --limit: another shard
-    with pytest.raises(TimeoutError):
+    with pytest.raises(UserError):
         wait_for_shards(shards, keys, timeout_s=0, poll_s=0)
     mark_done(shards[1], 2, keys[1])
     wait_for_shards(shards, keys, timeout_s=0, poll_s=0)

@@ -4,9 +4,9 @@ LLaVA 1.2.2's `LlavaLlamaForCausalLM.forward` takes a fixed list of arguments; t
 `generate` passes it more (`cache_position`, `logits_to_keep`, `num_logits_to_keep`) and, from 4.38, cannot
 build LLaVA's position ids without an attention mask. `upstream_generate` runs LLaVA's own generate with
 both mended: the mask is built when missing (all ones, as 4.37 builds it), and the model INSTANCE gets,
-once, a forward that drops those three keywords before calling the forward it had (so a hook that
-accelerate put on the instance stays). Nothing is ever unpatched, so concurrent calls never see a class
-change under them. `patches/llava_patch.py` (users' `model.generate(avc=)`) builds on the same pieces.
+once, a forward that drops those three keywords during `upstream_generate` calls of its own thread and
+passes every other call through untouched (it wraps the forward the instance had, so a hook accelerate
+put there stays). Nothing is ever unpatched, so concurrent calls never see a class change under them. `patches/llava_patch.py` (users' `model.generate(avc=)`) builds on the same pieces.
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ ORIGINALS_ATTR = "_llava_avc_originals"
 DROPPED_FORWARD_KWARGS = ("cache_position", "logits_to_keep", "num_logits_to_keep")
 _SHIM_ATTR = "__llava_avc_forward_shim__"
 _SHIM_LOCK = threading.Lock()
+#: `active` is True in a thread while it runs `upstream_generate`.
+_IN_UPSTREAM_GENERATE = threading.local()
 
 
 def forward_without_new_kwargs(forward):
-    """`forward` that ignores `DROPPED_FORWARD_KWARGS` (the signature transformers inspects is kept)."""
+    """`forward` that always ignores `DROPPED_FORWARD_KWARGS` (the patch's class-wide forward; the signature
+    transformers inspects is kept)."""
 
     @functools.wraps(forward)
     def without_new_kwargs(*args, **kwargs):
@@ -35,7 +38,6 @@ def forward_without_new_kwargs(forward):
             kwargs.pop(name, None)
         return forward(*args, **kwargs)
 
-    setattr(without_new_kwargs, _SHIM_ATTR, True)
     return without_new_kwargs
 
 
@@ -50,11 +52,26 @@ def own_function(model_class, name: str):
     raise AttributeError(f"{model_class.__name__} has no {name!r}")
 
 
+def _forward_in_upstream_generate(forward):
+    """`forward` that ignores `DROPPED_FORWARD_KWARGS` while its thread runs `upstream_generate`, and is
+    `forward` itself for every other call."""
+
+    @functools.wraps(forward)
+    def forward_in_upstream_generate(*args, **kwargs):
+        if getattr(_IN_UPSTREAM_GENERATE, "active", False):
+            for name in DROPPED_FORWARD_KWARGS:
+                kwargs.pop(name, None)
+        return forward(*args, **kwargs)
+
+    setattr(forward_in_upstream_generate, _SHIM_ATTR, True)
+    return forward_in_upstream_generate
+
+
 def ensure_forward_shim(model) -> None:
-    """Give `model` (once; idempotent, thread-safe) a forward that drops `DROPPED_FORWARD_KWARGS`."""
+    """Give `model` (once; idempotent, thread-safe) the forward of `_forward_in_upstream_generate`."""
     with _SHIM_LOCK:
         if not getattr(model.forward, _SHIM_ATTR, False):
-            model.forward = forward_without_new_kwargs(model.forward)
+            model.forward = _forward_in_upstream_generate(model.forward)
 
 
 def with_attention_mask(inputs, kwargs: dict) -> dict:
@@ -68,4 +85,9 @@ def upstream_generate(model, inputs=None, images=None, image_sizes=None, **kwarg
     """LLaVA's own `generate(inputs, images, image_sizes, **kwargs)` on this transformers, unpatched."""
     ensure_forward_shim(model)
     generate = own_function(type(model), "generate")
-    return generate(model, inputs, images, image_sizes, **with_attention_mask(inputs, kwargs))
+    outer = getattr(_IN_UPSTREAM_GENERATE, "active", False)
+    _IN_UPSTREAM_GENERATE.active = True
+    try:
+        return generate(model, inputs, images, image_sizes, **with_attention_mask(inputs, kwargs))
+    finally:
+        _IN_UPSTREAM_GENERATE.active = outer
