@@ -121,6 +121,25 @@ def test_patched_forward_drops_cache_position_that_llava_rejects(tiny_llava, sam
     assert logits.shape[:2] == ids.shape
 
 
+def test_upstream_decoding_without_the_patch_leaves_the_model_as_it_was(tiny_llava, sample_image):
+    """llava_avc.generate without a method runs LLaVA's own generate on any supported transformers without
+    patching a class; afterwards the model's forward still rejects cache_position by itself, and a later
+    patch still applies to it."""
+    tokenizer, model, image_processor, _ = tiny_llava
+    ids = prompt_ids(tokenizer, QUESTIONS[0]).unsqueeze(0)
+    images = images_for(model, image_processor, [sample_image])
+    assert not llava_avc.is_patched()
+    out = llava_avc.generate(model, ids, images=images, image_sizes=[sample_image.size], do_sample=False,
+                             max_new_tokens=3, logits_processor=no_eos(tokenizer))
+    assert out.shape[0] == 1 and not llava_avc.is_patched()
+    text_ids = ids[ids != -200].unsqueeze(0)
+    with pytest.raises(TypeError, match="cache_position"):
+        model(input_ids=text_ids, cache_position=torch.arange(text_ids.shape[1]))
+    with llava_avc.patched():
+        logits = model(input_ids=text_ids, cache_position=torch.arange(text_ids.shape[1])).logits
+    assert logits.shape[:2] == text_ids.shape
+
+
 def test_avc_keyword_works_only_while_patched(tiny_llava, sample_image):
     tokenizer, model, image_processor, _ = tiny_llava
     ids = prompt_ids(tokenizer, QUESTIONS[0]).unsqueeze(0)

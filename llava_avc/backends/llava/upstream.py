@@ -3,16 +3,18 @@
 LLaVA 1.2.2's `LlavaLlamaForCausalLM.forward` takes a fixed list of arguments; transformers >= 4.38's
 `generate` passes it more (`cache_position`, `logits_to_keep`, `num_logits_to_keep`) and, from 4.38, cannot
 build LLaVA's position ids without an attention mask. `upstream_generate` runs LLaVA's own generate with
-both mended: the mask is built when missing (all ones, as 4.37 builds it), and the model INSTANCE gets,
-once, a forward that drops those three keywords during `upstream_generate` calls of its own thread and
-passes every other call through untouched (it wraps the forward the instance had, so a hook accelerate
-put there stays). Nothing is ever unpatched, so concurrent calls never see a class change under them. `patches/llava_patch.py` (users' `model.generate(avc=)`) builds on the same pieces.
+both mended: the mask is built when missing (all ones, as 4.37 builds it), and the model gets, once, a
+forward PRE-HOOK that drops those three keywords during `upstream_generate` calls of its own thread and
+leaves every other call untouched (its `forward` itself is not replaced: a later `patch_llava()`, or a
+hook accelerate put on the instance, still applies). Nothing is ever unpatched, so concurrent calls never
+see a class change under them. `patches/llava_patch.py` (users' `model.generate(avc=)`) builds on the same pieces.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+import weakref
 
 import torch
 
@@ -22,8 +24,9 @@ from ..transformers_compat import needs_explicit_attention_mask
 ORIGINALS_ATTR = "_llava_avc_originals"
 #: Keyword arguments newer transformers' generate passes to forward that LLaVA 1.2.2's forward rejects.
 DROPPED_FORWARD_KWARGS = ("cache_position", "logits_to_keep", "num_logits_to_keep")
-_SHIM_ATTR = "__llava_avc_forward_shim__"
-_SHIM_LOCK = threading.Lock()
+_FILTER_LOCK = threading.Lock()
+#: The models that carry the `_drop_new_kwargs` pre-hook.
+_FILTERED: "weakref.WeakSet" = weakref.WeakSet()
 #: `active` is True in a thread while it runs `upstream_generate`.
 _IN_UPSTREAM_GENERATE = threading.local()
 
@@ -52,26 +55,20 @@ def own_function(model_class, name: str):
     raise AttributeError(f"{model_class.__name__} has no {name!r}")
 
 
-def _forward_in_upstream_generate(forward):
-    """`forward` that ignores `DROPPED_FORWARD_KWARGS` while its thread runs `upstream_generate`, and is
-    `forward` itself for every other call."""
-
-    @functools.wraps(forward)
-    def forward_in_upstream_generate(*args, **kwargs):
-        if getattr(_IN_UPSTREAM_GENERATE, "active", False):
-            for name in DROPPED_FORWARD_KWARGS:
-                kwargs.pop(name, None)
-        return forward(*args, **kwargs)
-
-    setattr(forward_in_upstream_generate, _SHIM_ATTR, True)
-    return forward_in_upstream_generate
+def _drop_new_kwargs(module, args, kwargs):
+    """Forward pre-hook: inside `upstream_generate` (this thread), the forward's kwargs without
+    `DROPPED_FORWARD_KWARGS`; otherwise no change."""
+    if not getattr(_IN_UPSTREAM_GENERATE, "active", False):
+        return None
+    return args, {name: value for name, value in kwargs.items() if name not in DROPPED_FORWARD_KWARGS}
 
 
-def ensure_forward_shim(model) -> None:
-    """Give `model` (once; idempotent, thread-safe) the forward of `_forward_in_upstream_generate`."""
-    with _SHIM_LOCK:
-        if not getattr(model.forward, _SHIM_ATTR, False):
-            model.forward = _forward_in_upstream_generate(model.forward)
+def ensure_keyword_filter(model) -> None:
+    """Register `_drop_new_kwargs` on `model` once (idempotent, thread-safe)."""
+    with _FILTER_LOCK:
+        if model not in _FILTERED:
+            model.register_forward_pre_hook(_drop_new_kwargs, with_kwargs=True)
+            _FILTERED.add(model)
 
 
 def with_attention_mask(inputs, kwargs: dict) -> dict:
@@ -83,7 +80,7 @@ def with_attention_mask(inputs, kwargs: dict) -> dict:
 
 def upstream_generate(model, inputs=None, images=None, image_sizes=None, **kwargs):
     """LLaVA's own `generate(inputs, images, image_sizes, **kwargs)` on this transformers, unpatched."""
-    ensure_forward_shim(model)
+    ensure_keyword_filter(model)
     generate = own_function(type(model), "generate")
     outer = getattr(_IN_UPSTREAM_GENERATE, "active", False)
     _IN_UPSTREAM_GENERATE.active = True
