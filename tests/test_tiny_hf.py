@@ -179,7 +179,7 @@ def test_verify_rejects_a_missing_and_an_unexpected_key(hf_dirs, tmp_path):
     state = load_file(str(broken / "model.safetensors"))
     state["extra.weight"] = state.pop("multi_modal_projector.linear_2.bias")
     save_file(state, str(broken / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(RuntimeError) as error:
         verify_hf_checkpoint(broken)
     assert "linear_2.bias" in str(error.value) and "extra.weight" in str(error.value)
     verify_hf_checkpoint(hf_dirs["tiny"])
