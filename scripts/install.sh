@@ -4,6 +4,7 @@
 #   bash scripts/install.sh                    # into ./.venv (created if missing)
 #   bash scripts/install.sh --profile 4.57     # the newest-4.x profile, into ./.venv-457
 #   bash scripts/install.sh --profile hf       # llava-hf on transformers 5, NO llava, into ./.venv-hf
+#   bash scripts/install.sh --profile lmms     # the hf profile plus lmms-eval (`--model llava_hf_avc`), .venv-lmms
 #   bash scripts/install.sh --profile newest   # llava-hf on whatever transformers pip serves NOW (unpinned,
 #                                              #   re-resolved on every run), NO llava, into ./.venv-newest
 #   bash scripts/install.sh --python PYTHON    # into an existing environment (its python)
@@ -11,7 +12,8 @@
 # Profiles (requirements/pins-<profile>.txt): 4.37 = transformers 4.37.2, LLaVA's own pin (default);
 # 4.57 = transformers 4.57.x, which LLaVA 1.2.2 runs on only through llava-avc's patch (the llava-hf
 # backend runs there too); hf = transformers 5.x with the llava-hf backend only; newest = the hf profile
-# without pins, to catch the next transformers release before users do (`bash scripts/test.sh --newest`).
+# without pins, to catch the next transformers release before users do (`bash scripts/test.sh --newest`);
+# lmms = the hf profile with lmms-eval 0.7.3 (the `lmms` extra), for tests/test_lmms_eval.py.
 #
 # 1. torch: an existing torch >= 2.1 is kept (a user's CUDA build is never replaced); otherwise
 #    torch==2.13.0 is installed.
@@ -30,8 +32,8 @@ profile=4.37
 while [ $# -gt 0 ]; do
   case "$1" in
     --python) python_bin="${2:?--python needs a path}"; shift 2 ;;
-    --profile) profile="${2:?--profile needs 4.37, 4.57, hf or newest}"; shift 2 ;;
-    *) echo "install.sh: unknown argument $1 (use --python PATH, --profile 4.37|4.57|hf|newest)" >&2; exit 2 ;;
+    --profile) profile="${2:?--profile needs 4.37, 4.57, hf, lmms or newest}"; shift 2 ;;
+    *) echo "install.sh: unknown argument $1 (use --python PATH, --profile 4.37|4.57|hf|lmms|newest)" >&2; exit 2 ;;
   esac
 done
 pins="requirements/pins-$profile.txt"
@@ -62,6 +64,8 @@ stamp="$prefix/.llava-avc-install-stamp"
 digest=$(cat setup.cfg pyproject.toml "$pins" scripts/install.sh | sha256sum | cut -c1-16)
 if [ "$profile" = hf ]; then
   extras="hf,test"; needed="llava_avc, torch, transformers"
+elif [ "$profile" = lmms ]; then
+  extras="hf,test,lmms"; needed="llava_avc, torch, transformers, lmms_eval"
 else
   extras="llava,test,serve"; needed="llava_avc, llava, torch, transformers"
 fi
@@ -87,7 +91,15 @@ fi
 echo "llava-avc: installing llava-avc and its runtime set" >&2
 "${pip[@]}" -c "$pins" -e ".[$extras]"
 
-if [ "$profile" = hf ]; then
+if [ "$profile" = lmms ]; then
+  # Two overrides of lmms-eval's own resolve (requirements/pins-lmms.txt says why).
+  "${pip[@]}" protobuf==7.36.2
+  if ! "$python_bin" -c 'import torchvision' 2>/dev/null; then
+    echo "llava-avc: removing torchvision (a CUDA build beside a CPU torch)" >&2
+    "$python_bin" -m pip uninstall --quiet --yes torchvision
+  fi
+fi
+if [ "$profile" = hf ] || [ "$profile" = lmms ]; then
   :  # the llava-hf backend needs no llava
 elif "$python_bin" -c 'import llava' 2>/dev/null; then
   echo "llava-avc: keeping LLaVA from $("$python_bin" -c 'import llava, os; print(os.path.dirname(llava.__file__))')" >&2
