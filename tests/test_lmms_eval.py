@@ -125,7 +125,8 @@ def test_method_avc_answers_as_llava_avc_generate_and_records_the_method(pope_ta
 
     task, docs = pope_task
     out = tmp_path / "avc"
-    answers = _lmms_eval(task, out, "llava_hf_avc", f"pretrained={tiny_hf_dir},device_map=cpu,method=avc,alpha=1.5,gamma=0.4")
+    answers = _lmms_eval(task, out, "llava_hf_avc",
+                         f"pretrained={tiny_hf_dir},device_map=cpu,method=avc,alpha=1.5,gamma=0.4")
     model = LlavaForConditionalGeneration.from_pretrained(tiny_hf_dir).eval()
     processor = AutoProcessor.from_pretrained(tiny_hf_dir)
     eos = processor.tokenizer.eos_token_id

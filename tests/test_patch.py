@@ -110,15 +110,18 @@ def test_without_method_keywords_the_upstream_path_runs(tiny_llava, sample_image
     assert torch.equal(patched_forward, upstream_forward)
 
 
+def _assert_only_the_patch_drops_cache_position(model, text_ids) -> None:
+    with pytest.raises(TypeError, match="cache_position"):
+        model(input_ids=text_ids, cache_position=torch.arange(text_ids.shape[1]))
+    with llava_avc.patched():
+        logits = model(input_ids=text_ids, cache_position=torch.arange(text_ids.shape[1])).logits
+    assert logits.shape[:2] == text_ids.shape
+
+
 def test_patched_forward_drops_cache_position_that_llava_rejects(tiny_llava, sample_image):
     tokenizer, model, _, _ = tiny_llava
     ids = prompt_ids(tokenizer, "Hello there").unsqueeze(0)
-    ids = ids[ids != -200].unsqueeze(0)
-    with pytest.raises(TypeError, match="cache_position"):
-        model(input_ids=ids, cache_position=torch.arange(ids.shape[1]))
-    with llava_avc.patched():
-        logits = model(input_ids=ids, cache_position=torch.arange(ids.shape[1])).logits
-    assert logits.shape[:2] == ids.shape
+    _assert_only_the_patch_drops_cache_position(model, ids[ids != -200].unsqueeze(0))
 
 
 def test_upstream_decoding_without_the_patch_leaves_the_model_as_it_was(tiny_llava, sample_image):
@@ -132,12 +135,7 @@ def test_upstream_decoding_without_the_patch_leaves_the_model_as_it_was(tiny_lla
     out = llava_avc.generate(model, ids, images=images, image_sizes=[sample_image.size], do_sample=False,
                              max_new_tokens=3, logits_processor=no_eos(tokenizer))
     assert out.shape[0] == 1 and not llava_avc.is_patched()
-    text_ids = ids[ids != -200].unsqueeze(0)
-    with pytest.raises(TypeError, match="cache_position"):
-        model(input_ids=text_ids, cache_position=torch.arange(text_ids.shape[1]))
-    with llava_avc.patched():
-        logits = model(input_ids=text_ids, cache_position=torch.arange(text_ids.shape[1])).logits
-    assert logits.shape[:2] == text_ids.shape
+    _assert_only_the_patch_drops_cache_position(model, ids[ids != -200].unsqueeze(0))
 
 
 def test_avc_keyword_works_only_while_patched(tiny_llava, sample_image):

@@ -114,6 +114,19 @@ def generation_kwargs(gen_kwargs: dict, use_cache: bool, eos_token_id) -> dict:
 class _WithMethod:
     """What both classes add to lmms-eval's llava_hf: the method, batches, per-question seeds."""
 
+    #: Where a request's args hold the task's gen_kwargs (simple: 1, chat: 2); doc_id, task and split are
+    #: args 3, 4 and 5 in both flavours.
+    GEN_KWARGS_ARG = 1
+
+    def _in_batches(self, requests) -> tuple:
+        """(lmms-eval's Collator, its batches): requests ordered by doc id, each batch of one task, split
+        and gen_kwargs; `Collator.get_original` puts the answers back in request order."""
+        gen = self.GEN_KWARGS_ARG
+        order = utils.Collator([request.args for request in requests], lambda args: (args[3], args[3]),
+                               group_fn=lambda args: {"task": args[4], "split": args[5], "gen": repr(args[gen])},
+                               grouping=True)
+        return order, order.get_batched(n=self.batch_size, batch_fn=None)
+
     def _choose_method(self, model_args: dict) -> dict:
         self.choice, rest = method_choice(model_args)
         return rest
@@ -173,11 +186,9 @@ class LlavaHfAvc(_WithMethod, _LmmsLlavaHf):
                                                   add_generation_prompt=True)
 
     def generate_until(self, requests) -> list:
-        # args: (context, gen_kwargs, doc_to_visual, doc_id, task, split); a batch shares task, split, gen_kwargs
-        order = utils.Collator([request.args for request in requests], lambda args: (args[3], args[3]),
-                               group_fn=lambda args: {"task": args[4], "split": args[5], "gen": repr(args[1])}, grouping=True)
+        order, batches = self._in_batches(requests)
         answers = []
-        for chunk in order.get_batched(n=self.batch_size, batch_fn=None):
+        for chunk in batches:  # args: (context, gen_kwargs, doc_to_visual, doc_id, task, split)
             contexts, all_gen_kwargs, doc_to_visual, doc_ids, tasks, splits = zip(*chunk)
             documents = [self.task_dict[tasks[0]][splits[0]][doc_id] for doc_id in doc_ids]
             visuals = [list(doc_to_visual[0](document)) for document in documents]
@@ -192,24 +203,24 @@ class LlavaHfAvcChat(_WithMethod, _LmmsLlavaHfChat):
     """`--model llava_hf_avc`: lmms-eval's chat llava_hf with a method."""
 
     is_simple = False
+    GEN_KWARGS_ARG = 2
 
     def __init__(self, pretrained: str = "llava-hf/llava-1.5-7b-hf", **model_args) -> None:
         super().__init__(pretrained=pretrained, **self._choose_method(model_args))
         self._after_load()
 
     def generate_until(self, requests) -> list:
-        # args: (context, doc_to_messages, gen_kwargs, doc_id, task, split); a batch shares task, split, gen_kwargs
-        order = utils.Collator([request.args for request in requests], lambda args: (args[3], args[3]),
-                               group_fn=lambda args: {"task": args[4], "split": args[5], "gen": repr(args[2])}, grouping=True)
+        order, batches = self._in_batches(requests)
         results = []
-        for chunk in order.get_batched(n=self.batch_size, batch_fn=None):
+        for chunk in batches:  # args: (context, doc_to_messages, gen_kwargs, doc_id, task, split)
             _, doc_to_messages, all_gen_kwargs, doc_ids, tasks, splits = zip(*chunk)
             texts, images = [], []
             for doc_id in doc_ids:
                 chat = ChatMessages(messages=doc_to_messages[0](self.task_dict[tasks[0]][splits[0]][doc_id]))
                 visuals, videos, _ = chat.extract_media()
                 if videos:
-                    raise UserError(f"llava_hf_avc answers questions about images; {tasks[0]} doc {doc_id} has a video.")
+                    raise UserError(f"llava_hf_avc answers questions about images; {tasks[0]} doc {doc_id} has a "
+                                    "video.")
                 texts.append(self._image_processor.apply_chat_template(chat.model_dump()["messages"], tokenize=False,
                                                                        add_generation_prompt=True))
                 images.extend(visuals)
