@@ -411,28 +411,28 @@ def _note(row: dict) -> str:
     return note if len(note) <= NOTE_WIDTH else note[:NOTE_WIDTH - len(ELLIPSIS)] + ELLIPSIS
 
 
+def _markdown(header: list[str], cells: list[list[str]]) -> list[str]:
+    """A markdown table: the header row, the rule, one row per entry of `cells`."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(row) + " |"
+                                                                            for row in cells]
+
+
 def _rows_table(rows: list[dict]) -> list[str]:
-    lines = ["| method | dtype | batch | new_tokens | prefill_ms | decode_ms_per_token | tokens_per_s "
-             "| peak_mem_gib | device | note |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['method']} | {r['dtype']} | {r['batch']} | {r['new_tokens']} | {_cell(r['prefill_ms'], 1)} "
-            f"| {_cell(r['decode_ms_per_token'], 2)} | {_cell(r['tokens_per_s'], 1)} "
-            f"| {_cell(r['peak_mem_gib'], 2)} | {r['device']} | {_note(r)} |"
-        )
-    return lines
+    header = ["method", "dtype", "batch", "new_tokens", "prefill_ms", "decode_ms_per_token", "tokens_per_s",
+              "peak_mem_gib", "device", "note"]
+    return _markdown(header, [[str(r["method"]), str(r["dtype"]), str(r["batch"]), str(r["new_tokens"]),
+                               _cell(r["prefill_ms"], 1), _cell(r["decode_ms_per_token"], 2),
+                               _cell(r["tokens_per_s"], 1), _cell(r["peak_mem_gib"], 2), str(r["device"]), _note(r)]
+                              for r in rows])
 
 
 def _ratios_table(records: list[dict]) -> list[str]:
-    lines = ["| dtype | batch | new_tokens | avc/lean decode | avc/plain end-to-end | avc/plain prefill "
-             "| avc_sequential/lean decode |", "|---|---|---|---|---|---|---|"]
-    for r in records:
-        lines.append(
-            f"| {r['dtype']} | {r['batch']} | {r['new_tokens']} | {_cell(r['avc_over_lean_decode'], 2)} "
-            f"| {_cell(r['avc_over_plain_e2e'], 2)} | {_cell(r['avc_over_plain_prefill'], 2)} "
-            f"| {_cell(r['avc_sequential_over_lean_decode'], 2)} |"
-        )
-    return lines
+    header = ["dtype", "batch", "new_tokens", "avc/lean decode", "avc/plain end-to-end", "avc/plain prefill",
+              "avc_sequential/lean decode"]
+    return _markdown(header, [[str(r["dtype"]), str(r["batch"]), str(r["new_tokens"]),
+                               _cell(r["avc_over_lean_decode"], 2), _cell(r["avc_over_plain_e2e"], 2),
+                               _cell(r["avc_over_plain_prefill"], 2), _cell(r["avc_sequential_over_lean_decode"], 2)]
+                              for r in records])
 
 
 def format_table(rows: list[dict], info: Optional[dict] = None) -> str:
