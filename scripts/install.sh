@@ -5,6 +5,7 @@
 #   bash scripts/install.sh --profile 4.57     # the newest-4.x profile, into ./.venv-457
 #   bash scripts/install.sh --profile hf       # llava-hf on transformers 5, NO llava, into ./.venv-hf
 #   bash scripts/install.sh --profile lmms     # the hf profile plus lmms-eval (`--model llava_hf_avc`), .venv-lmms
+#   bash scripts/install.sh --profile lmms-457 # the 4.57 profile plus lmms-eval (`--model llava_avc`), .venv-lmms-457
 #   bash scripts/install.sh --profile newest   # llava-hf on whatever transformers pip serves NOW (unpinned,
 #                                              #   re-resolved on every run), NO llava, into ./.venv-newest
 #   bash scripts/install.sh --python PYTHON    # into an existing environment (its python)
@@ -13,7 +14,9 @@
 # 4.57 = transformers 4.57.x, which LLaVA 1.2.2 runs on only through llava-avc's patch (the llava-hf
 # backend runs there too); hf = transformers 5.x with the llava-hf backend only; newest = the hf profile
 # without pins, to catch the next transformers release before users do (`bash scripts/test.sh --newest`);
-# lmms = the hf profile with lmms-eval 0.7.3 (the `lmms` extra), for tests/test_lmms_eval.py.
+# lmms = the hf profile with lmms-eval 0.7.3 (the `lmms` extra), for tests/test_lmms_eval.py; lmms-457 = the
+# 4.57 profile with LLaVA and lmms-eval 0.7.3, for tests/test_lmms_eval_llava.py (lmms-eval needs
+# transformers >= 4.39.2, so not beside LLaVA's own pin 4.37.2).
 #
 # 1. torch: an existing torch >= 2.1 is kept (a user's CUDA build is never replaced); otherwise
 #    torch==2.13.0 is installed.
@@ -32,8 +35,9 @@ profile=4.37
 while [ $# -gt 0 ]; do
   case "$1" in
     --python) python_bin="${2:?--python needs a path}"; shift 2 ;;
-    --profile) profile="${2:?--profile needs 4.37, 4.57, hf, lmms or newest}"; shift 2 ;;
-    *) echo "install.sh: unknown argument $1 (use --python PATH, --profile 4.37|4.57|hf|lmms|newest)" >&2; exit 2 ;;
+    --profile) profile="${2:?--profile needs 4.37, 4.57, hf, lmms, lmms-457 or newest}"; shift 2 ;;
+    *) echo "install.sh: unknown argument $1 (use --python PATH, --profile 4.37|4.57|hf|lmms|lmms-457|newest)" >&2
+       exit 2 ;;
   esac
 done
 pins="requirements/pins-$profile.txt"
@@ -66,6 +70,8 @@ if [ "$profile" = hf ]; then
   extras="hf,test"; needed="llava_avc, torch, transformers"
 elif [ "$profile" = lmms ]; then
   extras="hf,test,lmms"; needed="llava_avc, torch, transformers, lmms_eval"
+elif [ "$profile" = lmms-457 ]; then
+  extras="llava,test,serve,lmms"; needed="llava_avc, llava, torch, transformers, lmms_eval"
 else
   extras="llava,test,serve"; needed="llava_avc, llava, torch, transformers"
 fi
@@ -91,7 +97,7 @@ fi
 echo "llava-avc: installing llava-avc and its runtime set" >&2
 "${pip[@]}" -c "$pins" -e ".[$extras]"
 
-if [ "$profile" = lmms ]; then
+if [ "$profile" = lmms ] || [ "$profile" = lmms-457 ]; then
   # Two overrides of lmms-eval's own resolve (requirements/pins-lmms.txt says why).
   "${pip[@]}" protobuf==7.36.2
   if ! "$python_bin" -c 'import torchvision' 2>/dev/null; then

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run the test suite (CPU only; tiny random LLaVA checkpoints built offline). Sets itself up first.
-#   bash scripts/test.sh [pytest args]            # everything, on the four profiles: 4.37.2 (LLaVA's
+#   bash scripts/test.sh [pytest args]            # everything, on the five profiles: 4.37.2 (LLaVA's
 #                                                 #   pin, .venv), 4.57.x (.venv-457; both backends),
 #                                                 #   hf (transformers 5.x, llava-hf only, no llava; .venv-hf)
-#                                                 #   and lmms (hf + lmms-eval: tests/test_lmms_eval.py only)
+#                                                 #   lmms (hf + lmms-eval: tests/test_lmms_eval.py only) and
+#                                                 #   lmms-457 (4.57 + LLaVA + lmms-eval: tests/test_lmms_eval_llava.py)
 #   bash scripts/test.sh --fast [pytest args]     # the fast lane: unit tests + one end-to-end AVC test,
 #                                                 #   on the 4.37 profile only (under 2 minutes on 2 cores)
 #   bash scripts/test.sh --newest [pytest args]   # the llava-hf suite on the newest transformers pip serves NOW
@@ -23,7 +24,7 @@ elif [ "${1:-}" = "--newest" ]; then
   profiles=newest
   pytest_options=(-n "${TEST_WORKERS:-2}")
 else
-  profiles=${PROFILES:-"4.37 4.57 hf lmms"}
+  profiles=${PROFILES:-"4.37 4.57 hf lmms lmms-457"}
   # Two pytest workers (pytest-xdist): most tests wait on a subprocess's imports, so two overlap well on
   # two cores. TEST_WORKERS=0 runs in one process.
   pytest_options=(-n "${TEST_WORKERS:-2}")
@@ -48,7 +49,7 @@ fi
 for profile in $profiles; do
   other=$profile
   for candidate in $profiles; do
-    [ "$candidate" = "$profile" ] || [ "$candidate" = hf ] || [ "$candidate" = lmms ] || other=$candidate
+    case "$candidate" in "$profile" | hf | lmms*) ;; *) other=$candidate ;; esac
   done
   echo "== transformers profile $profile ==" >&2
   # The 4.57 profile compares the original backend with transformers 5 on converted weights
@@ -57,8 +58,9 @@ for profile in $profiles; do
   [ ! -x "$(python_of hf)" ] || hf_python="$(python_of hf)"
   other_python=""
   [ "$other" = "$profile" ] || other_python="$(python_of "$other")"
-  selection=()  # the lmms profile runs the lmms-eval tests only (the rest is the hf profile's)
-  [ "$profile" != lmms ] || [ $# -gt 0 ] || selection=(tests/test_lmms_eval.py)
+  selection=()  # the lmms profiles run their lmms-eval tests only (the rest is the hf and 4.57 profiles')
+  if [ $# -eq 0 ] && [ "$profile" = lmms ]; then selection=(tests/test_lmms_eval.py); fi
+  if [ $# -eq 0 ] && [ "$profile" = lmms-457 ]; then selection=(tests/test_lmms_eval_llava.py); fi
   LLAVA_AVC_OTHER_PYTHON="$other_python" LLAVA_AVC_HF_PYTHON="$hf_python" \
     "$(python_of "$profile")" -m pytest -q "${pytest_options[@]+"${pytest_options[@]}"}" "${selection[@]+"${selection[@]}"}" \
     "$@" ${PYTEST_ARGS:-}

@@ -40,6 +40,23 @@ def build_prompt(query: str, conv_mode: str, model_config) -> str:
     return conv.get_prompt()
 
 
+def conversation_prompt(text: str, conv_mode: str, image_count: int) -> str:
+    """`text` as the user's turn of conversation template `conv_mode`, after `image_count` '<image>' tokens
+    unless it has one already (how lmms-eval's `llava` model builds its prompts; no im_start/im_end tokens)."""
+    import copy
+
+    from llava.constants import DEFAULT_IMAGE_TOKEN
+    from llava.conversation import conv_templates
+
+    if image_count and DEFAULT_IMAGE_TOKEN not in text:
+        text = " ".join([DEFAULT_IMAGE_TOKEN] * image_count) + "\n" + text
+    template = conv_templates[conv_mode]  # a llama_3 one holds objects `copy()` would share
+    conv = copy.deepcopy(template) if "llama_3" in conv_mode else template.copy()
+    conv.append_message(conv.roles[0], text)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt()
+
+
 def prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
     """(T,) ids of a LLaVA prompt; its '<image>' becomes the IMAGE_TOKEN_INDEX placeholder."""
     from llava.constants import IMAGE_TOKEN_INDEX
