@@ -24,7 +24,7 @@ from transformers import (AutoProcessor, LlamaConfig, LlamaForCausalLM, LlavaFor
 
 import llava_avc  # noqa: E402
 from llava_avc import AVCConfig, M3IDConfig, VCDConfig  # noqa: E402
-from llava_avc.backends.hf.adapter import HFLlavaAdapter, image_token_id  # noqa: E402
+from llava_avc.backends.hf.adapter import HFAdapter, image_token_id  # noqa: E402
 
 from helpers import QUESTIONS, variant_images  # noqa: E402
 
@@ -153,7 +153,7 @@ def test_llava_next_spans_follow_each_images_size(llava_next, sample_image):
 def test_the_probe_equals_eager_attentions_last_row_with_sdpa(loaded, sample_image):
     processor, model = loaded
     assert model.config._attn_implementation == "sdpa"
-    adapter = HFLlavaAdapter(model)
+    adapter = HFAdapter(model)
     inputs = inputs_for(processor, QUESTIONS[:2], variant_images(sample_image)[:2])
     merged = adapter.merge_image(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"],
                                  inputs.get("image_sizes"))

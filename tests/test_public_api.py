@@ -109,12 +109,14 @@ def test_pixels_of_the_other_llava_class_processor_are_one_line_naming_both_clas
     from llava_avc.backends.hf.self_check import self_check_cases
 
     llava, llava_next = self_check_cases()
-    with pytest.raises(ValueError, match=r"^pixel_values \(1, 3, 56, 56\) without image_sizes come from a LLaVA-1.5 "
-                                         r"processor \(LlavaProcessor\), and the model is a "
-                                         r"LlavaNextForConditionalGeneration, which takes a LlavaNextProcessor's"):
+    with pytest.raises(ValueError, match=r"^pixel_values \(1, 3, 56, 56\) without image sizes come from the processor "
+                                         r"of a LlavaForConditionalGeneration, and the model is a "
+                                         r"LlavaNextForConditionalGeneration, which takes 5-dimensional pixel_values "
+                                         r"with image_sizes"):
         llava_avc.generate(llava_next.model, **llava.inputs, avc=AVCConfig(), max_new_tokens=NEW_TOKENS)
-    with pytest.raises(ValueError, match=r"^pixel_values \(1, 3, 3, 56, 56\) with image_sizes come from a LLaVA-NeXT "
-                                         r"processor \(LlavaNextProcessor\), and the model is a "
+    with pytest.raises(ValueError, match=r"^pixel_values \(1, 3, 3, 56, 56\) with image sizes come from the processor "
+                                         r"of a LlavaNextForConditionalGeneration / "
+                                         r"LlavaOnevisionForConditionalGeneration, and the model is a "
                                          r"LlavaForConditionalGeneration"):
         llava_avc.generate(llava.model, **llava_next.inputs, avc=AVCConfig(), max_new_tokens=NEW_TOKENS)
 

@@ -2,8 +2,8 @@
 
     llava   the original LLaVA codebase (llava-torch 1.2.2, `LlavaLlamaForCausalLM`), patched
             reversibly through the repository's `patches/` (installed as `llava_avc.patches`)
-    hf      Hugging Face-native `LlavaForConditionalGeneration` / `LlavaNextForConditionalGeneration`
-            (llava-hf checkpoints), through transformers' own `generate(custom_generate=...)`
+    hf      transformers' image-text-to-text families (`families.FAMILIES`: llava-hf's Llava and LlavaNext,
+            LLaVA-OneVision, Qwen2.5-VL), through transformers' own `generate(custom_generate=...)`
 
 `backend_of(model)` names the backend that serves a model and `adapter_for(model)` builds its
 adapter. The registry recognises a model by its class name and module, so asking about a model
@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 from ..errors import UserError
 from ..decode.adapter import ModelAdapter
+from .families import FAMILIES, is_served, served_classes
 from .versions import HF_OLDEST, dotted, version_tuple
 
 
@@ -27,15 +28,14 @@ def _is_llava_torch(model) -> bool:
                for cls in type(model).__mro__)
 
 
-def _is_llava_hf(model) -> bool:
-    return any(cls.__name__ in ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration")
-               and cls.__module__.startswith("transformers.models.llava") for cls in type(model).__mro__)
+def _is_hf_family(model) -> bool:
+    return is_served(model)
 
 
 #: backend name -> (does it serve this model?, its package: `model_adapter(model)`, `generate(model, ...)`)
 BACKENDS: dict[str, tuple[Callable[[object], bool], str]] = {
     "llava": (_is_llava_torch, "llava_avc.backends.llava"),
-    "hf": (_is_llava_hf, "llava_avc.backends.hf"),
+    "hf": (_is_hf_family, "llava_avc.backends.hf"),
 }
 
 
@@ -50,8 +50,7 @@ def backend_of(model) -> str:
             return name
     raise TypeError(
         f"model (={type(model).__module__}.{type(model).__name__}) is not a model llava-avc can decode; "
-        "it serves the original LLaVA codebase's LlavaLlamaForCausalLM and transformers' "
-        "LlavaForConditionalGeneration / LlavaNextForConditionalGeneration (llava-hf checkpoints)."
+        f"it serves the original LLaVA codebase's LlavaLlamaForCausalLM and transformers' {served_classes()}."
     )
 
 
@@ -61,7 +60,7 @@ def backend_module(model):
 
 
 #: config.json `model_type` -> the backend whose pipeline loads such a checkpoint.
-CHECKPOINT_FORMATS = {"llava_llama": "llava", "llava": "hf", "llava_next": "hf"}
+CHECKPOINT_FORMATS = {"llava_llama": "llava", **{model_type: "hf" for model_type in FAMILIES}}
 #: backend -> "module:Pipeline" (the pipeline `llava-avc ask` and `eval` use).
 PIPELINES = {"llava": "llava_avc.backends.llava.pipeline:LlavaPipeline",
              "hf": "llava_avc.backends.hf.pipeline:HFPipeline"}

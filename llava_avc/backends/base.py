@@ -104,8 +104,14 @@ class LanguageModelAdapter(ModelAdapter):
     @torch.no_grad()
     def forward_last_logits(self, embeds, attention_mask, position_ids, cache):
         """One language-model forward over (B, S, D) embeds with the cache; returns the last position's
-        (B, V) float32 logits (as the models' own heads return them) and the updated cache."""
+        (B, V) float32 logits (as the models' own heads return them) and the updated cache.
+
+        `position_ids` (B, S), or (B, S, K) for rotary positions of K sections, which the decoder takes
+        section-first (K, B, S) (Qwen2.5-VL).
+        """
         language_model = self.language_model
+        if position_ids.dim() == 3:
+            position_ids = position_ids.permute(2, 0, 1)  # (B, S, K) -> (K, B, S)
         outputs = language_model(
             inputs_embeds=embeds,
             attention_mask=attention_mask.long(),

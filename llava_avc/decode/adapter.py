@@ -30,16 +30,30 @@ class MergedPrompt:
         embeds: (B, L, D) input embeddings (text embeddings with the image features spliced in).
         attention_mask: (B, L) bool, True on real positions; padding is on the left.
         image_spans: per row, (start, end) of the image features in `embeds` (end exclusive).
+        positions: the positions the model itself computes for this prompt, batch-first: (B, L), or
+            (B, L, K) for rotary positions of K sections (Qwen2.5-VL: temporal, height, width); None:
+            the usual ones (cumsum of the mask).
+        position_offset: (B,) added to every later token's usual position (Qwen2.5-VL's rope deltas);
+            None: 0.
     """
 
     embeds: torch.Tensor
     attention_mask: torch.Tensor
     image_spans: list[Optional[tuple[int, int]]]
+    positions: Optional[torch.Tensor] = None
+    position_offset: Optional[torch.Tensor] = None
 
     @property
     def position_ids(self) -> torch.Tensor:
-        """(B, L) positions as generation derives them: cumsum(mask) - 1, padding set to 1."""
-        return position_ids_from_mask(self.attention_mask)
+        """(B, L) or (B, L, K) prompt positions: the model's own, else as generation derives them
+        (cumsum(mask) - 1, padding set to 1)."""
+        return self.positions if self.positions is not None else position_ids_from_mask(self.attention_mask)
+
+    @property
+    def next_position(self) -> torch.Tensor:
+        """(B,) long position of each row's first new token: its real prompt positions, plus the offset."""
+        count = self.attention_mask.long().sum(-1)
+        return count if self.position_offset is None else count + self.position_offset.to(count.device)
 
 
 @dataclass
@@ -210,13 +224,21 @@ def _is_suffix(mask: torch.Tensor) -> bool:
 
 
 def left_pad_to(embeds: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad (B, L, D) embeds and (B, L) mask to `length` positions."""
+    """Left-pad (B, L, ...) embeds (or positions) and (B, L) mask to `length` positions."""
     extra = length - embeds.shape[1]
     if extra <= 0:
         return embeds, mask
-    pad_embeds = embeds.new_zeros(embeds.shape[0], extra, embeds.shape[2])
+    pad_embeds = embeds.new_zeros(embeds.shape[0], extra, *embeds.shape[2:])
     pad_mask = mask.new_zeros(mask.shape[0], extra)
     return torch.cat([pad_embeds, embeds], 1), torch.cat([pad_mask, mask], 1)
+
+
+def positions_like(positions: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B, L) usual positions in the layout of `like`: repeated over its sections when it is (B', L', K)
+    (a prompt without image has the same position in every rotary section)."""
+    if like.dim() == positions.dim():
+        return positions
+    return positions.unsqueeze(-1).expand(*positions.shape, like.shape[-1])
 
 
 def stopping_rows(stopping_criteria, sequences: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

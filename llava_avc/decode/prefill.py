@@ -18,7 +18,7 @@ import torch
 from ..algorithm.blind import BlindTokens, find_blind_tokens_from_attention, mask_non_blind, noise_generator
 from ..algorithm.config import AVCConfig, M3IDConfig, VCDConfig
 from ..algorithm.noise import add_diffusion_noise
-from .adapter import ModelAdapter, left_pad_to
+from .adapter import ModelAdapter, left_pad_to, position_ids_from_mask, positions_like
 from .state import BranchState
 
 
@@ -88,7 +88,8 @@ def prefill_avc(adapter: ModelAdapter, request: PrefillRequest, config: AVCConfi
     biased = adapter.forward_last_logits(
         biased_embeds(merged.embeds, records, config, request.noise_seeds), mask, merged.position_ids, adapter.new_cache()
     )
-    return BranchState.from_branches(adapter, original, biased, mask, request.sequential), records
+    state = BranchState.from_branches(adapter, original, biased, mask, request.sequential, merged.next_position)
+    return state, records
 
 
 def noised_images(images, config: VCDConfig, noise_seeds: Optional[Sequence[int]] = None):
@@ -114,18 +115,25 @@ def prefill_vcd(adapter: ModelAdapter, request: PrefillRequest, config: VCDConfi
     sizes = None if request.image_sizes is None else list(request.image_sizes) * 2
     merged = adapter.merge_image(request.input_ids.repeat(2, 1), attention_mask.repeat(2, 1),
                                  _stack_images(request.images, noised), sizes)
-    return BranchState.from_prefill(adapter, merged.embeds, merged.attention_mask, request.sequential), None
+    state = BranchState.from_prefill(adapter, merged.embeds, merged.attention_mask, request.sequential,
+                                     merged.position_ids, merged.next_position)
+    return state, None
 
 
 def text_only_branch(adapter: ModelAdapter, request: PrefillRequest) -> BranchState:
-    """The original branch and, as the biased one, the prompt WITHOUT its image (left-padded to one length)."""
+    """The original branch and, as the biased one, the prompt WITHOUT its image (left-padded to one length).
+    Each branch keeps its own positions: the model's for the merged prompt, the usual ones without image."""
     merged = adapter.merge_image(request.input_ids, request.attention_mask, request.images, request.image_sizes)
     text_embeds, text_mask = adapter.text_only_prompt(request.input_ids, request.attention_mask)
     length = max(merged.embeds.shape[1], text_embeds.shape[1])
     embeds, mask = left_pad_to(merged.embeds, merged.attention_mask, length)
+    positions, _ = left_pad_to(merged.position_ids, merged.attention_mask, length)
     text_embeds, text_mask = left_pad_to(text_embeds, text_mask, length)
-    stacked = torch.cat([embeds, text_embeds.to(embeds.dtype)]), torch.cat([mask, text_mask])
-    return BranchState.from_prefill(adapter, *stacked, request.sequential)
+    text_positions = positions_like(position_ids_from_mask(text_mask), positions)
+    return BranchState.from_prefill(adapter, torch.cat([embeds, text_embeds.to(embeds.dtype)]),
+                                    torch.cat([mask, text_mask]), request.sequential,
+                                    torch.cat([positions, text_positions]),
+                                    torch.cat([merged.next_position, text_mask.long().sum(-1)]))
 
 
 def prefill_m3id(adapter: ModelAdapter, request: PrefillRequest, config: M3IDConfig):
@@ -138,4 +146,4 @@ def prefill_lean(adapter: ModelAdapter, request: PrefillRequest, config=None):
     merged = adapter.merge_image(request.input_ids, request.attention_mask, request.images, request.image_sizes)
     mask = merged.attention_mask
     logits, cache = adapter.forward_last_logits(merged.embeds, mask, merged.position_ids, adapter.new_cache())
-    return BranchState.single(logits, cache, mask), None
+    return BranchState.single(logits, cache, mask, merged.next_position), None

@@ -47,24 +47,34 @@ class BranchState:
         self.logits, self.biased_logits = logits[:batch_size], logits[batch_size:]  # (B, V) each
 
     @classmethod
-    def from_prefill(cls, adapter: ModelAdapter, embeds, attention_mask, sequential: bool) -> "BranchState":
-        """Prefill both branches from (2B, L, D) stacked embeds (original rows first)."""
+    def from_prefill(cls, adapter: ModelAdapter, embeds, attention_mask, sequential: bool, position_ids=None,
+                     next_position=None) -> "BranchState":
+        """Prefill both branches from (2B, L, D) stacked embeds (original rows first).
+
+        `position_ids` ((2B, L) or (2B, L, K)) and `next_position` ((2B,)) are the prompt's own positions
+        (`MergedPrompt.position_ids`, `.next_position`); None: the usual ones from the mask.
+        """
         batch_size = embeds.shape[0] // 2
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask)
+        if next_position is None:
+            next_position = attention_mask.long().sum(-1)
         parts = [slice(0, batch_size), slice(batch_size, None)] if sequential else [slice(None)]
         streams, logits = [], []
         for rows in parts:
             mask = attention_mask[rows]
-            part_logits, cache = adapter.forward_last_logits(
-                embeds[rows], mask, position_ids_from_mask(mask), adapter.new_cache()
-            )
-            streams.append(_Stream(cache, mask, mask.long().sum(-1), copies=2 // len(parts)))
+            part_logits, cache = adapter.forward_last_logits(embeds[rows], mask, position_ids[rows], adapter.new_cache())
+            streams.append(_Stream(cache, mask, next_position[rows], copies=2 // len(parts)))
             logits.append(part_logits)
         return cls(streams, torch.cat(logits), batch_size)
 
     @classmethod
-    def from_branches(cls, adapter: ModelAdapter, original, biased, attention_mask, sequential: bool) -> "BranchState":
-        """Join two separately prefilled branches: (logits (B, V), cache) each, same (B, L) mask."""
-        next_position = attention_mask.long().sum(-1)  # (B,)
+    def from_branches(cls, adapter: ModelAdapter, original, biased, attention_mask, sequential: bool,
+                      next_position=None) -> "BranchState":
+        """Join two separately prefilled branches: (logits (B, V), cache) each, same (B, L) mask and
+        the same (B,) `next_position` (None: the mask's count of real positions)."""
+        if next_position is None:
+            next_position = attention_mask.long().sum(-1)  # (B,)
         logits = torch.cat([original[0], biased[0]])
         if sequential:
             streams = [_Stream(cache, attention_mask, next_position, copies=1) for _, cache in (original, biased)]
@@ -81,9 +91,12 @@ class BranchState:
         self.logits, self.biased_logits = logits[: self.batch_size], logits[self.batch_size :]
 
     @classmethod
-    def single(cls, logits: torch.Tensor, cache, attention_mask: torch.Tensor) -> "BranchState":
-        """One prefilled branch and no biased one (the lean loop): (B, V) logits, its cache, (B, L) mask."""
-        stream = _Stream(cache, attention_mask, attention_mask.long().sum(-1), copies=1)
+    def single(cls, logits: torch.Tensor, cache, attention_mask: torch.Tensor, next_position=None) -> "BranchState":
+        """One prefilled branch and no biased one (the lean loop): (B, V) logits, its cache, (B, L) mask,
+        (B,) next positions (None: the mask's count of real positions)."""
+        if next_position is None:
+            next_position = attention_mask.long().sum(-1)
+        stream = _Stream(cache, attention_mask, next_position, copies=1)
         return cls([stream], logits, attention_mask.shape[0])
 
     @property

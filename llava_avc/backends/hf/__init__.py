@@ -1,6 +1,7 @@
-"""Hugging Face-native LLaVA (`LlavaForConditionalGeneration`, LLaVA-1.5 in llava-hf form) and LLaVA-NeXT
-(`LlavaNextForConditionalGeneration`, LLaVA-1.6 anyres) as a backend, on transformers 4.57 and 5.x.
-Imports neither `llava` nor anything of the original LLaVA backend.
+"""transformers' image-text-to-text families as a backend (`llava_avc.backends.families`): LLaVA-1.5 and
+LLaVA-1.6 in llava-hf form (`LlavaForConditionalGeneration`, `LlavaNextForConditionalGeneration`; transformers
+4.57 and 5.x), LLaVA-OneVision and Qwen2.5-VL (transformers 5.x). Imports neither `llava` nor anything of the
+original LLaVA backend.
 
     llava_avc.generate(model, **inputs, avc=AVCConfig(), max_new_tokens=64)
     model.generate(**inputs, custom_generate=llava_avc.hf.contrastive_decoding, avc=AVCConfig())
@@ -13,9 +14,9 @@ from .self_check import self_check_cases  # noqa: F401  (llava-avc doctor)
 
 def model_adapter(model):
     """The decode loop's view of a llava-hf model."""
-    from .adapter import HFLlavaAdapter
+    from .adapter import HFAdapter
 
-    return HFLlavaAdapter(model)
+    return HFAdapter(model)
 
 
 @guarded
@@ -36,7 +37,7 @@ def generate(model, input_ids=None, config=None, **kwargs):
 def contrastive_generate(model, input_ids, images, image_sizes, config, sequential: bool = False, **kwargs):
     """`config`'s method on images given as `images` (the processor's pixel_values); `sequential=True`
     runs the two branches as two forwards (the official code's structure, for benchmarks)."""
-    kwargs.update(_image_kwargs(images, image_sizes), input_ids=input_ids)
+    kwargs.update(_image_kwargs(model, images, image_sizes), input_ids=input_ids)
     return _custom_generate(model, contrastive_decoding, kwargs, sequential=sequential, **{config.method: config})
 
 
@@ -45,12 +46,16 @@ def lean_generate(model, input_ids, images, image_sizes, **kwargs):
     """The package's own one-branch loop (the benchmarks' baseline): greedy equals `model.generate`."""
     from .generation import lean_decoding
 
-    kwargs.update(_image_kwargs(images, image_sizes), input_ids=input_ids)
+    kwargs.update(_image_kwargs(model, images, image_sizes), input_ids=input_ids)
     return _custom_generate(model, lean_decoding, kwargs)
 
 
-def _image_kwargs(images, image_sizes) -> dict:
-    return {"pixel_values": images} if image_sizes is None else {"pixel_values": images, "image_sizes": image_sizes}
+def _image_kwargs(model, images, image_sizes) -> dict:
+    """`generate` kwargs of the processor's image inputs (`image_sizes`: the family's image info)."""
+    from ..families import family_of
+
+    info = family_of(model).image_info
+    return {"pixel_values": images} if info is None else {"pixel_values": images, info: image_sizes}
 
 
 def _custom_generate(model, decoding, kwargs: dict, **method_kwargs):

@@ -4,7 +4,7 @@
 transformers' `generate` (4.57+ and 5.x) prepares everything (generation config, logits processors
 with the sampling warpers, stopping criteria, max_length from the processor's ids) and then calls a
 callable `custom_generate` in place of its own `_sample`; the callable's parameters that `_sample`
-lacks (`avc`, `vcd`, `m3id`, `pixel_values`, `image_sizes`, `token_streamer`) are taken out of
+lacks (`avc`, `vcd`, `m3id`, `pixel_values`, `image_sizes`, `image_grid_thw`, `token_streamer`) are taken out of
 generate's keyword arguments and handed to it. Taking `pixel_values` this way keeps the pixels
 (VCD noises them) instead of letting `generate` encode them in advance.
 
@@ -30,7 +30,7 @@ from ...decode.adapter import GenerationSetup
 from ...decode.sampling import check_generation_config
 from .. import transformers_compat as compat
 from ..base import ContrastiveGenerateOutput, check_one_sequence_per_prompt, contrastive_output
-from .adapter import HFLlavaAdapter
+from .adapter import HFAdapter
 
 
 def generation_setup(input_ids: torch.Tensor, kwargs: dict, method: str) -> GenerationSetup:
@@ -102,8 +102,8 @@ class _WithMethodKeywords:
 @_WithMethodKeywords
 @compat.guarded
 def contrastive_decoding(model, input_ids, logits_processor, stopping_criteria, generation_config,
-                         synced_gpus=False, streamer=None, pixel_values=None, image_sizes=None, token_streamer=None,
-                         sequential: bool = False, row_seeds=None, **model_kwargs):
+                         synced_gpus=False, streamer=None, pixel_values=None, image_sizes=None, image_grid_thw=None,
+                         token_streamer=None, sequential: bool = False, row_seeds=None, **model_kwargs):
     """A transformers decoding method: `model.generate(**inputs, custom_generate=contrastive_decoding,
     avc=AVCConfig(), max_new_tokens=64)` (or `vcd=` / `m3id=` / a registered method's keyword).
 
@@ -122,7 +122,8 @@ def contrastive_decoding(model, input_ids, logits_processor, stopping_criteria, 
             "m3id=M3IDConfig() (or a registered method's keyword); for plain decoding call model.generate without "
             "custom_generate."
         )
-    return _decode(model, input_ids, config, sequential, pixel_values, image_sizes,
+    image_inputs = {"pixel_values": pixel_values, "image_sizes": image_sizes, "image_grid_thw": image_grid_thw}
+    return _decode(model, input_ids, config, sequential, image_inputs,
                    dict(logits_processor=logits_processor, stopping_criteria=stopping_criteria,
                         generation_config=generation_config, streamer=token_streamer or streamer,
                         row_seeds=row_seeds),
@@ -131,29 +132,34 @@ def contrastive_decoding(model, input_ids, logits_processor, stopping_criteria, 
 
 @compat.guarded
 def lean_decoding(model, input_ids, logits_processor, stopping_criteria, generation_config,
-                  synced_gpus=False, streamer=None, pixel_values=None, image_sizes=None, token_streamer=None,
-                  row_seeds=None, **model_kwargs):
+                  synced_gpus=False, streamer=None, pixel_values=None, image_sizes=None, image_grid_thw=None,
+                  token_streamer=None, row_seeds=None, **model_kwargs):
     """The package's own loop with one branch and no contrast, as a transformers decoding method
     (the benchmarks' apples-to-apples baseline); equals greedy `generate` token for token."""
-    return _decode(model, input_ids, None, False, pixel_values, image_sizes,
+    image_inputs = {"pixel_values": pixel_values, "image_sizes": image_sizes, "image_grid_thw": image_grid_thw}
+    return _decode(model, input_ids, None, False, image_inputs,
                    dict(logits_processor=logits_processor, stopping_criteria=stopping_criteria,
                         generation_config=generation_config, streamer=token_streamer or streamer,
                         row_seeds=row_seeds),
                    synced_gpus, model_kwargs)
 
 
-def _decode(model, input_ids, config, sequential, pixel_values, image_sizes, prepared: dict, synced_gpus,
+def _decode(model, input_ids, config, sequential, image_inputs: dict, prepared: dict, synced_gpus,
             model_kwargs: dict):
-    """Check what generate handed over, then run the loop on the model's adapter."""
+    """Check what generate handed over, then run the loop on the model's adapter. `image_inputs`: the
+    processor's image outputs this function takes as parameters (so that `generate` neither encodes the
+    pixels in advance nor drops the image grids); the model's family reads its own."""
     if synced_gpus:
         raise UserError("synced_gpus (DeepSpeed ZeRO-3 / FSDP generation) is not supported by contrastive decoding; "
                         "generate on one process per model copy instead.")
+    adapter, front_end = HFAdapter(model), HFFrontEnd()
+    model_kwargs = dict(model_kwargs)
+    images, image_sizes = adapter.image_rows(*adapter.family.take_image_inputs(image_inputs, model_kwargs))
     attention_mask, encoder_outputs = compat.decoding_kwargs(model_kwargs)
     if encoder_outputs:
         raise UserError("precomputed image features (mm_encoder_outputs) are not supported: pass pixel_values.")
-    adapter, front_end = HFLlavaAdapter(model), HFFrontEnd()
     if config is None:
-        return loop.lean_generate(adapter, front_end, input_ids, images=pixel_values, image_sizes=image_sizes,
+        return loop.lean_generate(adapter, front_end, input_ids, images=images, image_sizes=image_sizes,
                                   attention_mask=attention_mask, **prepared)
-    return loop.contrastive_generate(adapter, front_end, input_ids, images=pixel_values, image_sizes=image_sizes, config=config,
+    return loop.contrastive_generate(adapter, front_end, input_ids, images=images, image_sizes=image_sizes, config=config,
                                      sequential=sequential, attention_mask=attention_mask, **prepared)

@@ -23,39 +23,37 @@ import torch
 from ...errors import UserError
 from ..base import prompt_too_long, quiet_length_warning
 from . import prompts
-from .adapter import is_llava_next
+from ..families import FAMILIES, Family, family_of
 from ..devices import check_quantization_supported, default_device, resolve_device
 from ..checkpoints import check_json_file, preflight, quiet_loading_notes
 from ..transformers_compat import guarded
 
-#: config.json model_type -> the transformers class that loads it.
-MODEL_TYPES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration"}
-#: Modules kept unquantized under 4/8-bit (as the original backend keeps mm_projector, lm_head and the
-#: CLIP tower). Full names from the model's root: transformers 5 matches skip patterns from the start
-#: of a module's name (or as its suffix), so a bare "vision_tower" would quantize the whole tower.
-UNQUANTIZED_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
-
-
-def quantization_config(load_4bit: bool, load_8bit: bool):
-    """One BitsAndBytesConfig (nf4, double quantization, fp16 compute), projector / lm_head / tower kept."""
+def quantization_config(load_4bit: bool, load_8bit: bool, family: Family):
+    """One BitsAndBytesConfig (nf4, double quantization, fp16 compute) keeping the family's vision tower,
+    projector and lm_head unquantized (as the original backend keeps mm_projector, lm_head and the CLIP
+    tower)."""
     from transformers import BitsAndBytesConfig
 
     if load_4bit:
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float16,
                                   bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4",
-                                  llm_int8_skip_modules=list(UNQUANTIZED_MODULES))
-    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(UNQUANTIZED_MODULES))
+                                  llm_int8_skip_modules=list(family.unquantized))
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(family.unquantized))
 
 
-def _model_class(model_path: str):
-    import transformers
+def checkpoint_family(model_path: str) -> Family:
+    """The family of a checkpoint from its config.json's model_type (a hub id without a local config:
+    LLaVA-1.5's).
 
+    Raises:
+        UserError: a model_type the backend does not serve (the served ones named).
+    """
     config_file = Path(model_path) / "config.json"
     model_type = check_json_file(config_file).get("model_type") if config_file.is_file() else "llava"
-    if model_type not in MODEL_TYPES:
+    if model_type not in FAMILIES:
         raise UserError(f"{model_path!r} has model_type {model_type!r}; the llava-hf backend loads "
-                        f"{', '.join(MODEL_TYPES)} checkpoints.")
-    return getattr(transformers, MODEL_TYPES[model_type])
+                        f"{', '.join(FAMILIES)} checkpoints.")
+    return FAMILIES[model_type]
 
 
 @contextmanager
@@ -89,6 +87,7 @@ class HFPipeline:
     def load(cls, model_path: str, model_base: Optional[str] = None, *, device: Optional[str] = None,
              load_4bit: bool = False, load_8bit: bool = False) -> "HFPipeline":
         """`from_pretrained` of a llava-hf directory or hub id: fp16 on CUDA, fp32 on the CPU, or 4/8-bit."""
+        import transformers
         from transformers import AutoProcessor
 
         if model_base is not None:
@@ -98,11 +97,12 @@ class HFPipeline:
         device = resolve_device(device)
         preflight(model_path)
         on_cuda = str(device).startswith("cuda")
+        family = checkpoint_family(model_path)
         kwargs: dict = {"dtype": torch.float16 if on_cuda or load_4bit or load_8bit else torch.float32}
         if load_4bit or load_8bit:
-            kwargs.update(quantization_config=quantization_config(load_4bit, load_8bit), device_map=device)
+            kwargs.update(quantization_config=quantization_config(load_4bit, load_8bit, family), device_map=device)
         with _quiet_progress(), quiet_loading_notes():
-            model = _model_class(model_path).from_pretrained(model_path, **kwargs)
+            model = getattr(transformers, family.class_name).from_pretrained(model_path, **kwargs)
             processor = AutoProcessor.from_pretrained(model_path)
         if not (load_4bit or load_8bit):
             model.to(device)
@@ -125,16 +125,22 @@ class HFPipeline:
         return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
 
     @property
-    def _is_next(self) -> bool:
-        return is_llava_next(self.model)
+    def family(self) -> Family:
+        return family_of(self.model)
+
+    @property
+    def _is_llava_1_5(self) -> bool:
+        """LLaVA-1.5 (`Llava`): pad-to-square or center crop; the other families use their processor's own
+        preprocessing (anyres tiles, Qwen's resize to a multiple of its patch grid)."""
+        return self.family.model_type == "llava"
 
     def _can_pad(self) -> bool:
         """Whether the image processor pads to a square itself (LlavaImageProcessor's `do_pad`)."""
-        return not self._is_next and hasattr(self.processor.image_processor, "do_pad")
+        return self._is_llava_1_5 and hasattr(self.processor.image_processor, "do_pad")
 
     def _image_kwargs(self, pil_images: list, center_crop: bool) -> tuple:
         """(images, processor kwargs) that make the LLaVA-1.5 preprocessing `center_crop` asks for."""
-        if self._is_next:
+        if not self._is_llava_1_5:
             return pil_images, {}
         if self._can_pad():
             return pil_images, {"do_pad": not center_crop}
@@ -145,8 +151,8 @@ class HFPipeline:
 
     def preprocessing(self, conv_mode: Optional[str] = None, center_crop: bool = False) -> dict:
         """What `inputs` makes of the prompt and the image for these settings (for run records)."""
-        if self._is_next:
-            image = "the processor's LLaVA-NeXT anyres tiles (a center crop does not apply)"
+        if not self._is_llava_1_5:
+            image = f"the {self.family.model_type} processor's own preprocessing (a center crop does not apply)"
         elif center_crop:
             image = "CLIP resize + center crop, no pad to square"
         else:
@@ -165,7 +171,7 @@ class HFPipeline:
         return inputs
 
     def _pixel_dtype(self) -> torch.dtype:
-        return self.model.model.vision_tower.get_input_embeddings().weight.dtype
+        return next(self.family.vision_module(self.model).parameters()).dtype
 
     @guarded
     def generate(self, inputs: dict, config=None, row_seeds=None, **generate_kwargs):
@@ -211,10 +217,13 @@ class HFPipeline:
     @guarded
     def find_blind_tokens(self, inputs: dict, config) -> list:
         from ...decode.loop import find_blind_tokens
-        from .adapter import HFLlavaAdapter
+        from .adapter import HFAdapter
 
-        return find_blind_tokens(HFLlavaAdapter(self.model), inputs["input_ids"], inputs["pixel_values"],
-                                 inputs.get("image_sizes"), config, attention_mask=inputs["attention_mask"])
+        adapter = HFAdapter(self.model)
+        info = adapter.family.image_info
+        images, image_sizes = adapter.image_rows(inputs["pixel_values"], inputs.get(info) if info else None)
+        return find_blind_tokens(adapter, inputs["input_ids"], images, image_sizes, config,
+                                 attention_mask=inputs["attention_mask"])
 
     def token_grid(self) -> int:
         """Image tokens per side of the base image (24 for LLaVA-1.5 at 336 px)."""
@@ -223,9 +232,12 @@ class HFPipeline:
 
     @property
     def image_aspect_ratio(self) -> Optional[str]:
-        """"pad" when the image processor pads to a square (LLaVA-1.5), "anyres" for LLaVA-NeXT."""
-        if self._is_next:
+        """"pad" when the image processor pads to a square (LLaVA-1.5), "anyres" for LLaVA-NeXT and OneVision,
+        the model_type for the other families."""
+        if self.family.model_type in ("llava_next", "llava_onevision"):
             return "anyres"
+        if not self._is_llava_1_5:
+            return self.family.model_type
         return "pad" if getattr(self.processor.image_processor, "do_pad", False) else None
 
     def model_id(self, model_path: str) -> str:

@@ -40,7 +40,7 @@ def _model(next_: bool):
 
 
 def _case(next_: bool) -> SelfCheckCase:
-    from .adapter import HFLlavaAdapter
+    from ..families import family_of
 
     model = _model(next_)
     generator = torch.Generator().manual_seed(0)
@@ -51,7 +51,7 @@ def _case(next_: bool) -> SelfCheckCase:
     else:
         images = {"pixel_values": torch.randn(1, 3, side, side, generator=generator)}
     with torch.no_grad():  # as many image tokens as the model's own merge makes features
-        image_tokens = HFLlavaAdapter(model)._image_features(images["pixel_values"], images.get("image_sizes")).shape[0]
+        image_tokens = family_of(model).image_features(model, images["pixel_values"], images.get("image_sizes")).shape[0]
     input_ids = torch.tensor([[TEXT["bos_token_id"], 5, 6] + [IMAGE_TOKEN_ID] * image_tokens + [7, 8, 9]])
     return SelfCheckCase(
         model=model,

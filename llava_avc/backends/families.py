@@ -1,0 +1,214 @@
+"""The model families the llava-hf backend (`backends/hf`) serves, one small description each. This module
+imports neither transformers nor the backend, so the backend registry and the checkpoint detection read it
+cheaply.
+
+Every family is a transformers image-text-to-text model whose processor marks the image with a run of
+placeholder tokens (`config.image_token_id`) and whose decoder takes `inputs_embeds`: the generic adapter
+(`adapter.HFAdapter`) merges the image features into those positions and runs the language model from
+embeddings, so one merged prompt serves both branches. What differs between families lives here:
+
+- which processor outputs carry an image's size or grid (`image_info`: LLaVA-NeXT's and OneVision's
+  `image_sizes`, Qwen's `image_grid_thw`) and how the processor lays out `pixel_values` (one row per
+  prompt, or Qwen's patches of every image concatenated);
+- how the model computes the image features (its own `get_image_features`);
+- the positions the model computes for a prompt (Qwen's multimodal rotary positions; None: the usual
+  cumulative count of real tokens);
+- which modules stay unquantized under 4/8-bit;
+- the oldest transformers the family is tested on.
+
+A family is one `Family` registered in `FAMILIES` (keyed by config.json's `model_type`); docs/architecture.md
+says how to add one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Family:
+    """LLaVA-1.5 in llava-hf form (`LlavaForConditionalGeneration`) and the defaults of every family.
+
+    Attributes:
+        model_type: config.json's `model_type`.
+        class_name: the transformers class that loads it.
+        image_info: the processor output with each image's size or grid (None: the pixels say it all).
+        pixel_dims: dimensions of the processor's `pixel_values` for one image per prompt.
+        unquantized: modules kept unquantized under 4/8-bit, full names from the model's root
+            (transformers 5 matches skip patterns from the start of a module's name).
+        oldest_transformers: the oldest transformers release the family is tested on.
+        redundant_inputs: processor outputs the adapter does without (it derives them from the ids, or they
+            say one image per prompt, which the adapter checks itself).
+    """
+
+    model_type: str
+    class_name: str
+    image_info: Optional[str] = None
+    pixel_dims: int = 4  # (B, 3, H, W)
+    unquantized: tuple = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
+    oldest_transformers: str = "4.57"
+    redundant_inputs: tuple = ()
+
+    # -- where things are --------------------------------------------------------------------
+    def language_model(self, model):
+        """The decoder (embeddings in, hidden states out; `.layers` with `.self_attn`)."""
+        return model.model.language_model
+
+    def vision_module(self, model):
+        """The vision encoder (its weights' dtype is the dtype the pixels go in)."""
+        return model.model.vision_tower
+
+    # -- images --------------------------------------------------------------------------------
+    def take_image_inputs(self, image_inputs: dict, model_kwargs: dict) -> tuple:
+        """(pixel_values, image info) out of the processor's image outputs (`image_inputs`: pixel_values and
+        every family's info, None where absent); the redundant inputs are dropped from `model_kwargs`."""
+        for name in self.redundant_inputs:
+            model_kwargs.pop(name, None)
+        info = None if self.image_info is None else image_inputs.get(self.image_info)
+        others = [name for name, value in image_inputs.items()
+                  if value is not None and name not in ("pixel_values", self.image_info)]
+        if others:  # another family's processor made them: check_pixels names both
+            info = info if info is not None else image_inputs[others[0]]
+        return image_inputs.get("pixel_values"), info
+
+    def rows(self, pixel_values, image_info) -> tuple:
+        """The processor's image inputs -> (images, image_sizes) with one entry per prompt row, as the decode
+        loop takes them (it noises images row by row and stacks rows for two branches)."""
+        return pixel_values, image_info
+
+    def image_features(self, model, images, image_sizes) -> torch.Tensor:
+        """(sum of N_b, D) features of the rows' images, in order, as the model's forward merges them."""
+        kwargs = {} if self.image_info is None else {self.image_info: image_sizes}
+        output = model.model.get_image_features(pixel_values=images, **kwargs)
+        features = getattr(output, "pooler_output", output)  # transformers 5: an output object; 4.57: a list
+        return torch.cat(list(features), dim=0)
+
+    def check_pixels(self, model, images, image_sizes) -> None:
+        """Refuse image inputs made by another family's processor (one line naming both classes)."""
+        shape = tuple(images.shape) if hasattr(images, "shape") else None
+        if shape is not None and self._takes(len(shape), image_sizes is not None):
+            return
+        makers = [family.class_name for family in FAMILIES.values()
+                  if shape is not None and family._takes(len(shape), image_sizes is not None)]
+        made_by = f"the processor of a {' / '.join(makers)}" if makers else "no processor of a served family"
+        sizes = "with" if image_sizes is not None else "without"
+        raise UserError(
+            f"pixel_values {shape} {sizes} image sizes come from {made_by}, and the model is a "
+            f"{type(model).__name__}, which takes {self._pixels()}: load the checkpoint with the class its "
+            f"config.json names ({_classes_by_type()}) and its own AutoProcessor.")
+
+    def _takes(self, dims: int, has_info: bool) -> bool:
+        return dims == self.pixel_dims and has_info == (self.image_info is not None)
+
+    def _pixels(self) -> str:
+        return f"{self.pixel_dims}-dimensional pixel_values" + (f" with {self.image_info}" if self.image_info else "")
+
+    # -- positions -----------------------------------------------------------------------------
+    def positions(self, model, input_ids, attention_mask, image_sizes) -> tuple:
+        """(positions, offsets) the model computes for the prompt: positions (B, T, K) batch-first and
+        offsets (B,) added to each later token's count of real tokens; (None, None): the usual positions."""
+        return None, None
+
+
+@dataclass(frozen=True)
+class LlavaNext(Family):
+    """LLaVA-1.6 (`LlavaNextForConditionalGeneration`): anyres tiles (B, P, 3, H, W) with `image_sizes`."""
+
+    image_info: Optional[str] = "image_sizes"
+    pixel_dims: int = 5
+
+
+@dataclass(frozen=True)
+class LlavaOnevision(LlavaNext):
+    """LLaVA-OneVision (`LlavaOnevisionForConditionalGeneration`): anyres-max tiles of a SigLIP tower, Qwen2
+    decoder; the processor's `batch_num_images` is one per prompt here (several images are refused)."""
+
+    oldest_transformers: str = "5.0"
+    redundant_inputs: tuple = ("batch_num_images",)
+
+
+@dataclass(frozen=True)
+class QwenVL(Family):
+    """Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`): variable image-token counts from `image_grid_thw`,
+    the patches of every image concatenated in `pixel_values` (patches, C * T * P * P), multimodal rotary
+    positions (temporal, height, width) computed from the ids and the grids."""
+
+    image_info: Optional[str] = "image_grid_thw"
+    pixel_dims: int = 2
+    unquantized: tuple = ("model.visual", "lm_head")
+    oldest_transformers: str = "5.0"
+    redundant_inputs: tuple = ("mm_token_type_ids",)  # text 0 / image 1: derived from the ids
+
+    def vision_module(self, model):
+        return model.model.visual
+
+    def rows(self, pixel_values, image_info) -> tuple:
+        """Qwen's concatenated patches -> one (N_b, C * T * P * P) tensor per row, and the (3,) grid rows."""
+        if pixel_values is None or image_info is None:
+            return pixel_values, image_info
+        counts = [int(count) for count in image_info.prod(-1)]  # patches per image
+        if sum(counts) != pixel_values.shape[0]:
+            raise UserError(f"pixel_values hold {pixel_values.shape[0]} patches but image_grid_thw describes "
+                            f"{sum(counts)}: pass both from the same processor call.")
+        return list(torch.split(pixel_values, counts)), list(image_info)
+
+    def image_features(self, model, images, image_sizes) -> torch.Tensor:
+        pixels = torch.cat(list(images)) if isinstance(images, (list, tuple)) else images
+        grids = torch.stack(list(image_sizes)) if isinstance(image_sizes, (list, tuple)) else image_sizes
+        return super().image_features(model, pixels, grids)
+
+    def check_pixels(self, model, images, image_sizes) -> None:
+        if isinstance(images, (list, tuple)) and image_sizes is not None and len(images) == len(image_sizes):
+            return  # the rows of `rows`
+        super().check_pixels(model, images, image_sizes)
+
+    def positions(self, model, input_ids, attention_mask, image_sizes) -> tuple:
+        """The model's own `get_rope_index` on the prompt: (B, T, 3) positions and (B,) rope deltas."""
+        grids = torch.stack(list(image_sizes)) if isinstance(image_sizes, (list, tuple)) else image_sizes
+        token_types = (input_ids == int(model.config.image_token_id)).int()  # text 0, image 1
+        positions, deltas = model.model.get_rope_index(input_ids, mm_token_type_ids=token_types,
+                                                       image_grid_thw=grids, attention_mask=attention_mask)
+        return positions.permute(1, 2, 0), deltas.reshape(-1)  # (3, B, T) -> (B, T, 3); (B, 1) -> (B,)
+
+
+#: config.json `model_type` -> its family.
+FAMILIES: dict[str, Family] = {family.model_type: family for family in (
+    Family("llava", "LlavaForConditionalGeneration"),
+    LlavaNext("llava_next", "LlavaNextForConditionalGeneration"),
+    LlavaOnevision("llava_onevision", "LlavaOnevisionForConditionalGeneration"),
+    QwenVL("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration"),
+)}
+
+
+def _classes_by_type() -> str:
+    return "; ".join(f"model_type {family.model_type}: {family.class_name}" for family in FAMILIES.values())
+
+
+def served_classes() -> str:
+    """The transformers classes the backend serves, for messages."""
+    return ", ".join(family.class_name for family in FAMILIES.values())
+
+
+def family_of(model) -> Family:
+    """The family of a transformers model, by its class (or a base class of it).
+
+    Raises:
+        UserError: no family of this backend is that class.
+    """
+    names = {cls.__name__ for cls in type(model).__mro__ if cls.__module__.startswith("transformers.")}
+    for family in FAMILIES.values():
+        if family.class_name in names:
+            return family
+    raise UserError(f"model (={type(model).__name__}) is not a family the llava-hf backend serves; it serves "
+                    f"{served_classes()}.")
+
+
+def is_served(model) -> bool:
+    """Whether a family of this backend is the model's class (without importing transformers)."""
+    names = {cls.__name__ for cls in type(model).__mro__ if cls.__module__.startswith("transformers.")}
+    return any(family.class_name in names for family in FAMILIES.values())
