@@ -12,8 +12,10 @@ has just written into the KV cache, while the model keeps its fast (sdpa) attent
 This equals row L-1 of eager attention's probabilities (tests/test_probe.py checks <= 1e-5 in fp32).
 The hooks live for one prefill and record only the forwards of the thread that attached them, so
 another thread decoding with the same model meanwhile neither feeds nor sees this probe.
-Shared by the backends whose language model is Llama-family (Llama, Mistral: the same RoPE and
-attention module layout): the original LLaVA's LlamaModel and llava-hf's language models.
+Shared by the backends whose language model is Llama-family (Llama, Mistral, Qwen2, Qwen3 with its
+per-head query norm: the same RoPE and attention module layout; Qwen2.5-VL's and Qwen3-VL's multimodal
+rotary sections are already folded into the (cos, sin) the model passes): the original LLaVA's
+LlamaModel and the llava-hf backend's language models.
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ def _rotated_last_query(attn_module, hidden_last: torch.Tensor, kwargs: dict) ->
     """
     batch = hidden_last.shape[0]
     query = attn_module.q_proj(hidden_last)  # (B, 1, H * D_head)
-    query = query.view(batch, 1, -1, attn_module.head_dim).transpose(1, 2)  # (B, H, 1, D_head)
+    query = query.view(batch, 1, -1, attn_module.head_dim)  # (B, 1, H, D_head)
+    if getattr(attn_module, "q_norm", None) is not None:
+        query = attn_module.q_norm(query)  # Qwen3: RMSNorm over each head before RoPE
+    query = query.transpose(1, 2)  # (B, H, 1, D_head)
     if kwargs.get("position_embeddings") is not None:
         cos, sin = (part[:, -1:] for part in kwargs["position_embeddings"])  # (B, 1, D_head)
         query, _ = modeling_llama.apply_rotary_pos_emb(query, query, cos, sin)

@@ -73,8 +73,9 @@ class Pipeline(Protocol):
     def find_blind_tokens(self, inputs: dict, config) -> list:
         """The blind tokens AVC would use for each row of `inputs`."""
 
-    def token_grid(self) -> int:
-        """Image tokens per side of the base image (24 for LLaVA-1.5 at 336 px)."""
+    def token_grid(self, pil_image=None):
+        """The base image's grid of image tokens for `pil_image`: tokens per side (24 for LLaVA-1.5 at
+        336 px), or (rows, columns) where the grid follows the image (Qwen2.5-VL, Qwen3-VL)."""
 
     @property
     def image_aspect_ratio(self) -> Optional[str]:
@@ -94,6 +95,11 @@ class LanguageModelAdapter(ModelAdapter):
     def language_model(self):
         """The decoder (embeddings in, hidden states out; `.layers` with `.self_attn`)."""
 
+    @property
+    def lm_head(self):
+        """The output projection over the vocabulary."""
+        return self.model.lm_head
+
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, S) ids -> (B, S, D) input embeddings."""
         return self.model.get_input_embeddings()(input_ids)
@@ -102,16 +108,24 @@ class LanguageModelAdapter(ModelAdapter):
         return compat.new_cache()
 
     @torch.no_grad()
-    def forward_last_logits(self, embeds, attention_mask, position_ids, cache):
+    def forward_last_logits(self, embeds, attention_mask, position_ids, cache, deepstack=None):
         """One language-model forward over (B, S, D) embeds with the cache; returns the last position's
         (B, V) float32 logits (as the models' own heads return them) and the updated cache.
 
         `position_ids` (B, S), or (B, S, K) for rotary positions of K sections, which the decoder takes
-        section-first (K, B, S) (Qwen2.5-VL).
+        section-first (K, B, S) (Qwen2.5-VL); `deepstack` (B, S, K, D) goes to the decoder as Qwen3-VL's
+        `visual_pos_masks` (every position: the features are zero outside the image rows, and adding zero
+        changes nothing) and one (B * S, D) tensor per layer.
         """
         language_model = self.language_model
         if position_ids.dim() == 3:
             position_ids = position_ids.permute(2, 0, 1)  # (B, S, K) -> (K, B, S)
+        extra = {}
+        if deepstack is not None:
+            batch, length, layers, width = deepstack.shape
+            extra = {"visual_pos_masks": torch.ones(batch, length, dtype=torch.bool, device=embeds.device),
+                     "deepstack_visual_embeds": [deepstack[:, :, k].reshape(batch * length, width)
+                                                 for k in range(layers)]}
         outputs = language_model(
             inputs_embeds=embeds,
             attention_mask=attention_mask.long(),
@@ -119,9 +133,10 @@ class LanguageModelAdapter(ModelAdapter):
             use_cache=True,
             return_dict=True,
             **{compat.cache_argument(language_model): cache},
+            **extra,
         )
         hidden_last = outputs.last_hidden_state[:, -1, :]  # (B, D)
-        logits = self.model.lm_head(hidden_last).float()  # (B, V)
+        logits = self.lm_head(hidden_last).float()  # (B, V)
         return logits, compat.output_cache(outputs)
 
     def stack_caches(self, first, second):

@@ -28,6 +28,11 @@ from typing import Optional
 import torch
 
 from ..errors import UserError
+from .versions import version_tuple
+
+
+#: Every family's image inputs among a processor's outputs (what `Family.take_image_inputs` reads).
+IMAGE_INPUTS = ("pixel_values", "image_sizes", "image_grid_thw", "qformer_input_ids", "qformer_attention_mask")
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ class Family:
         oldest_transformers: the oldest transformers release the family is tested on.
         redundant_inputs: processor outputs the adapter does without (it derives them from the ids, or they
             say one image per prompt, which the adapter checks itself).
+        chat_prompt: the prompt goes through the processor's chat template (False: it is the question
+            itself and the processor places the image tokens, InstructBLIP).
     """
 
     model_type: str
@@ -53,6 +60,13 @@ class Family:
     unquantized: tuple = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
     oldest_transformers: str = "4.57"
     redundant_inputs: tuple = ()
+    chat_prompt: bool = True
+
+    def check_transformers(self, version: str) -> None:
+        """Refuse a transformers release older than the family is tested on (one line)."""
+        if version_tuple(version) < version_tuple(self.oldest_transformers):
+            raise UserError(f"{self.class_name} needs transformers >= {self.oldest_transformers} with llava-avc "
+                            f"(this environment has {version}); install the hf profile's: pip install '.[hf]'.")
 
     # -- where things are --------------------------------------------------------------------
     def language_model(self, model):
@@ -62,6 +76,15 @@ class Family:
     def vision_module(self, model):
         """The vision encoder (its weights' dtype is the dtype the pixels go in)."""
         return model.model.vision_tower
+
+    def lm_head(self, model):
+        """The output projection over the vocabulary."""
+        return model.lm_head
+
+    def generating_model(self, model):
+        """The model whose `generate` runs a custom decoding method with the processor's inputs (the model
+        itself; InstructBLIP's language model, since its own `generate` encodes the image first)."""
+        return model
 
     # -- images --------------------------------------------------------------------------------
     def take_image_inputs(self, image_inputs: dict, model_kwargs: dict) -> tuple:
@@ -81,12 +104,16 @@ class Family:
         loop takes them (it noises images row by row and stacks rows for two branches)."""
         return pixel_values, image_info
 
-    def image_features(self, model, images, image_sizes) -> torch.Tensor:
-        """(sum of N_b, D) features of the rows' images, in order, as the model's forward merges them."""
-        kwargs = {} if self.image_info is None else {self.image_info: image_sizes}
-        output = model.model.get_image_features(pixel_values=images, **kwargs)
+    def image_features(self, model, images, image_sizes) -> tuple:
+        """((sum of N_b, D) features of the rows' images, in order, as the model's forward merges them;
+        (K, sum of N_b, D) DeepStack features or None)."""
+        output = self._encode(model, images, image_sizes)
         features = getattr(output, "pooler_output", output)  # transformers 5: an output object; 4.57: a list
-        return torch.cat(list(features), dim=0)
+        return torch.cat(list(features), dim=0), None
+
+    def _encode(self, model, images, image_sizes):
+        kwargs = {} if self.image_info is None else {self.image_info: image_sizes}
+        return model.model.get_image_features(pixel_values=images, **kwargs)
 
     def check_pixels(self, model, images, image_sizes) -> None:
         """Refuse image inputs made by another family's processor (one line naming both classes)."""
@@ -157,10 +184,10 @@ class QwenVL(Family):
                             f"{sum(counts)}: pass both from the same processor call.")
         return list(torch.split(pixel_values, counts)), list(image_info)
 
-    def image_features(self, model, images, image_sizes) -> torch.Tensor:
+    def _encode(self, model, images, image_sizes):
         pixels = torch.cat(list(images)) if isinstance(images, (list, tuple)) else images
         grids = torch.stack(list(image_sizes)) if isinstance(image_sizes, (list, tuple)) else image_sizes
-        return super().image_features(model, pixels, grids)
+        return model.model.get_image_features(pixel_values=pixels, image_grid_thw=grids)
 
     def check_pixels(self, model, images, image_sizes) -> None:
         if isinstance(images, (list, tuple)) and image_sizes is not None and len(images) == len(image_sizes):
@@ -176,12 +203,85 @@ class QwenVL(Family):
         return positions.permute(1, 2, 0), deltas.reshape(-1)  # (3, B, T) -> (B, T, 3); (B, 1) -> (B,)
 
 
+@dataclass(frozen=True)
+class Qwen3VL(QwenVL):
+    """Qwen3-VL (`Qwen3VLForConditionalGeneration`): Qwen2.5-VL's inputs and positions, plus DeepStack: the
+    vision tower's intermediate features are added to the hidden states at the image rows after each of
+    the decoder's first K layers (`MergedPrompt.deepstack`)."""
+
+    def image_features(self, model, images, image_sizes) -> tuple:
+        output = self._encode(model, images, image_sizes)
+        features = torch.cat(list(output.pooler_output), dim=0)  # (sum N_b, D)
+        deepstack = torch.stack([torch.cat(list(layer), dim=0) for layer in output.deepstack_features])  # (K, sum N_b, D)
+        return features, deepstack
+
+
+@dataclass(frozen=True)
+class InstructBlip(Family):
+    """InstructBLIP with a decoder-only language model (`InstructBlipForConditionalGeneration`, Vicuna in the
+    AvisC paper): the image tokens are the Q-Former's query outputs, which the processor places before the
+    prompt (`num_query_tokens` placeholders ahead of BOS); the Q-Former also reads the question
+    (`qformer_input_ids`, `qformer_attention_mask`), so a row's image features depend on its question. The
+    prompt is the question itself (no chat template, as in the paper). transformers' InstructBLIP `generate`
+    encodes the image before calling its language model's `generate`, so a decoding method runs through the
+    language model's `generate` (`generating_model`), with the InstructBLIP model beside it."""
+
+    image_info: Optional[str] = "qformer_input_ids"
+    unquantized: tuple = ("vision_model", "qformer", "language_projection", "language_model.lm_head")
+    oldest_transformers: str = "5.0"
+    chat_prompt: bool = False
+
+    def language_model(self, model):
+        return model.language_model.model
+
+    def vision_module(self, model):
+        return model.vision_model
+
+    def lm_head(self, model):
+        return model.language_model.lm_head
+
+    def generating_model(self, model):
+        return model.language_model
+
+    def take_image_inputs(self, image_inputs: dict, model_kwargs: dict) -> tuple:
+        """(pixel_values, (qformer_input_ids, qformer_attention_mask)) of the processor's outputs."""
+        ids, mask = image_inputs.get("qformer_input_ids"), image_inputs.get("qformer_attention_mask")
+        if ids is None:
+            others = [name for name, value in image_inputs.items() if value is not None and name != "pixel_values"]
+            return image_inputs.get("pixel_values"), (image_inputs[others[0]] if others else None)
+        return image_inputs.get("pixel_values"), (ids, torch.ones_like(ids) if mask is None else mask)
+
+    def rows(self, pixel_values, image_info) -> tuple:
+        """The question of each row for the Q-Former: a (qformer ids, qformer mask) pair per row."""
+        if not isinstance(image_info, tuple):
+            return pixel_values, image_info
+        ids, mask = image_info
+        return pixel_values, list(zip(ids, mask))
+
+    def check_pixels(self, model, images, image_sizes) -> None:
+        if isinstance(image_sizes, list) and all(isinstance(row, tuple) for row in image_sizes) \
+                and hasattr(images, "shape") and images.dim() == self.pixel_dims:
+            return
+        super().check_pixels(model, images, None if isinstance(image_sizes, list) else image_sizes)
+
+    def _encode(self, model, images, image_sizes):
+        ids = torch.stack([row_ids for row_ids, _ in image_sizes])  # (B, T_q)
+        mask = torch.stack([row_mask for _, row_mask in image_sizes])
+        return model.get_image_features(pixel_values=images, qformer_input_ids=ids, qformer_attention_mask=mask)
+
+    def image_features(self, model, images, image_sizes) -> tuple:
+        queries = self._encode(model, images, image_sizes).pooler_output  # (B, Q, D)
+        return queries.reshape(-1, queries.shape[-1]), None
+
+
 #: config.json `model_type` -> its family.
 FAMILIES: dict[str, Family] = {family.model_type: family for family in (
     Family("llava", "LlavaForConditionalGeneration"),
     LlavaNext("llava_next", "LlavaNextForConditionalGeneration"),
     LlavaOnevision("llava_onevision", "LlavaOnevisionForConditionalGeneration"),
     QwenVL("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration"),
+    Qwen3VL("qwen3_vl", "Qwen3VLForConditionalGeneration"),
+    InstructBlip("instructblip", "InstructBlipForConditionalGeneration"),
 )}
 
 

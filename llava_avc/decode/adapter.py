@@ -35,6 +35,8 @@ class MergedPrompt:
             the usual ones (cumsum of the mask).
         position_offset: (B,) added to every later token's usual position (Qwen2.5-VL's rope deltas);
             None: 0.
+        deepstack: (B, L, K, D) image features the model adds to the hidden states after each of its
+            first K decoder layers, zeros outside the image rows (Qwen3-VL's DeepStack); None: none.
     """
 
     embeds: torch.Tensor
@@ -42,6 +44,7 @@ class MergedPrompt:
     image_spans: list[Optional[tuple[int, int]]]
     positions: Optional[torch.Tensor] = None
     position_offset: Optional[torch.Tensor] = None
+    deepstack: Optional[torch.Tensor] = None
 
     @property
     def position_ids(self) -> torch.Tensor:
@@ -142,12 +145,14 @@ class ModelAdapter(abc.ABC):
 
     @abc.abstractmethod
     def forward_last_logits(self, embeds: torch.Tensor, attention_mask: torch.Tensor,
-                            position_ids: torch.Tensor, cache) -> tuple[torch.Tensor, Any]:
+                            position_ids: torch.Tensor, cache, deepstack: Optional[torch.Tensor] = None
+                            ) -> tuple[torch.Tensor, Any]:
         """One language-model forward over (B, S, D) embeds with the cache.
 
         Args:
             attention_mask: (B, L_cached + S) over cached and new positions.
-            position_ids: (B, S) long.
+            position_ids: (B, S) long, or (B, S, K) (`MergedPrompt.positions`).
+            deepstack: (B, S, K, D) or None (`MergedPrompt.deepstack`; prefills only).
         Returns:
             ((B, V) float32 logits of the last position, the updated cache).
         """

@@ -53,7 +53,7 @@ def avc_original_prefill(adapter: ModelAdapter, input_ids, attention_mask, image
     merged = adapter.merge_image(input_ids, attention_mask, images, image_sizes)
     with adapter.last_query_probe(merged.attention_mask) as probe:
         original = adapter.forward_last_logits(
-            merged.embeds, merged.attention_mask, merged.position_ids, adapter.new_cache()
+            merged.embeds, merged.attention_mask, merged.position_ids, adapter.new_cache(), merged.deepstack
         )
     attentions = torch.stack(probe.attentions, dim=1)  # (B, n_layers, H, L)
     records = [
@@ -80,13 +80,26 @@ def biased_embeds(embeds: torch.Tensor, records: list[BlindTokens], config: AVCC
     return out
 
 
+def blind_deepstack(deepstack: Optional[torch.Tensor], records: list[BlindTokens]) -> Optional[torch.Tensor]:
+    """(B, L, K, D) DeepStack features -> a copy keeping only the blind image rows' (the others zero: the
+    biased branch adds nothing of a non-blind token in any layer, whatever the embeddings' masking)."""
+    if deepstack is None:
+        return None
+    out = deepstack.clone()
+    for row, record in enumerate(records):
+        start, end = record.image_span
+        out[row, start:end][~record.blind.to(out.device)] = 0
+    return out
+
+
 def prefill_avc(adapter: ModelAdapter, request: PrefillRequest, config: AVCConfig):
     """The original branch with the probe (blind tokens), then the biased branch on its masked copy."""
     merged, original, records = avc_original_prefill(adapter, request.input_ids, request.attention_mask,
                                                      request.images, request.image_sizes, config)
     mask = merged.attention_mask
     biased = adapter.forward_last_logits(
-        biased_embeds(merged.embeds, records, config, request.noise_seeds), mask, merged.position_ids, adapter.new_cache()
+        biased_embeds(merged.embeds, records, config, request.noise_seeds), mask, merged.position_ids, adapter.new_cache(),
+        blind_deepstack(merged.deepstack, records),
     )
     state = BranchState.from_branches(adapter, original, biased, mask, request.sequential, merged.next_position)
     return state, records
@@ -116,7 +129,7 @@ def prefill_vcd(adapter: ModelAdapter, request: PrefillRequest, config: VCDConfi
     merged = adapter.merge_image(request.input_ids.repeat(2, 1), attention_mask.repeat(2, 1),
                                  _stack_images(request.images, noised), sizes)
     state = BranchState.from_prefill(adapter, merged.embeds, merged.attention_mask, request.sequential,
-                                     merged.position_ids, merged.next_position)
+                                     merged.position_ids, merged.next_position, merged.deepstack)
     return state, None
 
 
@@ -130,10 +143,14 @@ def text_only_branch(adapter: ModelAdapter, request: PrefillRequest) -> BranchSt
     positions, _ = left_pad_to(merged.position_ids, merged.attention_mask, length)
     text_embeds, text_mask = left_pad_to(text_embeds, text_mask, length)
     text_positions = positions_like(position_ids_from_mask(text_mask), positions)
+    deepstack = None
+    if merged.deepstack is not None:  # the image-free rows add nothing
+        deepstack, _ = left_pad_to(merged.deepstack, merged.attention_mask, length)
+        deepstack = torch.cat([deepstack, torch.zeros_like(deepstack)])
     return BranchState.from_prefill(adapter, torch.cat([embeds, text_embeds.to(embeds.dtype)]),
                                     torch.cat([mask, text_mask]), request.sequential,
                                     torch.cat([positions, text_positions]),
-                                    torch.cat([merged.next_position, text_mask.long().sum(-1)]))
+                                    torch.cat([merged.next_position, text_mask.long().sum(-1)]), deepstack)
 
 
 def prefill_m3id(adapter: ModelAdapter, request: PrefillRequest, config: M3IDConfig):
@@ -145,5 +162,6 @@ def prefill_lean(adapter: ModelAdapter, request: PrefillRequest, config=None):
     """One branch, no contrast: the apples-to-apples baseline of the benchmarks."""
     merged = adapter.merge_image(request.input_ids, request.attention_mask, request.images, request.image_sizes)
     mask = merged.attention_mask
-    logits, cache = adapter.forward_last_logits(merged.embeds, mask, merged.position_ids, adapter.new_cache())
+    logits, cache = adapter.forward_last_logits(merged.embeds, mask, merged.position_ids, adapter.new_cache(),
+                                                merged.deepstack)
     return BranchState.single(logits, cache, mask, merged.next_position), None

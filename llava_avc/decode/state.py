@@ -48,11 +48,12 @@ class BranchState:
 
     @classmethod
     def from_prefill(cls, adapter: ModelAdapter, embeds, attention_mask, sequential: bool, position_ids=None,
-                     next_position=None) -> "BranchState":
+                     next_position=None, deepstack=None) -> "BranchState":
         """Prefill both branches from (2B, L, D) stacked embeds (original rows first).
 
         `position_ids` ((2B, L) or (2B, L, K)) and `next_position` ((2B,)) are the prompt's own positions
-        (`MergedPrompt.position_ids`, `.next_position`); None: the usual ones from the mask.
+        (`MergedPrompt.position_ids`, `.next_position`); None: the usual ones from the mask. `deepstack`:
+        (2B, L, K, D) or None (`MergedPrompt.deepstack`).
         """
         batch_size = embeds.shape[0] // 2
         if position_ids is None:
@@ -63,7 +64,8 @@ class BranchState:
         streams, logits = [], []
         for rows in parts:
             mask = attention_mask[rows]
-            part_logits, cache = adapter.forward_last_logits(embeds[rows], mask, position_ids[rows], adapter.new_cache())
+            part_logits, cache = adapter.forward_last_logits(embeds[rows], mask, position_ids[rows], adapter.new_cache(),
+                                                             None if deepstack is None else deepstack[rows])
             streams.append(_Stream(cache, mask, next_position[rows], copies=2 // len(parts)))
             logits.append(part_logits)
         return cls(streams, torch.cat(logits), batch_size)

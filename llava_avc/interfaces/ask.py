@@ -87,7 +87,7 @@ def draw_heatmap(pipeline, pil_image, record, out_path: str) -> str:
     from .heatmap import draw_blind_tokens
 
     try:
-        draw_blind_tokens(pil_image, record, grid=pipeline.token_grid(), out_path=out_path,
+        draw_blind_tokens(pil_image, record, grid=pipeline.token_grid(pil_image), out_path=out_path,
                           image_aspect_ratio=pipeline.image_aspect_ratio)
     except OSError as error:
         raise OSError(error.errno, f"cannot write the heatmap {out_path} ({error.strerror or error})") from None

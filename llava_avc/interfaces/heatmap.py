@@ -79,6 +79,7 @@ def grid_region(image_size: Tuple[int, int], image_aspect_ratio: Optional[str] =
 
     ``pad``: the expand2square square (it extends beyond the image on the shorter side);
     ``anyres``: the whole image (the base image is resized to a square, so cells are stretched);
+    ``resize``: the whole image (Qwen's resize to a multiple of its patch grid, aspect ratio kept);
     otherwise: the central square kept by CLIP's shortest-edge resize and centre crop.
     """
     width, height = image_size
@@ -86,7 +87,7 @@ def grid_region(image_size: Tuple[int, int], image_aspect_ratio: Optional[str] =
         side = max(width, height)
         # expand2square pastes the image at ((side - width) // 2, (side - height) // 2).
         return -((side - width) // 2), -((side - height) // 2), side, side
-    if image_aspect_ratio == "anyres":
+    if image_aspect_ratio in ("anyres", "resize"):
         return 0, 0, width, height
     side = min(width, height)
     return (width - side) / 2, (height - side) / 2, side, side

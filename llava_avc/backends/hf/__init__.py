@@ -30,7 +30,7 @@ def generate(model, input_ids=None, config=None, **kwargs):
         kwargs["input_ids"] = input_ids
     if config is None:
         return model.generate(**kwargs)
-    return _custom_generate(model, contrastive_decoding, kwargs, **{config.method: config})
+    return generate_with(model, contrastive_decoding, kwargs, **{config.method: config})
 
 
 @guarded
@@ -38,7 +38,7 @@ def contrastive_generate(model, input_ids, images, image_sizes, config, sequenti
     """`config`'s method on images given as `images` (the processor's pixel_values); `sequential=True`
     runs the two branches as two forwards (the official code's structure, for benchmarks)."""
     kwargs.update(_image_kwargs(model, images, image_sizes), input_ids=input_ids)
-    return _custom_generate(model, contrastive_decoding, kwargs, sequential=sequential, **{config.method: config})
+    return generate_with(model, contrastive_decoding, kwargs, sequential=sequential, **{config.method: config})
 
 
 @guarded
@@ -47,7 +47,7 @@ def lean_generate(model, input_ids, images, image_sizes, **kwargs):
     from .generation import lean_decoding
 
     kwargs.update(_image_kwargs(model, images, image_sizes), input_ids=input_ids)
-    return _custom_generate(model, lean_decoding, kwargs)
+    return generate_with(model, lean_decoding, kwargs)
 
 
 def _image_kwargs(model, images, image_sizes) -> dict:
@@ -58,9 +58,15 @@ def _image_kwargs(model, images, image_sizes) -> dict:
     return {"pixel_values": images} if info is None else {"pixel_values": images, info: image_sizes}
 
 
-def _custom_generate(model, decoding, kwargs: dict, **method_kwargs):
-    """`model.generate(custom_generate=decoding)`; the streamer also goes as `token_streamer` (see
-    `generation.contrastive_decoding`: transformers does not hand it to a callable with parameters)."""
+def generate_with(model, decoding, kwargs: dict, **method_kwargs):
+    """`model.generate(custom_generate=decoding)` (InstructBLIP: its language model's, with the model beside it
+    as `image_model`); the streamer also goes as `token_streamer` (see `generation.contrastive_decoding`:
+    transformers does not hand it to a callable with parameters)."""
+    from ..families import family_of
+
     if kwargs.get("streamer") is not None:
         kwargs["token_streamer"] = kwargs["streamer"]
-    return model.generate(custom_generate=decoding, **method_kwargs, **kwargs)
+    generating = family_of(model).generating_model(model)
+    if generating is not model:
+        kwargs["image_model"] = model
+    return generating.generate(custom_generate=decoding, **method_kwargs, **kwargs)

@@ -52,12 +52,19 @@ class HFAdapter(LanguageModelAdapter):
     """A model of one of the backend's families as a ModelAdapter."""
 
     def __init__(self, model):
+        import transformers
+
         super().__init__(model)
         self.family = family_of(model)
+        self.family.check_transformers(transformers.__version__)
 
     @property
     def language_model(self):
         return self.family.language_model(self.model)
+
+    @property
+    def lm_head(self):
+        return self.family.lm_head(self.model)
 
     def image_rows(self, pixel_values, image_info) -> tuple:
         """The processor's image inputs as (images, image_sizes) with one entry per prompt row (what
@@ -84,21 +91,26 @@ class HFAdapter(LanguageModelAdapter):
         for row in range(input_ids.shape[0]):
             image_span(input_ids[row], token_id, row)  # one image per row, or a clear error
         embeds = self.embed_tokens(input_ids)  # (B, T, D)
-        features = family.image_features(self.model, images, image_sizes).to(embeds.device, embeds.dtype)  # (sum N_b, D)
-        is_image = (input_ids == token_id).unsqueeze(-1)  # (B, T, 1)
+        features, deepstack = family.image_features(self.model, images, image_sizes)  # (sum N_b, D), (K, sum N_b, D)
+        features = features.to(embeds.device, embeds.dtype)
+        is_image = input_ids == token_id  # (B, T)
         if int(is_image.sum()) != features.shape[0]:
             raise UserError(
                 f"input_ids hold {int(is_image.sum())} image tokens but the images give {features.shape[0]} "
                 "features; build input_ids and pixel_values with the same processor call."
             )
-        embeds = embeds.masked_scatter(is_image, features)
+        embeds = embeds.masked_scatter(is_image.unsqueeze(-1), features)
+        if deepstack is not None:  # (B, T, K, D): each image row's K features, zeros elsewhere
+            dense = embeds.new_zeros(*input_ids.shape, deepstack.shape[0], embeds.shape[-1])
+            dense[is_image] = deepstack.permute(1, 0, 2).to(embeds.device, embeds.dtype)
+            deepstack, _ = left_align(dense, attention_mask)
         positions, offsets = family.positions(self.model, input_ids, attention_mask, image_sizes)
         if positions is not None:
             positions, _ = left_align(positions.to(embeds.device), attention_mask)  # (B, T, K)
         embeds, mask = left_align(embeds, attention_mask)
         aligned_ids, _ = left_align(input_ids.unsqueeze(-1), attention_mask)
         spans = [image_span(aligned_ids[row, :, 0], token_id, row) for row in range(input_ids.shape[0])]
-        return MergedPrompt(embeds, mask, spans, positions=positions, position_offset=offsets)
+        return MergedPrompt(embeds, mask, spans, positions=positions, position_offset=offsets, deepstack=deepstack)
 
     def text_only_prompt(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
         """The prompt without its image tokens (M3ID's unconditioned branch), left-aligned."""

@@ -4,7 +4,8 @@
 transformers' `generate` (4.57+ and 5.x) prepares everything (generation config, logits processors
 with the sampling warpers, stopping criteria, max_length from the processor's ids) and then calls a
 callable `custom_generate` in place of its own `_sample`; the callable's parameters that `_sample`
-lacks (`avc`, `vcd`, `m3id`, `pixel_values`, `image_sizes`, `image_grid_thw`, `token_streamer`) are taken out of
+lacks (`avc`, `vcd`, `m3id`, `pixel_values` and the families' image inputs, `image_model`, `token_streamer`) are taken
+out of
 generate's keyword arguments and handed to it. Taking `pixel_values` this way keeps the pixels
 (VCD noises them) instead of letting `generate` encode them in advance.
 
@@ -30,6 +31,7 @@ from ...decode.adapter import GenerationSetup
 from ...decode.sampling import check_generation_config
 from .. import transformers_compat as compat
 from ..base import ContrastiveGenerateOutput, check_one_sequence_per_prompt, contrastive_output
+from ..families import is_served
 from .adapter import HFAdapter
 
 
@@ -103,7 +105,8 @@ class _WithMethodKeywords:
 @compat.guarded
 def contrastive_decoding(model, input_ids, logits_processor, stopping_criteria, generation_config,
                          synced_gpus=False, streamer=None, pixel_values=None, image_sizes=None, image_grid_thw=None,
-                         token_streamer=None, sequential: bool = False, row_seeds=None, **model_kwargs):
+                         qformer_input_ids=None, qformer_attention_mask=None, image_model=None, token_streamer=None,
+                         sequential: bool = False, row_seeds=None, **model_kwargs):
     """A transformers decoding method: `model.generate(**inputs, custom_generate=contrastive_decoding,
     avc=AVCConfig(), max_new_tokens=64)` (or `vcd=` / `m3id=` / a registered method's keyword).
 
@@ -122,8 +125,9 @@ def contrastive_decoding(model, input_ids, logits_processor, stopping_criteria, 
             "m3id=M3IDConfig() (or a registered method's keyword); for plain decoding call model.generate without "
             "custom_generate."
         )
-    image_inputs = {"pixel_values": pixel_values, "image_sizes": image_sizes, "image_grid_thw": image_grid_thw}
-    return _decode(model, input_ids, config, sequential, image_inputs,
+    image_inputs = {"pixel_values": pixel_values, "image_sizes": image_sizes, "image_grid_thw": image_grid_thw,
+                    "qformer_input_ids": qformer_input_ids, "qformer_attention_mask": qformer_attention_mask}
+    return _decode(image_model or model, input_ids, config, sequential, image_inputs,
                    dict(logits_processor=logits_processor, stopping_criteria=stopping_criteria,
                         generation_config=generation_config, streamer=token_streamer or streamer,
                         row_seeds=row_seeds),
@@ -133,11 +137,13 @@ def contrastive_decoding(model, input_ids, logits_processor, stopping_criteria, 
 @compat.guarded
 def lean_decoding(model, input_ids, logits_processor, stopping_criteria, generation_config,
                   synced_gpus=False, streamer=None, pixel_values=None, image_sizes=None, image_grid_thw=None,
-                  token_streamer=None, row_seeds=None, **model_kwargs):
+                  qformer_input_ids=None, qformer_attention_mask=None, image_model=None, token_streamer=None,
+                  row_seeds=None, **model_kwargs):
     """The package's own loop with one branch and no contrast, as a transformers decoding method
     (the benchmarks' apples-to-apples baseline); equals greedy `generate` token for token."""
-    image_inputs = {"pixel_values": pixel_values, "image_sizes": image_sizes, "image_grid_thw": image_grid_thw}
-    return _decode(model, input_ids, None, False, image_inputs,
+    image_inputs = {"pixel_values": pixel_values, "image_sizes": image_sizes, "image_grid_thw": image_grid_thw,
+                    "qformer_input_ids": qformer_input_ids, "qformer_attention_mask": qformer_attention_mask}
+    return _decode(image_model or model, input_ids, None, False, image_inputs,
                    dict(logits_processor=logits_processor, stopping_criteria=stopping_criteria,
                         generation_config=generation_config, streamer=token_streamer or streamer,
                         row_seeds=row_seeds),
@@ -152,6 +158,10 @@ def _decode(model, input_ids, config, sequential, image_inputs: dict, prepared: 
     if synced_gpus:
         raise UserError("synced_gpus (DeepSpeed ZeRO-3 / FSDP generation) is not supported by contrastive decoding; "
                         "generate on one process per model copy instead.")
+    if "inputs_embeds" in model_kwargs and not is_served(model):
+        raise UserError(f"{type(model).__name__}.generate got a decoding method with the image already merged into "
+                        "inputs_embeds (InstructBLIP's own generate encodes the image first): call "
+                        "llava_avc.generate(model, **inputs, avc=AVCConfig()) on the InstructBLIP model instead.")
     adapter, front_end = HFAdapter(model), HFFrontEnd()
     model_kwargs = dict(model_kwargs)
     images, image_sizes = adapter.image_rows(*adapter.family.take_image_inputs(image_inputs, model_kwargs))

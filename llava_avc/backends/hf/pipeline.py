@@ -23,7 +23,7 @@ import torch
 from ...errors import UserError
 from ..base import prompt_too_long, quiet_length_warning
 from . import prompts
-from ..families import FAMILIES, Family, family_of
+from ..families import FAMILIES, IMAGE_INPUTS, Family, family_of
 from ..devices import check_quantization_supported, default_device, resolve_device
 from ..checkpoints import check_json_file, preflight, quiet_loading_notes
 from ..transformers_compat import guarded
@@ -119,6 +119,8 @@ class HFPipeline:
         """One image and one question, ready for the answer: the processor's chat template (`conv_mode` None or
         "chat-template") or LLaVA's `conv_mode` template."""
         prompts.check_conv_mode(conv_mode)
+        if not self.family.chat_prompt:
+            return text  # the question itself (InstructBLIP: the processor puts the query tokens first), as in the paper
         if conv_mode not in (None, prompts.CHAT_TEMPLATE):
             return prompts.llava_conversation(conv_mode, text, getattr(self.processor, "image_token", "<image>"))
         conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
@@ -180,7 +182,7 @@ class HFPipeline:
         `row_seeds` (one int per row) give each row its own noise and sampling generators; plain
         SAMPLED decoding then runs as `lean_decoding` (transformers draws from torch's global RNG).
         """
-        from . import generate
+        from . import generate, generate_with
         from .generation import lean_decoding
 
         self.check_prompt_fits(inputs)
@@ -189,7 +191,7 @@ class HFPipeline:
             kwargs["row_seeds"] = row_seeds
         with torch.inference_mode():
             if config is None and "row_seeds" in kwargs:
-                return self.model.generate(custom_generate=lean_decoding, **kwargs)
+                return generate_with(self.model, lean_decoding, kwargs)
             return generate(self.model, config=config, **kwargs)
 
     def check_prompt_fits(self, inputs: dict) -> None:
@@ -220,24 +222,28 @@ class HFPipeline:
         from .adapter import HFAdapter
 
         adapter = HFAdapter(self.model)
-        info = adapter.family.image_info
-        images, image_sizes = adapter.image_rows(inputs["pixel_values"], inputs.get(info) if info else None)
+        image_inputs = {name: inputs.get(name) for name in IMAGE_INPUTS}
+        images, image_sizes = adapter.image_rows(*adapter.family.take_image_inputs(image_inputs, {}))
         return find_blind_tokens(adapter, inputs["input_ids"], images, image_sizes, config,
                                  attention_mask=inputs["attention_mask"])
 
-    def token_grid(self) -> int:
-        """Image tokens per side of the base image (24 for LLaVA-1.5 at 336 px)."""
+    def token_grid(self, pil_image=None):
+        """Image tokens per side of the base image (24 for LLaVA-1.5 at 336 px); for a family whose grid
+        follows the image (Qwen), (rows, columns) of `pil_image`'s merged patch grid as its processor makes it."""
         vision = self.model.config.vision_config
-        return vision.image_size // vision.patch_size
+        if self.family.image_info != "image_grid_thw":
+            return vision.image_size // vision.patch_size
+        _, rows, columns = (int(n) for n in self.processor.image_processor(images=[pil_image])["image_grid_thw"][0])
+        return rows // vision.spatial_merge_size, columns // vision.spatial_merge_size
 
     @property
     def image_aspect_ratio(self) -> Optional[str]:
         """"pad" when the image processor pads to a square (LLaVA-1.5), "anyres" for LLaVA-NeXT and OneVision,
-        the model_type for the other families."""
-        if self.family.model_type in ("llava_next", "llava_onevision"):
+        "resize" for Qwen (the whole image resized to a multiple of its patch grid)."""
+        if self.family.image_info == "image_sizes":
             return "anyres"
-        if not self._is_llava_1_5:
-            return self.family.model_type
+        if self.family.image_info == "image_grid_thw":
+            return "resize"
         return "pad" if getattr(self.processor.image_processor, "do_pad", False) else None
 
     def model_id(self, model_path: str) -> str:

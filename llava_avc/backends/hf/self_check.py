@@ -51,7 +51,8 @@ def _case(next_: bool) -> SelfCheckCase:
     else:
         images = {"pixel_values": torch.randn(1, 3, side, side, generator=generator)}
     with torch.no_grad():  # as many image tokens as the model's own merge makes features
-        image_tokens = family_of(model).image_features(model, images["pixel_values"], images.get("image_sizes")).shape[0]
+        features, _ = family_of(model).image_features(model, images["pixel_values"], images.get("image_sizes"))
+        image_tokens = features.shape[0]
     input_ids = torch.tensor([[TEXT["bos_token_id"], 5, 6] + [IMAGE_TOKEN_ID] * image_tokens + [7, 8, 9]])
     return SelfCheckCase(
         model=model,

@@ -147,8 +147,8 @@ class LlavaPipeline:
         return find_blind_tokens(LlavaAdapter(self.model), inputs["input_ids"], inputs["images"],
                                  inputs["image_sizes"], config, attention_mask=inputs["attention_mask"])
 
-    def token_grid(self) -> int:
-        """Image tokens per side of the base image (24 for LLaVA-1.5 at 336 px)."""
+    def token_grid(self, pil_image=None) -> int:
+        """Image tokens per side of the base image (24 for LLaVA-1.5 at 336 px), whatever the image."""
         return self.model.get_vision_tower().num_patches_per_side
 
     @property
