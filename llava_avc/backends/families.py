@@ -175,8 +175,10 @@ class QwenVL(Family):
         return model.model.visual
 
     def rows(self, pixel_values, image_info) -> tuple:
-        """Qwen's concatenated patches -> one (N_b, C * T * P * P) tensor per row, and the (3,) grid rows."""
-        if pixel_values is None or image_info is None:
+        """Qwen's concatenated patches -> one (N_b, C * T * P * P) tensor per row, and the (3,) grid rows
+        (inputs of another layout are left to `check_pixels`)."""
+        if pixel_values is None or not torch.is_tensor(image_info) or pixel_values.dim() != self.pixel_dims \
+                or image_info.dim() != 2 or image_info.shape[-1] != 3:
             return pixel_values, image_info
         counts = [int(count) for count in image_info.prod(-1)]  # patches per image
         if sum(counts) != pixel_values.shape[0]:

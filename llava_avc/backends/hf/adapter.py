@@ -84,6 +84,11 @@ class HFAdapter(LanguageModelAdapter):
         """
         family = self.family
         family.check_pixels(self.model, images, image_sizes)
+        rows, image_count = input_ids.shape[0], len(images)
+        if image_count != rows:
+            raise UserError(f"{image_count} images for {rows} prompts: a prompt holds more than one image, or an image "
+                            "has no prompt; contrastive decoding needs exactly one image per prompt. Put one image in "
+                            "each prompt.")
         token_id = image_token_id(self.model)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)

@@ -4,8 +4,8 @@
 transformers' `generate` (4.57+ and 5.x) prepares everything (generation config, logits processors
 with the sampling warpers, stopping criteria, max_length from the processor's ids) and then calls a
 callable `custom_generate` in place of its own `_sample`; the callable's parameters that `_sample`
-lacks (`avc`, `vcd`, `m3id`, `pixel_values` and the families' image inputs, `image_model`, `token_streamer`) are taken
-out of
+lacks (`avc`, `vcd`, `m3id`, `pixel_values` and the families' image inputs, `mm_token_type_ids` (Qwen's text / image
+token types, which the adapter reads from the ids), `image_model`, `token_streamer`) are taken out of
 generate's keyword arguments and handed to it. Taking `pixel_values` this way keeps the pixels
 (VCD noises them) instead of letting `generate` encode them in advance.
 
@@ -105,8 +105,8 @@ class _WithMethodKeywords:
 @compat.guarded
 def contrastive_decoding(model, input_ids, logits_processor, stopping_criteria, generation_config,
                          synced_gpus=False, streamer=None, pixel_values=None, image_sizes=None, image_grid_thw=None,
-                         qformer_input_ids=None, qformer_attention_mask=None, image_model=None, token_streamer=None,
-                         sequential: bool = False, row_seeds=None, **model_kwargs):
+                         qformer_input_ids=None, qformer_attention_mask=None, mm_token_type_ids=None, image_model=None,
+                         token_streamer=None, sequential: bool = False, row_seeds=None, **model_kwargs):
     """A transformers decoding method: `model.generate(**inputs, custom_generate=contrastive_decoding,
     avc=AVCConfig(), max_new_tokens=64)` (or `vcd=` / `m3id=` / a registered method's keyword).
 
@@ -137,8 +137,8 @@ def contrastive_decoding(model, input_ids, logits_processor, stopping_criteria, 
 @compat.guarded
 def lean_decoding(model, input_ids, logits_processor, stopping_criteria, generation_config,
                   synced_gpus=False, streamer=None, pixel_values=None, image_sizes=None, image_grid_thw=None,
-                  qformer_input_ids=None, qformer_attention_mask=None, image_model=None, token_streamer=None,
-                  row_seeds=None, **model_kwargs):
+                  qformer_input_ids=None, qformer_attention_mask=None, mm_token_type_ids=None, image_model=None,
+                  token_streamer=None, row_seeds=None, **model_kwargs):
     """The package's own loop with one branch and no contrast, as a transformers decoding method
     (the benchmarks' apples-to-apples baseline); equals greedy `generate` token for token."""
     image_inputs = {"pixel_values": pixel_values, "image_sizes": image_sizes, "image_grid_thw": image_grid_thw,

@@ -1,0 +1,73 @@
+"""The inputs a family's processor makes, for the tests of the families (tests/test_families.py).
+
+Qwen2.5-VL's, Qwen3-VL's and LLaVA-OneVision's `AutoProcessor` also load a video processor, which needs
+torchvision; this workplace has a CPU torch and PyPI's torchvision wheels are CUDA builds, so those processors
+do not load here. `processor_inputs` makes the same tensors from the checkpoint's own pieces: the tokenizer's
+chat template, the image processor (its PIL backend), and as many image placeholder tokens per image as the
+model's own `get_image_features` gives features (what the processor computes). InstructBLIP's processor needs
+no torchvision and is used as it is, except that its Q-Former text is padded on the right (the processor pads
+it on the main tokenizer's side, which shifts the Q-Former's positions in a left-padded batch).
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: The processor output that carries each family's image sizes or grids.
+IMAGE_INFO = {"llava_onevision": "image_sizes", "qwen2_5_vl": "image_grid_thw", "qwen3_vl": "image_grid_thw"}
+
+
+class FamilyInputs:
+    """`processor_inputs(images, questions)` of one checkpoint directory."""
+
+    def __init__(self, family: str, directory, model):
+        import transformers
+
+        self.family, self.model = family, model
+        if family == "instructblip":
+            self.processor = transformers.AutoProcessor.from_pretrained(directory)
+            self.processor.tokenizer.padding_side = "left"
+            self.tokenizer = self.processor.tokenizer
+        else:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(directory, padding_side="left")
+            self.image_processor = transformers.AutoImageProcessor.from_pretrained(directory)
+
+    def prompt(self, question: str, images: int = 1) -> str:
+        """The chat template's prompt with `images` images (InstructBLIP: the question itself)."""
+        if self.family == "instructblip":
+            return question
+        content = [{"type": "image"}] * images + [{"type": "text", "text": question}]
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                                  tokenize=False)
+
+    def __call__(self, images: list, texts: list) -> dict:
+        """The processor's batch for `texts` (prompts, each with its images' placeholders) and `images` in order."""
+        if self.family == "instructblip":
+            batch = dict(self.processor(images=images or None, text=texts, return_tensors="pt", padding=True))
+            qformer = self.processor.qformer_tokenizer(texts, padding=True, padding_side="right", return_tensors="pt")
+            batch["qformer_input_ids"], batch["qformer_attention_mask"] = qformer["input_ids"], qformer["attention_mask"]
+            return batch
+        pixels = dict(self.image_processor(images=images, return_tensors="pt")) if images else {}
+        counts = iter(self._feature_counts(pixels))
+        expanded = [self._expand(text, counts) for text in texts]
+        batch = dict(self.tokenizer(expanded, return_tensors="pt", padding=True, add_special_tokens=False))
+        batch.update({key: value for key, value in pixels.items() if key in ("pixel_values", IMAGE_INFO[self.family])})
+        if self.family.startswith("qwen"):
+            batch["mm_token_type_ids"] = (batch["input_ids"] == self.model.config.image_token_id).int()
+        return batch
+
+    def _feature_counts(self, pixels: dict) -> list:
+        """Image features per image, as the model's own `get_image_features` makes them."""
+        if not pixels:
+            return []
+        info = pixels[IMAGE_INFO[self.family]]
+        with torch.no_grad():
+            output = self.model.model.get_image_features(pixel_values=pixels["pixel_values"],
+                                                         **{IMAGE_INFO[self.family]: info})
+        return [feature.shape[0] for feature in output.pooler_output]
+
+    def _expand(self, text: str, counts) -> str:
+        """Each image placeholder of the prompt repeated as many times as its image gives features."""
+        placeholder = self.tokenizer.convert_ids_to_tokens(int(self.model.config.image_token_id))
+        parts = text.split(placeholder)
+        return parts[0] + "".join(placeholder * next(counts) + part for part in parts[1:])

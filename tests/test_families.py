@@ -1,0 +1,196 @@
+"""The llava-hf backend beyond LLaVA: LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL and InstructBLIP (transformers 5), each on a tiny
+random checkpoint with its processor (llava_avc.testing.tiny_families), through `llava_avc.generate`, transformers'
+`generate(custom_generate=...)` and the command line.
+
+Per family: alpha = 0 equals the model's own greedy `generate`; a left-padded batch equals one prompt at a time;
+the last-query probe equals eager attention's last row; AVC equals an independent reference written from the
+equations (tests/reference_family_avc.py: eager attention maps, full recompute, no llava_avc import), with the
+same blind tokens; bad input is one line."""
+
+from __future__ import annotations
+
+import pytest
+
+transformers = pytest.importorskip("transformers")
+if int(transformers.__version__.split(".")[0]) < 5:
+    pytest.skip("the other families are served on transformers 5 (the hf profile)", allow_module_level=True)
+
+import torch  # noqa: E402
+
+import llava_avc  # noqa: E402
+from llava_avc import AVCConfig, M3IDConfig, VCDConfig  # noqa: E402
+from llava_avc.errors import UserError  # noqa: E402
+from family_inputs import FamilyInputs  # noqa: E402
+from reference_family_avc import reference_family_avc_greedy  # noqa: E402
+
+FAMILIES = ["llava_onevision", "qwen2_5_vl", "qwen3_vl", "instructblip"]
+#: The transformers class of each family (independent of llava-avc's own table).
+CLASSES = {"llava_onevision": "LlavaOnevisionForConditionalGeneration",
+           "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "qwen3_vl": "Qwen3VLForConditionalGeneration",
+           "instructblip": "InstructBlipForConditionalGeneration"}
+QUESTIONS = ["Is there a dog in the image?", "What color is the car?"]
+NEW_TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """name -> (model, processor inputs (tests/family_inputs.py), directory) of each family's tiny checkpoint,
+    built on first use; fp32, eval, left padding."""
+    from llava_avc.testing.tiny_families import make_tiny_family
+
+    built = {}
+
+    def get(name: str):
+        if name not in built:
+            directory = make_tiny_family(tmp_path_factory.mktemp(name) / f"tiny-{name}", name, seed=0)
+            model = getattr(transformers, CLASSES[name]).from_pretrained(directory).eval()
+            built[name] = (model, FamilyInputs(name, directory, model), directory)
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request, checkpoints):
+    """(name, model, processor inputs, directory) of one family."""
+    return (request.param, *checkpoints(request.param))
+
+
+def _images(sample_image) -> list:
+    """Two different small images (sizes that give different tile/grid counts)."""
+    first = sample_image.resize((96, 112))
+    second = sample_image.rotate(90, expand=True).resize((120, 80))
+    return [first, second]
+
+
+def _inputs(processor, images: list, questions: list) -> dict:
+    return processor(images, [processor.prompt(question) for question in questions])
+
+
+def _greedy(eos_token_id=None) -> dict:
+    return {"max_new_tokens": NEW_TOKENS, "do_sample": False, "eos_token_id": eos_token_id, "pad_token_id": 0}
+
+
+def test_alpha_zero_equals_the_models_own_greedy_generate_on_a_padded_batch(family, sample_image):
+    _, model, processor, _ = family
+    inputs = _inputs(processor, _images(sample_image), QUESTIONS)
+    assert int((inputs["attention_mask"] == 0).sum()) > 0  # the batch is padded
+    with torch.no_grad():
+        theirs = model.generate(**inputs, **_greedy())
+        ours = llava_avc.generate(model, **inputs, avc=AVCConfig(alpha=0.0), **_greedy())
+    assert torch.equal(ours, theirs)
+    assert not torch.equal(theirs[0, -NEW_TOKENS:], theirs[1, -NEW_TOKENS:])  # the rows differ
+
+
+@pytest.mark.parametrize("config", [AVCConfig(), VCDConfig(), M3IDConfig()], ids=["avc", "vcd", "m3id"])
+def test_a_left_padded_batch_equals_one_prompt_at_a_time(family, sample_image, config):
+    _, model, processor, _ = family
+    images = _images(sample_image)
+    with torch.no_grad():
+        batch = llava_avc.generate(model, **_inputs(processor, images, QUESTIONS), **{config.method: config},
+                                   **_greedy())
+        for row, (image, question) in enumerate(zip(images, QUESTIONS)):
+            one = llava_avc.generate(model, **_inputs(processor, [image], [question]), **{config.method: config},
+                                     **_greedy())
+            assert batch[row, -NEW_TOKENS:].tolist() == one[0, -NEW_TOKENS:].tolist(), row
+
+
+def test_custom_generate_equals_llava_avc_generate(family, sample_image):
+    """InstructBLIP's own generate merges the image before a decoding method runs: one line pointing to
+    llava_avc.generate instead."""
+    name, model, processor, _ = family
+    inputs = _inputs(processor, _images(sample_image), QUESTIONS)
+    with torch.no_grad():
+        ours = llava_avc.generate(model, **inputs, avc=AVCConfig(), **_greedy())
+        if name == "instructblip":
+            with pytest.raises(UserError, match=r"image already merged into inputs_embeds .* call llava_avc.generate"):
+                model.generate(**inputs, custom_generate=llava_avc.hf.contrastive_decoding, avc=AVCConfig(),
+                               **_greedy())
+            return
+        theirs = model.generate(**inputs, custom_generate=llava_avc.hf.contrastive_decoding, avc=AVCConfig(),
+                                **_greedy())
+    assert torch.equal(ours, theirs)
+
+
+def test_the_probe_equals_eager_attentions_last_row(family, sample_image):
+    from llava_avc.backends.families import IMAGE_INPUTS
+    from llava_avc.backends.hf.adapter import HFAdapter
+
+    _, model, processor, _ = family
+    inputs = _inputs(processor, _images(sample_image)[:1], QUESTIONS[:1])
+    adapter = HFAdapter(model)
+    image_inputs = {name: inputs.get(name) for name in IMAGE_INPUTS}
+    images, sizes = adapter.image_rows(*adapter.family.take_image_inputs(image_inputs, {}))
+    with torch.no_grad():
+        merged = adapter.merge_image(inputs["input_ids"], inputs["attention_mask"], images, sizes)
+        with adapter.last_query_probe(merged.attention_mask) as probe:
+            adapter.forward_last_logits(merged.embeds, merged.attention_mask, merged.position_ids, adapter.new_cache(),
+                                        merged.deepstack)
+        saved = model.config._attn_implementation
+        model.set_attn_implementation("eager")
+        try:
+            output = model(**inputs, output_attentions=True)
+            attentions = getattr(output, "language_model_outputs", output).attentions  # InstructBLIP: its LM's
+        finally:
+            model.set_attn_implementation(saved)
+    expected = torch.stack([layer[:, :, -1, :] for layer in attentions])  # (layers, 1, H, L)
+    assert float((torch.stack(probe.attentions) - expected).abs().max()) <= 1e-5
+
+
+def test_avc_equals_the_independent_reference_with_the_same_blind_tokens(family, sample_image):
+    _, model, processor, _ = family
+    image_token_id = int(model.config.image_token_id)
+    changed = 0
+    for image, question in zip(_images(sample_image), QUESTIONS):
+        inputs = _inputs(processor, [image], [question])
+        reference = reference_family_avc_greedy(model, inputs, image_token_id, NEW_TOKENS)
+        with torch.no_grad():
+            out = llava_avc.generate(model, **inputs, avc=AVCConfig(), return_dict_in_generate=True, **_greedy())
+            plain = model.generate(**inputs, **_greedy())
+        (record,) = out.blind_tokens
+        assert out.sequences[0, -NEW_TOKENS:].tolist() == reference.tokens
+        assert record.image_span == reference.span and torch.equal(record.blind.cpu(), reference.blind)
+        assert 0 < int(reference.blind.sum()) < reference.blind.numel()  # a real choice of blind tokens
+        changed += plain[0, -NEW_TOKENS:].tolist() != reference.tokens
+    assert changed  # AVC changed an answer: the comparison is not one of two plain decodings
+
+
+def _text_only_inputs(processor, image) -> dict:
+    """A prompt without an image token, with the pixels (and image sizes or grids) of an image beside it."""
+    inputs = processor([], [processor.prompt("Is there a dog?", images=0)])
+    with_image = _inputs(processor, [image], ["x"])
+    inputs.update({key: value for key, value in with_image.items()
+                   if key not in ("input_ids", "attention_mask", "mm_token_type_ids")})
+    return inputs
+
+
+def test_two_images_or_none_in_a_prompt_are_one_line_each(family, sample_image):
+    _, model, processor, _ = family
+    image = _images(sample_image)[0]
+    two_images = processor([image, image], [processor.prompt("Same?", images=2)])
+    for inputs, message in ((two_images, r"2 images for 1 prompts: a prompt holds more than one image"),
+                            (_text_only_inputs(processor, image), r"holds no image token")):
+        with pytest.raises(UserError, match=message) as error:
+            llava_avc.generate(model, **inputs, avc=AVCConfig(), **_greedy())
+        assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("model_family, inputs_family", [("qwen2_5_vl", "llava_onevision"),
+                                                         ("llava_onevision", "qwen3_vl")])
+def test_inputs_of_another_familys_processor_are_one_line(checkpoints, sample_image, model_family, inputs_family):
+    model = checkpoints(model_family)[0]
+    inputs = _inputs(checkpoints(inputs_family)[1], _images(sample_image)[:1], QUESTIONS[:1])
+    with pytest.raises(UserError, match=r"^pixel_values .* come from the processor of a .*, and the model is a "
+                                        + CLASSES[model_family]) as error:
+        llava_avc.generate(model, **inputs, avc=AVCConfig(), **_greedy())
+    assert "\n" not in str(error.value)
+
+
+def test_every_unquantized_module_name_is_a_module_of_the_family(family):
+    """4/8-bit loading keeps these modules unquantized (transformers matches the names from the start)."""
+    from llava_avc.backends.families import FAMILIES as SERVED
+
+    name, model, _, _ = family
+    modules = [module_name for module_name, _ in model.named_modules()]
+    for prefix in SERVED[name].unquantized:
+        assert any(module_name == prefix or module_name.startswith(prefix + ".") for module_name in modules), prefix
