@@ -148,6 +148,8 @@ def test_avc_equals_the_independent_reference_with_the_same_blind_tokens(family,
             out = llava_avc.generate(model, **inputs, avc=AVCConfig(), return_dict_in_generate=True, **_greedy())
             plain = model.generate(**inputs, **_greedy())
         (record,) = out.blind_tokens
+        (found,) = llava_avc.find_blind_tokens(model, **inputs)  # the processor's batch as it is
+        assert torch.equal(found.blind, record.blind) and found.image_span == record.image_span
         assert out.sequences[0, -NEW_TOKENS:].tolist() == reference.tokens
         assert record.image_span == reference.span and torch.equal(record.blind.cpu(), reference.blind)
         assert 0 < int(reference.blind.sum()) < reference.blind.numel()  # a real choice of blind tokens
@@ -194,3 +196,51 @@ def test_every_unquantized_module_name_is_a_module_of_the_family(family):
     modules = [module_name for module_name, _ in model.named_modules()]
     for prefix in SERVED[name].unquantized:
         assert any(module_name == prefix or module_name.startswith(prefix + ".") for module_name in modules), prefix
+
+
+def _run_cli(*argv):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "llava_avc", *map(str, argv)], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def test_ask_detects_instructblip_and_answers_like_llava_avc_generate(checkpoints, sample_image, tmp_path):
+    model, processor, directory = checkpoints("instructblip")
+    image = _images(sample_image)[0]
+    image.save(tmp_path / "photo.png")
+    proc = _run_cli("ask", "--model-path", directory, "--image", tmp_path / "photo.png", "--query", QUESTIONS[0],
+                    "--max-new-tokens", NEW_TOKENS, "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    inputs = _inputs(processor, [image], QUESTIONS[:1])
+    with torch.no_grad():
+        out = llava_avc.generate(model, **inputs, avc=AVCConfig(), max_new_tokens=NEW_TOKENS, do_sample=False)
+    expected = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert proc.stdout == expected + "\n"
+    assert "blind tokens:" in proc.stderr and "of 8 image tokens" in proc.stderr
+
+
+def _torchvision_importable() -> bool:
+    try:
+        import torchvision  # noqa: F401
+    except (ImportError, RuntimeError):  # a CUDA build beside a CPU torch fails with RuntimeError
+        return False
+    return True
+
+
+def test_ask_on_qwen_needs_the_processors_torchvision(checkpoints, sample_image, tmp_path):
+    """Qwen's (and OneVision's) AutoProcessor loads a video processor that needs torchvision: without it, one
+    line naming the fix; with it, an answer."""
+    _, _, directory = checkpoints("qwen2_5_vl")
+    sample_image.save(tmp_path / "photo.png")
+    proc = _run_cli("ask", "--model-path", directory, "--image", tmp_path / "photo.png", "--query", QUESTIONS[0],
+                    "--max-new-tokens", NEW_TOKENS, "--device", "cpu")
+    if _torchvision_importable():
+        assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr[-3000:]
+    else:
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert "the qwen2_5_vl processor of" in proc.stderr and "needs torchvision" in proc.stderr
+        assert "Traceback" not in proc.stderr

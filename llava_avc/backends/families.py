@@ -86,6 +86,10 @@ class Family:
         itself; InstructBLIP's language model, since its own `generate` encodes the image first)."""
         return model
 
+    def processor_batch(self, processor, images: list, texts: list, **kwargs) -> dict:
+        """The processor's left-padded batch for prompts `texts` with one image each."""
+        return dict(processor(images=images, text=texts, return_tensors="pt", padding=True, **kwargs))
+
     # -- images --------------------------------------------------------------------------------
     def take_image_inputs(self, image_inputs: dict, model_kwargs: dict) -> tuple:
         """(pixel_values, image info) out of the processor's image outputs (`image_inputs`: pixel_values and
@@ -244,6 +248,15 @@ class InstructBlip(Family):
 
     def generating_model(self, model):
         return model.language_model
+
+    def processor_batch(self, processor, images: list, texts: list, **kwargs) -> dict:
+        """The processor's batch with the Q-Former's text padded on the RIGHT: the processor pads it on the
+        language tokenizer's side, and left padding would shift the Q-Former's (BERT) positions, so that a
+        question would read differently in a batch than alone."""
+        batch = super().processor_batch(processor, images, texts, **kwargs)
+        qformer = processor.qformer_tokenizer(texts, padding=True, padding_side="right", return_tensors="pt")
+        batch["qformer_input_ids"], batch["qformer_attention_mask"] = qformer["input_ids"], qformer["attention_mask"]
+        return batch
 
     def take_image_inputs(self, image_inputs: dict, model_kwargs: dict) -> tuple:
         """(pixel_values, (qformer_input_ids, qformer_attention_mask)) of the processor's outputs."""

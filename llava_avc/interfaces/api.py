@@ -65,14 +65,18 @@ def lean_generate(model, input_ids: torch.Tensor, *, images=None, image_sizes=No
 
 @guarded
 def find_blind_tokens(model, input_ids, images=None, image_sizes=None, config: Optional[AVCConfig] = None,
-                      attention_mask=None, pixel_values=None) -> list:
+                      attention_mask=None, pixel_values=None, image_grid_thw=None, qformer_input_ids=None,
+                      qformer_attention_mask=None, mm_token_type_ids=None) -> list:
     """The blind tokens AVC would use for each row: the decoder's own code path (prefill + probe).
 
     Args:
         model: a model some backend serves.
         input_ids, attention_mask: the prompt ids, as for generate.
         images: original LLaVA's image tensor(s); `pixel_values`: the llava-hf processor's (pass one).
-        image_sizes: as for generate (LLaVA-1.6 / LLaVA-NeXT).
+        image_sizes: as for generate (LLaVA-1.6 / LLaVA-NeXT / LLaVA-OneVision).
+        image_grid_thw (Qwen2.5-VL, Qwen3-VL), qformer_input_ids and qformer_attention_mask (InstructBLIP),
+            mm_token_type_ids (Qwen; read from the ids instead): the processor's other outputs, so that
+            `find_blind_tokens(model, **inputs)` takes a processor's batch as it is.
         config: the AVCConfig (gamma, lam); default AVCConfig().
     Returns:
         One BlindTokens per row: `image_span` (start, end) in the merged, left-aligned sequence,
@@ -85,4 +89,7 @@ def find_blind_tokens(model, input_ids, images=None, image_sizes=None, config: O
         raise UserError("find_blind_tokens: got both images= and pixel_values=; pass the image once (images= for "
                         "original LLaVA, pixel_values= from a llava-hf processor).")
     images = images if images is not None else pixel_values
+    extra = {"image_grid_thw": image_grid_thw, "qformer_input_ids": qformer_input_ids,
+             "qformer_attention_mask": qformer_attention_mask}
+    images, image_sizes = backend_module(model).image_inputs(model, images, image_sizes, extra)
     return loop.find_blind_tokens(adapter_for(model), input_ids, images, image_sizes, config, attention_mask)

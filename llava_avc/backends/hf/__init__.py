@@ -50,6 +50,16 @@ def lean_generate(model, input_ids, images, image_sizes, **kwargs):
     return generate_with(model, lean_decoding, kwargs)
 
 
+def image_inputs(model, pixel_values, image_sizes, extra: dict) -> tuple:
+    """(images, image_sizes) as the decode loop takes them, from the processor's image outputs (`extra`: the
+    family's other ones, e.g. `image_grid_thw`, `qformer_input_ids`)."""
+    from .adapter import HFAdapter
+
+    adapter = HFAdapter(model)
+    outputs = {"pixel_values": pixel_values, "image_sizes": image_sizes, **extra}
+    return adapter.image_rows(*adapter.family.take_image_inputs(outputs, {}))
+
+
 def _image_kwargs(model, images, image_sizes) -> dict:
     """`generate` kwargs of the processor's image inputs (`image_sizes`: the family's image info)."""
     from ..families import family_of

@@ -56,6 +56,25 @@ def checkpoint_family(model_path: str) -> Family:
     return FAMILIES[model_type]
 
 
+def _load_processor(model_path: str, family: Family):
+    """`AutoProcessor.from_pretrained`; a processor that needs torchvision where it is missing is one line
+    (Qwen's and OneVision's load a video processor, which needs torchvision, even for images).
+
+    Raises:
+        UserError: torchvision is not installed (or not importable beside this torch).
+    """
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(model_path)
+    except ImportError as error:
+        if "torchvision" not in str(error).lower():
+            raise
+        raise UserError(f"the {family.model_type} processor of {model_path!r} needs torchvision (its video processor "
+                        "loads even for images), which this environment cannot import; install the torchvision "
+                        "build that matches your torch (pip install torchvision, from the same index as torch).") from None
+
+
 @contextmanager
 def _quiet_progress():
     """transformers 5's "Loading weights" bar only on a terminal (in a log it is noise on stderr)."""
@@ -88,7 +107,6 @@ class HFPipeline:
              load_4bit: bool = False, load_8bit: bool = False) -> "HFPipeline":
         """`from_pretrained` of a llava-hf directory or hub id: fp16 on CUDA, fp32 on the CPU, or 4/8-bit."""
         import transformers
-        from transformers import AutoProcessor
 
         if model_base is not None:
             raise UserError(f"--model-base (={model_base!r}) is for original-LLaVA LoRA checkpoints; a llava-hf "
@@ -103,7 +121,7 @@ class HFPipeline:
             kwargs.update(quantization_config=quantization_config(load_4bit, load_8bit, family), device_map=device)
         with _quiet_progress(), quiet_loading_notes():
             model = getattr(transformers, family.class_name).from_pretrained(model_path, **kwargs)
-            processor = AutoProcessor.from_pretrained(model_path)
+            processor = _load_processor(model_path, family)
         if not (load_4bit or load_8bit):
             model.to(device)
         quiet_length_warning(processor.tokenizer)
@@ -166,8 +184,8 @@ class HFPipeline:
         """One question per image -> the processor's left-padded batch on the model's device (`conv_mode` and
         `center_crop` as the module docstring says)."""
         images, image_kwargs = self._image_kwargs(pil_images, center_crop)
-        batch = self.processor(images=images, text=[self.prompt(text, conv_mode) for text in texts],
-                               return_tensors="pt", padding=True, **image_kwargs)
+        batch = self.family.processor_batch(self.processor, images, [self.prompt(text, conv_mode) for text in texts],
+                                            **image_kwargs)
         inputs = {key: value.to(self.device) for key, value in batch.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self._pixel_dtype())
         return inputs
@@ -219,12 +237,12 @@ class HFPipeline:
     @guarded
     def find_blind_tokens(self, inputs: dict, config) -> list:
         from ...decode.loop import find_blind_tokens
+        from . import image_inputs
         from .adapter import HFAdapter
 
-        adapter = HFAdapter(self.model)
-        image_inputs = {name: inputs.get(name) for name in IMAGE_INPUTS}
-        images, image_sizes = adapter.image_rows(*adapter.family.take_image_inputs(image_inputs, {}))
-        return find_blind_tokens(adapter, inputs["input_ids"], images, image_sizes, config,
+        extra = {name: inputs.get(name) for name in IMAGE_INPUTS if name not in ("pixel_values", "image_sizes")}
+        images, image_sizes = image_inputs(self.model, inputs["pixel_values"], inputs.get("image_sizes"), extra)
+        return find_blind_tokens(HFAdapter(self.model), inputs["input_ids"], images, image_sizes, config,
                                  attention_mask=inputs["attention_mask"])
 
     def token_grid(self, pil_image=None):

@@ -31,6 +31,22 @@ def model_adapter(model):
     return LlavaAdapter(model)
 
 
+def image_inputs(model, images, image_sizes, extra: dict) -> tuple:
+    """(images, image_sizes) as the decode loop takes them: original LLaVA's are already so; it takes no other
+    image input.
+
+    Raises:
+        UserError: another family's image inputs (`image_grid_thw`, `qformer_input_ids`, ...).
+    """
+    from ...errors import UserError
+
+    given = [name for name, value in extra.items() if value is not None]
+    if given:
+        raise UserError(f"{given[0]}= is not an input of original LLaVA ({type(model).__name__}); pass images= (and "
+                        "image_sizes= for LLaVA-1.6) as LLaVA's process_images makes them.")
+    return images, image_sizes
+
+
 def front_end(model):
     """How the decode loop reads `generate`'s arguments for a LlavaLlamaForCausalLM."""
     from .generation import LlavaFrontEnd
