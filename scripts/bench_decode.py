@@ -9,6 +9,7 @@ Examples:
     python scripts/bench_decode.py --batches 1 --new-tokens 16 --runs 1 --methods plain,lean,avc
     python scripts/bench_decode.py --preset 7b-shape --device cuda --dtypes fp16,nf4 --json $OUT/bench.json
     .venv-hf/bin/python scripts/bench_decode.py --backend hf --batches 1 --new-tokens 16 --runs 1   # llava-hf
+    .venv-hf/bin/python scripts/bench_decode.py --family qwen2_5_vl --batches 1,4 --new-tokens 16 --runs 3
     python scripts/bench_decode.py --report .cache/gpu-check/                 # tables + target verdicts of saved rows
 """
 
@@ -20,6 +21,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The llava-hf backend's other families (`--family`), as decode_backends.BACKENDS names them.
+FAMILIES = ["llava_onevision", "qwen2_5_vl", "qwen3_vl", "instructblip"]
 
 
 def _import_from_working_tree() -> None:
@@ -54,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--backend", default="llava", choices=["llava", "hf"],
                        help="llava = the original LLaVA codebase, patched (plain = upstream LLaVA generate); "
                        "hf = llava-hf through transformers' generate (plain = transformers' own generate)")
+    model.add_argument("--family", default=None, choices=FAMILIES,
+                       help="another family of the llava-hf backend (transformers 5): its tiny random checkpoint "
+                       "(or --checkpoint), plain = the model's own generate; replaces --backend")
     grid = parser.add_argument_group("grid")
     grid.add_argument("--dtypes", type=_csv(str), default=["fp32"], metavar="LIST", help="fp32,fp16,nf4 (default: fp32)")
     grid.add_argument("--batches", type=_csv(int), default=[1, 8], metavar="LIST", help="default: 1,8")
@@ -109,7 +115,7 @@ def main(argv=None) -> int:
             preset=args.preset, device=args.device, dtypes=args.dtypes, batches=args.batches,
             new_tokens=args.new_tokens, runs=args.runs, warmup=args.warmup, methods=args.methods,
             checkpoint=args.checkpoint, prompt_tokens=args.prompt_tokens, time_budget_s=args.time_budget,
-            on_row=on_row, log=lambda message: print(message, flush=True), backend=args.backend,
+            on_row=on_row, log=lambda message: print(message, flush=True), backend=args.family or args.backend,
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -117,7 +123,7 @@ def main(argv=None) -> int:
     if args.json:
         bench.write_json(rows, args.json)  # again: now with the AVC ratios
     command = "python scripts/bench_decode.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    print(f"\ncommand: {command}\nbackend: {args.backend}\nprompt: {rows[0].get('prompt_tokens', '-') if rows else '-'} tokens "
+    print(f"\ncommand: {command}\nbackend: {args.family or args.backend}\nprompt: {rows[0].get('prompt_tokens', '-') if rows else '-'} tokens "
           f"(576 image tokens for LLaVA-1.5 shapes), greedy, EOS suppressed, median of {args.runs}\n")
     print(bench.format_table(rows, info))
     print("\n" + bench.format_targets(bench.check_targets(rows)))

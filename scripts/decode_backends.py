@@ -19,7 +19,7 @@ import contextlib
 import json
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
 
@@ -56,6 +56,7 @@ class BenchInputs:
     question: str
     prompt_tokens: int  # merged length: text tokens + image tokens
     image_tokens: int
+    extra: dict = field(default_factory=dict)  # the other families' processor outputs (image_grid_thw, ...), x batch
 
 
 @dataclass
@@ -337,12 +338,13 @@ class HFBackend(BenchBackend):
         nf4 is llava-avc's own BitsAndBytesConfig (projector, lm_head and vision tower kept)."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from llava_avc.backends.hf.pipeline import quantization_config
+        from llava_avc.backends.hf.pipeline import checkpoint_family, quantization_config
 
         check_dtype(dtype)
         kwargs: dict = {"dtype": TORCH_DTYPES[dtype]}
         if dtype == "nf4":
-            kwargs.update(quantization_config=quantization_config(True, False), device_map=device)
+            family = checkpoint_family(str(checkpoint))
+            kwargs.update(quantization_config=quantization_config(True, False, family), device_map=device)
         model = AutoModelForImageTextToText.from_pretrained(str(checkpoint), **kwargs).eval()
         if dtype != "nf4":
             model.to(device)
@@ -390,5 +392,102 @@ class HFBackend(BenchBackend):
         }
 
 
-#: backend name -> its class (run_benchmark's ``backend`` argument, bench_decode.py's --backend).
-BACKENDS: dict[str, type[BenchBackend]] = {backend.name: backend for backend in (LlavaBackend, HFBackend)}
+# ------------------------------------------------------------------------- the other families
+
+
+class FamilyBackend(HFBackend):
+    """A family of the llava-hf backend beyond LLaVA (``--family``): its tiny random checkpoint
+    (llava_avc.testing.tiny_families) and the inputs its processor makes (llava_avc.testing.family_inputs)."""
+
+    family: ClassVar[str] = ""
+
+    @property
+    def checkpoint_prefix(self) -> str:
+        return f"bench-{self.family}"
+
+    def ensure_checkpoint(self, preset: str = "tiny", directory=None, *, device: str = "cpu",
+                          log: Log = print) -> Path:
+        from llava_avc.testing.tiny_families import make_tiny_family
+
+        if preset != "tiny":
+            raise ValueError(f"--preset {preset} is not built for --family {self.family}: the families have tiny "
+                             "random checkpoints only (pass --checkpoint DIR for a real one).")
+        path = Path(directory) if directory is not None else self.default_checkpoint_dir(preset)
+        if _build_info(path).get("family") == self.family:
+            return path.resolve()
+        log(f"building a random {self.family} checkpoint in {path} ...")
+        return make_tiny_family(path, self.family, seed=SEED, force=True)
+
+    def load_for_dtype(self, checkpoint, dtype: str, device: str) -> LoadedModel:
+        """The family's class; nf4 is llava-avc's BitsAndBytesConfig (the family's modules kept)."""
+        import transformers
+
+        from llava_avc.backends.hf.pipeline import checkpoint_family, quantization_config
+        from llava_avc.testing.family_inputs import FamilyInputs
+
+        check_dtype(dtype)
+        family = checkpoint_family(str(checkpoint))
+        kwargs: dict = {"dtype": TORCH_DTYPES[dtype]}
+        if dtype == "nf4":
+            kwargs.update(quantization_config=quantization_config(True, False, family), device_map=device)
+        model = getattr(transformers, family.class_name).from_pretrained(str(checkpoint), **kwargs).eval()
+        if dtype != "nf4":
+            model.to(device)
+        inputs = FamilyInputs(self.family, checkpoint, model)
+        return LoadedModel(model=model, eos_token_id=inputs.tokenizer.eos_token_id, parts=(inputs, model))
+
+    def build_inputs(self, loaded: LoadedModel, batch: int, prompt_tokens: int = PROMPT_TOKENS,
+                     image=None) -> BenchInputs:
+        """The family's prompt, one image, padded to ``prompt_tokens`` ids (image tokens included)."""
+        processor, model = loaded.parts
+        image = image if image is not None else bench_image()
+        device = model.device
+        question, inputs = _fit_hf_question(lambda text: processor([image], [processor.prompt(text)]), prompt_tokens)
+        info = {"llava_onevision": "image_sizes"}.get(self.family)
+        extra = {key: value.to(device) for key, value in inputs.items()
+                 if key not in ("input_ids", "attention_mask", "pixel_values", info)}
+        if self.family.startswith("qwen"):  # every copy's patches, and one grid row per copy
+            pixels = inputs["pixel_values"].repeat(batch, 1)
+        else:
+            pixels = inputs["pixel_values"].repeat(batch, *([1] * (inputs["pixel_values"].dim() - 1)))
+        return BenchInputs(
+            input_ids=inputs["input_ids"].repeat(batch, 1).to(device),
+            images=pixels.to(device, next(model.parameters()).dtype),
+            image_sizes=None if info is None else inputs[info].repeat(batch, 1).to(device),
+            question=question,
+            prompt_tokens=inputs["input_ids"].shape[1],
+            image_tokens=int((inputs["input_ids"] == model.config.image_token_id).sum()),
+            extra={key: value.repeat(batch, *([1] * (value.dim() - 1))) for key, value in extra.items()},
+        )
+
+    def _calls(self, model, inputs: BenchInputs, eos_token_id: int) -> dict[str, Callable[[int], Any]]:
+        import llava_avc
+        from llava_avc.algorithm.config import AVCConfig, M3IDConfig, VCDConfig
+        from llava_avc.backends.hf import generate_with
+        from llava_avc.backends.hf.generation import contrastive_decoding, lean_decoding
+
+        def kwargs(n: int) -> dict:
+            sizes = {} if inputs.image_sizes is None else {"image_sizes": inputs.image_sizes}
+            return dict(input_ids=inputs.input_ids, pixel_values=inputs.images, do_sample=False, max_new_tokens=n,
+                        suppress_tokens=[eos_token_id], **sizes, **inputs.extra)
+
+        return {
+            "plain": lambda n: model.generate(**kwargs(n)),
+            "lean": lambda n: generate_with(model, lean_decoding, kwargs(n)),
+            "avc": lambda n: llava_avc.generate(model, avc=AVCConfig(), **kwargs(n)),
+            "avc_sequential": lambda n: generate_with(model, contrastive_decoding, kwargs(n), avc=AVCConfig(),
+                                                      sequential=True),
+            "vcd": lambda n: llava_avc.generate(model, vcd=VCDConfig(), **kwargs(n)),
+            "m3id": lambda n: llava_avc.generate(model, m3id=M3IDConfig(), **kwargs(n)),
+        }
+
+
+def _family_backend(family: str) -> type[BenchBackend]:
+    return type(f"{family}Backend", (FamilyBackend,), {"name": family, "family": family})
+
+
+#: backend name -> its class (run_benchmark's ``backend`` argument; bench_decode.py's --backend, or --family
+#: for the other families of the llava-hf backend).
+BACKENDS: dict[str, type[BenchBackend]] = {backend.name: backend for backend in (
+    LlavaBackend, HFBackend, *(_family_backend(family) for family in
+                               ("llava_onevision", "qwen2_5_vl", "qwen3_vl", "instructblip")))}

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 import llava_avc  # noqa: E402
 from llava_avc import AVCConfig, M3IDConfig, VCDConfig  # noqa: E402
 from llava_avc.errors import UserError  # noqa: E402
-from family_inputs import FamilyInputs  # noqa: E402
+from llava_avc.testing.family_inputs import FamilyInputs  # noqa: E402
 from reference_family_avc import reference_family_avc_greedy  # noqa: E402
 
 FAMILIES = ["llava_onevision", "qwen2_5_vl", "qwen3_vl", "instructblip"]
@@ -34,7 +34,7 @@ NEW_TOKENS = 6
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """name -> (model, processor inputs (tests/family_inputs.py), directory) of each family's tiny checkpoint,
+    """name -> (model, processor inputs (llava_avc.testing.family_inputs), directory) of each family's tiny checkpoint,
     built on first use; fp32, eval, left padding."""
     from llava_avc.testing.tiny_families import make_tiny_family
 
@@ -244,3 +244,20 @@ def test_ask_on_qwen_needs_the_processors_torchvision(checkpoints, sample_image,
         assert proc.returncode == 2, proc.stderr[-3000:]
         assert "the qwen2_5_vl processor of" in proc.stderr and "needs torchvision" in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_decode_benchmark_runs_every_method_for_each_family(name, tmp_path):
+    """`scripts/bench_decode.py --family NAME`: every method's row, batch 2, the asked token count."""
+    import decode_benchmark as bench
+
+    from decode_backends import BACKENDS
+
+    checkpoint = BACKENDS[name]().ensure_checkpoint(directory=tmp_path / name, log=lambda message: None)
+    rows = bench.run_benchmark(backend=name, checkpoint=checkpoint, methods=bench.METHODS, dtypes=["fp32"],
+                               batches=[2], new_tokens=[3], runs=1, warmup=0, prompt_tokens=120,
+                               log=lambda message: None)
+    assert {row["method"] for row in rows} == set(bench.METHODS)
+    for row in rows:
+        assert not row.get("error") and not row.get("skipped"), row
+        assert row["generated_tokens"] == 3 and row["batch"] == 2

@@ -1,4 +1,5 @@
-"""The inputs a family's processor makes, for the tests of the families (tests/test_families.py).
+"""The inputs a family's processor makes, for the tests of the families (tests/test_families.py) and the
+decode benchmark (`scripts/bench_decode.py --family`).
 
 Qwen2.5-VL's, Qwen3-VL's and LLaVA-OneVision's `AutoProcessor` also load a video processor, which needs
 torchvision; this workplace has a CPU torch and PyPI's torchvision wheels are CUDA builds, so those processors
