@@ -261,3 +261,28 @@ def test_the_decode_benchmark_runs_every_method_for_each_family(name, tmp_path):
     for row in rows:
         assert not row.get("error") and not row.get("skipped"), row
         assert row["generated_tokens"] == 3 and row["batch"] == 2
+
+
+def test_eval_pope_on_an_instructblip_checkpoint_asks_the_question_itself(checkpoints, sample_image, tmp_path):
+    """`llava-avc eval` detects the family; its run record says the prompt is the question itself (the paper's
+    InstructBLIP prompt), whatever the protocol's LLaVA conversation template."""
+    import json
+
+    from llava_avc.eval.questions import load_pope
+
+    _, _, directory = checkpoints("instructblip")
+
+    questions = load_pope("coco_pope_random")[:3]
+    (tmp_path / "q.json").write_text("\n".join(json.dumps({"question_id": q.qid, "image": q.image, "text": q.text,
+                                                            "label": q.label}) for q in questions) + "\n")
+    (tmp_path / "images").mkdir()
+    for name in {q.image for q in questions}:
+        sample_image.save(tmp_path / "images" / name)
+    proc = _run_cli("eval", "pope", "--model-path", directory, "--question-file", tmp_path / "q.json",
+                    "--image-folder", tmp_path / "images", "--out", tmp_path / "run", "--max-new-tokens", 3,
+                    "--device", "cpu", "--batch-size", 2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answers = [json.loads(line) for line in (tmp_path / "run" / "answers.jsonl").read_text().splitlines()]
+    assert [a["question_id"] for a in answers] == [q.qid for q in questions]
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert "the question itself" in json.dumps(record["preprocessing"])

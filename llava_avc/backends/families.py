@@ -51,6 +51,9 @@ class Family:
             say one image per prompt, which the adapter checks itself).
         chat_prompt: the prompt goes through the processor's chat template (False: it is the question
             itself and the processor places the image tokens, InstructBLIP).
+        llava_conversations: LLaVA's conversation templates (`--conv-mode llava_v1`, the eval protocols'
+            prompts) render for this family (LLaVA-1.5 and LLaVA-NeXT); the other families always take their
+            own prompt.
     """
 
     model_type: str
@@ -61,6 +64,7 @@ class Family:
     oldest_transformers: str = "4.57"
     redundant_inputs: tuple = ()
     chat_prompt: bool = True
+    llava_conversations: bool = True
 
     def check_transformers(self, version: str) -> None:
         """Refuse a transformers release older than the family is tested on (one line)."""
@@ -161,6 +165,7 @@ class LlavaOnevision(LlavaNext):
 
     oldest_transformers: str = "5.0"
     redundant_inputs: tuple = ("batch_num_images",)
+    llava_conversations: bool = False
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,7 @@ class QwenVL(Family):
     unquantized: tuple = ("model.visual", "lm_head")
     oldest_transformers: str = "5.0"
     redundant_inputs: tuple = ("mm_token_type_ids",)  # text 0 / image 1: derived from the ids
+    llava_conversations: bool = False
 
     def vision_module(self, model):
         return model.model.visual
@@ -236,6 +242,7 @@ class InstructBlip(Family):
     unquantized: tuple = ("vision_model", "qformer", "language_projection", "language_model.lm_head")
     oldest_transformers: str = "5.0"
     chat_prompt: bool = False
+    llava_conversations: bool = False
 
     def language_model(self, model):
         return model.language_model.model

@@ -135,11 +135,12 @@ class HFPipeline:
 
     def prompt(self, text: str, conv_mode: Optional[str] = None) -> str:
         """One image and one question, ready for the answer: the processor's chat template (`conv_mode` None or
-        "chat-template") or LLaVA's `conv_mode` template."""
+        "chat-template") or LLaVA's `conv_mode` template (LLaVA-1.5 and LLaVA-NeXT only: the other families
+        always take their own prompt, InstructBLIP's being the question itself)."""
         prompts.check_conv_mode(conv_mode)
         if not self.family.chat_prompt:
             return text  # the question itself (InstructBLIP: the processor puts the query tokens first), as in the paper
-        if conv_mode not in (None, prompts.CHAT_TEMPLATE):
+        if conv_mode not in (None, prompts.CHAT_TEMPLATE) and self.family.llava_conversations:
             return prompts.llava_conversation(conv_mode, text, getattr(self.processor, "image_token", "<image>"))
         conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
         return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
@@ -178,7 +179,13 @@ class HFPipeline:
         else:
             how = "the processor's do_pad" if self._can_pad() else "LLaVA's expand2square"
             image = f"pad to a square with the image mean ({how}), then CLIP resize + center crop"
-        return {"backend": "hf", "prompt": prompts.describe(conv_mode), "image": image}
+        if not self.family.chat_prompt:
+            prompt = "the question itself (the processor puts the image's query tokens first)"
+        elif not self.family.llava_conversations:
+            prompt = f"the checkpoint's chat template (LLaVA's conversation templates do not apply to {self.family.model_type})"
+        else:
+            prompt = prompts.describe(conv_mode)
+        return {"backend": "hf", "prompt": prompt, "image": image}
 
     def inputs(self, texts: list, pil_images: list, conv_mode: Optional[str] = None, center_crop: bool = False) -> dict:
         """One question per image -> the processor's left-padded batch on the model's device (`conv_mode` and
