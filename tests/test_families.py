@@ -263,7 +263,7 @@ def test_the_decode_benchmark_runs_every_method_for_each_family(name, tmp_path):
         assert row["generated_tokens"] == 3 and row["batch"] == 2
 
 
-def test_eval_pope_on_an_instructblip_checkpoint_asks_the_question_itself(checkpoints, sample_image, tmp_path):
+def test_eval_pope_on_an_instructblip_checkpoint_asks_the_question_itself_and_meets_its_reference(checkpoints, sample_image, tmp_path):
     """`llava-avc eval` detects the family; its run record says the prompt is the question itself (the paper's
     InstructBLIP prompt), whatever the protocol's LLaVA conversation template."""
     import json
@@ -273,16 +273,25 @@ def test_eval_pope_on_an_instructblip_checkpoint_asks_the_question_itself(checkp
     _, _, directory = checkpoints("instructblip")
 
     questions = load_pope("coco_pope_random")[:3]
-    (tmp_path / "q.json").write_text("\n".join(json.dumps({"question_id": q.qid, "image": q.image, "text": q.text,
-                                                            "label": q.label}) for q in questions) + "\n")
+    question_file = tmp_path / "coco_pope_random.json"  # the name says the POPE set (for --reference)
+    question_file.write_text("\n".join(json.dumps({"question_id": q.qid, "image": q.image, "text": q.text,
+                                                    "label": q.label}) for q in questions) + "\n")
     (tmp_path / "images").mkdir()
     for name in {q.image for q in questions}:
         sample_image.save(tmp_path / "images" / name)
-    proc = _run_cli("eval", "pope", "--model-path", directory, "--question-file", tmp_path / "q.json",
+    proc = _run_cli("eval", "pope", "--model-path", directory, "--question-file", question_file,
                     "--image-folder", tmp_path / "images", "--out", tmp_path / "run", "--max-new-tokens", 3,
-                    "--device", "cpu", "--batch-size", 2)
+                    "--device", "cpu", "--batch-size", 2, "--method", "avc")
     assert proc.returncode == 0, proc.stderr[-3000:]
     answers = [json.loads(line) for line in (tmp_path / "run" / "answers.jsonl").read_text().splitlines()]
     assert [a["question_id"] for a in answers] == [q.qid for q in questions]
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert "the question itself" in json.dumps(record["preprocessing"])
+    assert record["preprocessing"]["model_type"] == "instructblip"
+    # --reference avisc-paper sets the paper's InstructBLIP row beside the run (AvisC, MS-COCO random: 88.73 % accuracy)
+    scored = _run_cli("score", "pope", "--answers-file", tmp_path / "run", "--reference", "avisc-paper", "--json")
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    reference = json.loads(scored.stdout)["reference"]
+    assert reference["name"] == "avisc-paper-instructblip" and reference["method"] == "avc"
+    paper = {row["metric"]: row["paper"] for row in reference["rows"]}
+    assert paper["random accuracy"] == 88.73 and paper["random f1"] == 88.03, paper

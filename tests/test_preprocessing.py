@@ -95,10 +95,10 @@ def test_both_backends_make_the_same_ids_and_pixels_for_a_protocol(pipelines, sa
 def test_the_run_record_says_what_each_backend_made_of_the_protocol(pipelines):
     original, hf, hf_clip = pipelines
     assert original.preprocessing("llava_v1", True) == {
-        "backend": "llava", "prompt": "LLaVA conversation template 'llava_v1'",
+        "backend": "llava", "model_type": "llava_llama", "prompt": "LLaVA conversation template 'llava_v1'",
         "image": "CLIP resize + center crop, no pad to square"}
     assert hf.preprocessing("vicuna_v1", False) == {
-        "backend": "hf", "prompt": "LLaVA conversation template 'vicuna_v1'",
+        "backend": "hf", "model_type": "llava", "prompt": "LLaVA conversation template 'vicuna_v1'",
         "image": "pad to a square with the image mean (the processor's do_pad), then CLIP resize + center crop"}
     assert hf_clip.preprocessing(None, False)["image"].startswith("pad to a square with the image mean (LLaVA's "
                                                                    "expand2square)")

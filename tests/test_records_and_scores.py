@@ -264,7 +264,8 @@ def test_run_json_states_the_prompt_template_and_image_processing_actually_used(
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     how = "the processor's do_pad" if HF_BACKEND else "LLaVA's process_images"
     assert record["preprocessing"] == {
-        "backend": "hf" if HF_BACKEND else "llava", "prompt": "LLaVA conversation template 'vicuna_v1'",
+        "backend": "hf" if HF_BACKEND else "llava", "model_type": "llava" if HF_BACKEND else "llava_llama",
+        "prompt": "LLaVA conversation template 'vicuna_v1'",
         "image": f"pad to a square with the image mean ({how}), then CLIP resize + center crop"}
     assert record["settings"]["generation"]["conv_mode"] == "vicuna_v1"
     assert record["settings"]["generation"]["center_crop"] is False

@@ -3,7 +3,8 @@
 A reference is a JSON file in ``data/references/`` with its source, the protocol its numbers were
 produced with, and per benchmark a table of rows (one per method, named as ``--method`` names them:
 none, vcd, m3id, avc) and columns (the metric names of the scorers' headlines). ``avisc-paper``: the
-LLaVA-1.5-7B results of the AvisC paper (arXiv 2405.17820): POPE (MS-COCO, A-OKVQA, GQA x random,
+LLaVA-1.5-7B results of the AvisC paper (arXiv 2405.17820), and its InstructBLIP results
+(``avisc-paper-instructblip``, picked for runs of an InstructBLIP checkpoint): POPE (MS-COCO, A-OKVQA, GQA x random,
 popular, adversarial: accuracy, precision, recall, F1), MME-Hallucination (existence, count,
 position, color, total; mean and std over runs) and AMBER (CHAIR, Cover, Hal, Cog, accuracy,
 precision, recall, F1, AMBER score; mean and std over runs).
@@ -39,6 +40,7 @@ class Reference:
     protocol: dict
     methods: dict
     tables: dict
+    model_types: tuple = ()  # the config.json model_types of the published model's checkpoints
 
 
 @dataclass(frozen=True)
@@ -77,13 +79,16 @@ def available() -> list:
     return sorted(path.stem for path in REFERENCE_DIR.glob("*.json"))
 
 
-def load_reference(name: str) -> Reference:
-    """The reference called `name`.
+def load_reference(name: str, model_type: Optional[str] = None) -> Reference:
+    """The reference called `name`; for a run of a `model_type` that has a table of its own under that name
+    (`<name>-<model_type>.json`, e.g. avisc-paper-instructblip), that table.
 
     Raises:
         ValueError: unknown name (the message lists the shipped ones and the nearest).
     """
     path = REFERENCE_DIR / f"{name}.json"
+    if model_type and (REFERENCE_DIR / f"{name}-{model_type}.json").is_file():
+        path = REFERENCE_DIR / f"{name}-{model_type}.json"
     if not path.is_file():
         close = difflib.get_close_matches(name, available(), n=1, cutoff=0.3)
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -91,7 +96,7 @@ def load_reference(name: str) -> Reference:
     data = json.loads(path.read_text(encoding="utf-8"))
     tables = {key: data[key] for key in benchmark_names() if key in data}
     return Reference(data["name"], data["title"], data["source"], data["model"], data["protocol"], data["methods"],
-                     tables)
+                     tables, tuple(data.get("model_types", ())))
 
 
 def _cells(columns: list, values: list) -> dict:
@@ -152,10 +157,14 @@ def table(rows: list, label: str) -> str:
                      for line in [header] + body)
 
 
-def notes(reference: Reference, benchmark: str, method: str, protocol: Optional[str], seeds: int) -> list:
-    """What to keep in mind when reading the comparison: source, method row, protocol, seeds."""
+def notes(reference: Reference, benchmark: str, method: str, protocol: Optional[str], seeds: int,
+          model_type: Optional[str] = None) -> list:
+    """What to keep in mind when reading the comparison: source, method row, model, protocol, seeds."""
     lines = [f"reference: {reference.title}, {reference.methods.get(method, method)} row; {reference.source}.",
              f"their protocol: {reference.protocol.get('decoding')}; {reference.protocol.get('seeds')}."]
+    if model_type and reference.model_types and model_type not in reference.model_types:
+        lines.append(f"note: your answers come from a {model_type} checkpoint, the reference's from {reference.model}: "
+                     "different models.")
     if protocol != reference.protocol.get("name"):
         lines.append(f"note: your answers were made with protocol {protocol or 'unknown'}, the reference's with "
                      f"protocol {reference.protocol.get('name')}: the numbers are not produced the same way.")
@@ -181,4 +190,5 @@ def run_facts(answers_file, records: list, question_file: Optional[str] = None) 
     source = question_file or run.get("question_file")
     return {"method": run.get("method") or metadata.get("method"),
             "protocol": run.get("protocol") or metadata.get("protocol"),
-            "dataset": pope_dataset(source) if source else None}
+            "dataset": pope_dataset(source) if source else None,
+            "model_type": (run.get("preprocessing") or {}).get("model_type")}

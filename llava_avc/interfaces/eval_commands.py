@@ -228,8 +228,8 @@ def _reference_rows(benchmark, args, run, scored: list, stats: dict):
     """The `Comparison` with the published numbers that --reference names."""
     from ..eval import references as refs
 
-    reference = refs.load_reference(args.reference)
     facts = refs.run_facts(run.files[0][1], scored[0][3].records, args.question_file)
+    reference = refs.load_reference(args.reference, facts["model_type"])
     if not facts["method"]:
         raise UserError(f"--reference needs the method the answers were made with; {run.path} has no run.json and "
                         "its answers no metadata.method.")
@@ -238,7 +238,7 @@ def _reference_rows(benchmark, args, run, scored: list, stats: dict):
     if not rows:
         raise UserError(f"--reference {reference.name}: none of your metrics ({', '.join(stats) or 'none'}) is among "
                         f"the published ones ({', '.join(paper)}).")
-    notes = refs.notes(reference, benchmark.name, facts["method"], facts["protocol"], len(scored))
+    notes = refs.notes(reference, benchmark.name, facts["method"], facts["protocol"], len(scored), facts["model_type"])
     return refs.Comparison(reference, facts["method"], rows, notes)
 
 

@@ -185,7 +185,7 @@ class HFPipeline:
             prompt = f"the checkpoint's chat template (LLaVA's conversation templates do not apply to {self.family.model_type})"
         else:
             prompt = prompts.describe(conv_mode)
-        return {"backend": "hf", "prompt": prompt, "image": image}
+        return {"backend": "hf", "model_type": self.family.model_type, "prompt": prompt, "image": image}
 
     def inputs(self, texts: list, pil_images: list, conv_mode: Optional[str] = None, center_crop: bool = False) -> dict:
         """One question per image -> the processor's left-padded batch on the model's device (`conv_mode` and

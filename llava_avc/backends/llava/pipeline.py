@@ -77,8 +77,8 @@ class LlavaPipeline:
             image = "LLaVA's process_images anyres tiles (a center crop does not apply)"
         else:
             image = f"LLaVA's process_images with image_aspect_ratio {aspect!r}: CLIP resize + center crop"
-        return {"backend": "llava", "prompt": f"LLaVA conversation template {conv_mode or prompts.DEFAULT_CONV_MODE!r}",
-                "image": image}
+        return {"backend": "llava", "model_type": "llava_llama",
+                "prompt": f"LLaVA conversation template {conv_mode or prompts.DEFAULT_CONV_MODE!r}", "image": image}
 
     def inputs(self, texts: list, pil_images: list, conv_mode: Optional[str] = None, center_crop: bool = False) -> dict:
         """One question per image -> `generate` inputs: left-padded ids, mask, images, image_sizes
