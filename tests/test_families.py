@@ -178,7 +178,9 @@ def test_two_images_or_none_in_a_prompt_are_one_line_each(family, sample_image):
 
 
 @pytest.mark.parametrize("model_family, inputs_family", [("qwen2_5_vl", "llava_onevision"),
-                                                         ("llava_onevision", "qwen3_vl")])
+                                                         ("llava_onevision", "qwen3_vl"),
+                                                         ("qwen3_vl", "instructblip"),
+                                                         ("instructblip", "qwen2_5_vl")])
 def test_inputs_of_another_familys_processor_are_one_line(checkpoints, sample_image, model_family, inputs_family):
     model = checkpoints(model_family)[0]
     inputs = _inputs(checkpoints(inputs_family)[1], _images(sample_image)[:1], QUESTIONS[:1])
@@ -295,3 +297,15 @@ def test_eval_pope_on_an_instructblip_checkpoint_asks_the_question_itself_and_me
     assert reference["name"] == "avisc-paper-instructblip" and reference["method"] == "avc"
     paper = {row["metric"]: row["paper"] for row in reference["rows"]}
     assert paper["random accuracy"] == 88.73 and paper["random f1"] == 88.03, paper
+
+
+def test_a_model_of_no_served_family_is_one_line_naming_the_families():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2)).eval()
+    with pytest.raises(TypeError, match=r"is not a model llava-avc can decode; .*LlavaOnevisionForConditionalGeneration, "
+                                        r"Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration, "
+                                        r"InstructBlipForConditionalGeneration") as error:
+        llava_avc.generate(model, input_ids=torch.tensor([[1, 2]]), avc=AVCConfig(), max_new_tokens=2)
+    assert "\n" not in str(error.value)
