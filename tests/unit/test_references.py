@@ -25,11 +25,34 @@ def paper():
 
 
 def test_the_reference_names_its_source_and_protocol(paper):
-    assert refs.available() == ["avisc-paper"]
+    assert refs.available() == ["avisc-paper", "avisc-paper-instructblip"]
     assert "arXiv 2405.17820" in paper.source and "sangminwoo/AvisC" in paper.source
     assert paper.protocol["name"] == "paper"
     assert "temperature 1" in paper.protocol["decoding"] and "top-p 1" in paper.protocol["decoding"]
     assert "LLaVA-1.5-7B" in paper.model
+
+
+def test_an_instructblip_run_gets_the_papers_instructblip_columns_and_another_model_the_default():
+    instructblip = refs.load_reference("avisc-paper", "instructblip")
+    assert instructblip.name == "avisc-paper-instructblip" and "InstructBLIP" in instructblip.model
+    assert refs.load_reference("avisc-paper", "qwen2_5_vl").name == "avisc-paper"
+    assert refs.load_reference("avisc-paper").model_types == ("llava_llama", "llava")
+    note = refs.notes(refs.load_reference("avisc-paper"), "pope", "avc", "paper", 1, model_type="qwen2_5_vl")
+    assert any("your answers come from a qwen2_5_vl checkpoint" in line for line in note)
+
+
+def test_the_instructblip_pope_rows_agree_with_their_precision_and_recall_but_one_printed_typo():
+    instructblip = refs.load_reference("avisc-paper-instructblip")
+    off = []
+    for dataset in DATASETS:
+        for method in METHODS:
+            values = refs.published(instructblip, "pope", method, dataset)
+            for category in CATEGORIES:
+                p, r, f1 = (values[f"{category} {m}"][0] for m in ("precision", "recall", "f1"))
+                if abs(f1 - 2 * p * r / (p + r)) > 0.05:
+                    off.append((dataset, category, method, f1))
+    assert off == [("coco", "random", "vcd", 83.24)]  # printed 83.24; P 83.39 and R 82.60 give 82.99
+    assert refs.published(instructblip, "mme", "avc")["hallucination"] == (473.8, 19.67)
 
 
 def test_every_pope_dataset_setting_and_method_is_there_and_f1_agrees_with_precision_and_recall(paper):
