@@ -15,13 +15,13 @@ of both branches without a KV cache.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 import torch
 import transformers
 from llava.constants import IMAGE_TOKEN_INDEX
+from reference_equations import contrast, reference_blind_tokens
 
 
 @dataclass
@@ -65,14 +65,6 @@ def full_forward(model, embeds: torch.Tensor, output_attentions: bool = False):
         model.config._attn_implementation = saved
 
 
-def contrast(logits: torch.Tensor, biased_logits: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
-    """z = (1 + alpha) l - alpha l*, then -inf where l < log(beta) + max(l); float32."""
-    l, lb = logits.float(), biased_logits.float()
-    z = (1 + alpha) * l - alpha * lb
-    z[l < math.log(beta) + l.max()] = -float("inf")
-    return z
-
-
 def reference_prefill(model, input_ids, images, image_sizes, gamma: float = 0.5, lam: float = 1.0,
                       masking: str = "zeros", noise_seed: int = 0) -> ReferencePrefill:
     """Steps 1-5: merged embeddings, blind tokens and the biased embeddings of one prompt (batch 1)."""
@@ -86,29 +78,9 @@ def reference_prefill(model, input_ids, images, image_sizes, gamma: float = 0.5,
     n = embeds.shape[1] - (input_ids.shape[1] - 1)
     end = start + n
 
-    # 1. attention of the last prompt position on the image keys, head mean, per layer
+    # 1-4. the blind tokens from the attention of the last prompt position (eager, full maps)
     attentions = full_forward(model, embeds, output_attentions=True).attentions  # L x (1, H, L, L)
-    a = torch.stack([layer[0, :, -1, start:end].double().mean(dim=0) for layer in attentions])  # (n_layers, N)
-    # 2. layer shares, top-p over layers
-    per_layer = a.sum(dim=1)
-    shares = per_layer / per_layer.sum()
-    order = sorted(range(len(shares)), key=lambda i: -float(shares[i]))  # stable: ties by layer index
-    cumulative, k = 0.0, 0
-    for i in order:
-        cumulative += float(shares[i])
-        k += 1
-        if cumulative >= gamma:
-            break
-    layers = order[:k]
-    # 3. token scores over the kept layers
-    scores = a[layers].mean(dim=0)  # (N,)
-    # 4. blind tokens
-    if bool((scores == scores[0]).all()):
-        blind = torch.ones(n, dtype=torch.bool)
-    else:
-        mean = scores.sum() / n
-        std = torch.sqrt(((scores - mean) ** 2).sum() / (n - 1))
-        blind = scores >= mean + lam * std
+    layers, scores, blind = reference_blind_tokens(attentions, (start, end), gamma, lam)
     # 5. biased input: non-blind image rows replaced
     if masking == "zeros":
         fill = torch.zeros(n, embeds.shape[2])

@@ -8,10 +8,7 @@ Qwen3-VL's DeepStack `visual_pos_masks` / `deepstack_visual_embeds`). Attention 
 forward with eager attention and `output_attentions=True` (full L x L maps, last row). Every step re-runs
 the full forward over the whole growing sequence of both branches, without a KV cache:
 
-    1. a[l] = head-mean attention of the last prompt position on the N image keys, per layer l.
-    2. p[l] = sum(a[l]) / sum_l' sum(a[l']); sorted descending, keep k = #(cumsum < gamma) + 1 layers.
-    3. s = mean of a[l] over the kept layers.
-    4. blind = s >= mean(s) + lam * std(s) (unbiased); all-equal scores: all blind.
+    1-4. the blind tokens (tests/reference_equations.py, shared with the original-LLaVA reference).
     5. biased input = the language model's inputs of the same step with the NON-blind image rows of the
        prompt zeroed (embeddings, and DeepStack features where the model has them); positions the same.
     6. z = (1 + alpha) l - alpha l*, z = -inf where l < log(beta) + max(l), argmax.
@@ -19,10 +16,10 @@ the full forward over the whole growing sequence of both branches, without a KV 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
+from reference_equations import contrast, reference_blind_tokens
 
 
 @dataclass
@@ -67,29 +64,6 @@ def _forward_capturing(model, inputs: dict, output_attentions: bool = False) -> 
     return output, captured
 
 
-def _blind_tokens(attentions, span: tuple, gamma: float, lam: float) -> tuple:
-    """Steps 1-4: (kept layers, (N,) bool blind) from the per-layer (1, H, L, L) attention maps."""
-    start, end = span
-    a = torch.stack([layer[0, :, -1, start:end].double().mean(dim=0) for layer in attentions])  # (n_layers, N)
-    per_layer = a.sum(dim=1)
-    shares = per_layer / per_layer.sum()
-    order = sorted(range(len(shares)), key=lambda i: -float(shares[i]))  # stable: ties by layer index
-    cumulative, k = 0.0, 0
-    for i in order:
-        cumulative += float(shares[i])
-        k += 1
-        if cumulative >= gamma:
-            break
-    layers = order[:k]
-    scores = a[layers].mean(dim=0)  # (N,)
-    n = end - start
-    if bool((scores == scores[0]).all()):
-        return layers, torch.ones(n, dtype=torch.bool)
-    mean = scores.sum() / n
-    std = torch.sqrt(((scores - mean) ** 2).sum() / (n - 1))
-    return layers, scores >= mean + lam * std
-
-
 def _biased_kwargs(kwargs: dict, span: tuple, blind: torch.Tensor) -> dict:
     """Step 5 on the language model's inputs of one step."""
     start, end = span
@@ -102,13 +76,6 @@ def _biased_kwargs(kwargs: dict, span: tuple, blind: torch.Tensor) -> dict:
         for layer in biased["deepstack_visual_embeds"]:
             layer[~blind] = 0
     return biased
-
-
-def _contrast(logits: torch.Tensor, biased_logits: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
-    l, lb = logits.float(), biased_logits.float()
-    z = (1 + alpha) * l - alpha * lb
-    z[l < math.log(beta) + l.max()] = -float("inf")
-    return z
 
 
 def _grown(inputs: dict, tokens: list) -> dict:
@@ -134,7 +101,7 @@ def reference_family_avc_greedy(model, inputs: dict, image_token_id: int, new_to
     assert span[1] - span[0] == positions.numel(), "one contiguous image"
     output, _ = _forward_capturing(model, inputs, output_attentions=True)
     attentions = getattr(output, "language_model_outputs", output).attentions  # InstructBLIP: its language model's
-    layers, blind = _blind_tokens(attentions, span, gamma, lam)
+    layers, _, blind = reference_blind_tokens(attentions, span, gamma, lam)
     tokens = []
     for _ in range(new_tokens):
         output, kwargs = _forward_capturing(model, _grown(inputs, tokens))
@@ -142,5 +109,5 @@ def reference_family_avc_greedy(model, inputs: dict, image_token_id: int, new_to
         with torch.no_grad():
             hidden = _language_model(model)(**_biased_kwargs(kwargs, span, blind)).last_hidden_state
             biased_logits = _lm_head(model)(hidden[:, -1])[0]
-        tokens.append(int(torch.argmax(_contrast(logits, biased_logits, alpha, beta))))
+        tokens.append(int(torch.argmax(contrast(logits, biased_logits, alpha, beta))))
     return FamilyReferenceRun(tokens, blind, layers, span)

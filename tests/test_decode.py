@@ -21,7 +21,7 @@ from llava_avc.algorithm.noise import add_diffusion_noise  # noqa: E402
 from llava_avc.backends.llava.adapter import LlavaAdapter  # noqa: E402
 
 from helpers import LEAD, QUESTIONS, ForceTokens, images_for, left_padded, no_eos, prompt_ids, variant_images  # noqa: E402
-from reference_avc import contrast as reference_contrast  # noqa: E402
+from reference_equations import contrast as reference_contrast  # noqa: E402
 from reference_avc import full_forward, reference_prefill  # noqa: E402
 
 NEW_TOKENS = 6
