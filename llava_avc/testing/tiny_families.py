@@ -431,6 +431,16 @@ def _qwen_vl_top(ids: dict) -> dict:
             "tie_word_embeddings": False}
 
 
+def _qwen_vision(patch: int, activation: str, **extra) -> dict:
+    """The vision config both Qwen presets share, with `patch` and `activation`, plus their own fields."""
+    return {
+        "depth": VISION_LAYERS, "hidden_size": VISION_HIDDEN, "intermediate_size": VISION_INTERMEDIATE,
+        "num_heads": VISION_HEADS, "out_hidden_size": LLM_HIDDEN, "patch_size": patch,
+        "spatial_merge_size": QWEN_MERGE, "temporal_patch_size": QWEN_TEMPORAL_PATCH,
+        "hidden_act": activation, "initializer_range": VISION_STD, **extra,
+    }
+
+
 def _qwen25_config(tok):
     """Qwen2_5_VLConfig of the tiny preset."""
     from transformers import Qwen2_5_VLConfig
@@ -438,13 +448,8 @@ def _qwen25_config(tok):
     ids = _qwen_ids(tok)
     rope = {"type": "mrope", "mrope_section": QWEN25_MROPE_SECTION}
     text = _qwen_text({"rope_scaling": rope, "rope_theta": QWEN25_ROPE_THETA, "max_window_layers": LLM_LAYERS}, ids)
-    vision = {
-        "depth": VISION_LAYERS, "hidden_size": VISION_HIDDEN, "intermediate_size": VISION_INTERMEDIATE,
-        "num_heads": VISION_HEADS, "out_hidden_size": LLM_HIDDEN, "patch_size": QWEN25_PATCH,
-        "spatial_merge_size": QWEN_MERGE, "temporal_patch_size": QWEN_TEMPORAL_PATCH,
-        "window_size": QWEN25_WINDOW, "fullatt_block_indexes": QWEN25_FULL_ATTENTION_BLOCKS,
-        "hidden_act": "silu", "initializer_range": VISION_STD,
-    }
+    vision = _qwen_vision(QWEN25_PATCH, "silu", window_size=QWEN25_WINDOW,
+                          fullatt_block_indexes=QWEN25_FULL_ATTENTION_BLOCKS)
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **_qwen_vl_top(ids))
 
 
@@ -456,13 +461,8 @@ def _qwen3_config(tok):
     rope = {"rope_type": "default", "mrope_section": QWEN3_MROPE_SECTION, "mrope_interleaved": True}
     text = _qwen_text({"rope_scaling": rope, "rope_theta": QWEN3_ROPE_THETA, "head_dim": LLM_HEAD_DIM,
                        "attention_bias": False}, ids)
-    vision = {
-        "depth": VISION_LAYERS, "hidden_size": VISION_HIDDEN, "intermediate_size": VISION_INTERMEDIATE,
-        "num_heads": VISION_HEADS, "out_hidden_size": LLM_HIDDEN, "patch_size": QWEN3_PATCH,
-        "spatial_merge_size": QWEN_MERGE, "temporal_patch_size": QWEN_TEMPORAL_PATCH,
-        "num_position_embeddings": QWEN3_POSITION_EMBEDDINGS, "deepstack_visual_indexes": QWEN3_DEEPSTACK_LAYERS,
-        "hidden_act": "gelu_pytorch_tanh", "initializer_range": VISION_STD,
-    }
+    vision = _qwen_vision(QWEN3_PATCH, "gelu_pytorch_tanh", num_position_embeddings=QWEN3_POSITION_EMBEDDINGS,
+                          deepstack_visual_indexes=QWEN3_DEEPSTACK_LAYERS)
     return Qwen3VLConfig(text_config=text, vision_config=vision, **_qwen_vl_top(ids))
 
 
