@@ -333,21 +333,29 @@ class HFBackend(BenchBackend):
         log(f"building a random llava-hf {preset} checkpoint in {path} ...")
         return make_tiny_llava_hf(path, preset=preset, seed=SEED, force=True)
 
-    def load_for_dtype(self, checkpoint, dtype: str, device: str) -> LoadedModel:
-        """transformers' AutoModelForImageTextToText picks the checkpoint's class (Llava or LlavaNext);
-        nf4 is llava-avc's own BitsAndBytesConfig (projector, lm_head and vision tower kept)."""
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+    @staticmethod
+    def _model(checkpoint, dtype: str, device: str):
+        """The checkpoint's class (its config.json's family) in ``dtype`` on ``device``; nf4 is llava-avc's own
+        BitsAndBytesConfig (the family's vision tower, projector and lm_head kept)."""
+        import transformers
 
         from llava_avc.backends.hf.pipeline import checkpoint_family, quantization_config
 
         check_dtype(dtype)
+        family = checkpoint_family(str(checkpoint))
         kwargs: dict = {"dtype": TORCH_DTYPES[dtype]}
         if dtype == "nf4":
-            family = checkpoint_family(str(checkpoint))
             kwargs.update(quantization_config=quantization_config(True, False, family), device_map=device)
-        model = AutoModelForImageTextToText.from_pretrained(str(checkpoint), **kwargs).eval()
+        model = getattr(transformers, family.class_name).from_pretrained(str(checkpoint), **kwargs).eval()
         if dtype != "nf4":
             model.to(device)
+        return model
+
+    def load_for_dtype(self, checkpoint, dtype: str, device: str) -> LoadedModel:
+        """The model (Llava or LlavaNext, as its config.json says) and its AutoProcessor."""
+        from transformers import AutoProcessor
+
+        model = self._model(checkpoint, dtype, device)
         processor = AutoProcessor.from_pretrained(str(checkpoint))
         return LoadedModel(model=model, eos_token_id=processor.tokenizer.eos_token_id, parts=(processor, model))
 
@@ -374,19 +382,22 @@ class HFBackend(BenchBackend):
     def _calls(self, model, inputs: BenchInputs, eos_token_id: int) -> dict[str, Callable[[int], Any]]:
         import llava_avc
         from llava_avc.algorithm.config import AVCConfig, M3IDConfig, VCDConfig
+        from llava_avc.backends.hf import generate_with
         from llava_avc.backends.hf.generation import contrastive_decoding, lean_decoding
 
         def kwargs(n: int) -> dict:
-            extra = {} if inputs.image_sizes is None else {"image_sizes": inputs.image_sizes}
+            sizes = {} if inputs.image_sizes is None else {"image_sizes": inputs.image_sizes}
             return dict(input_ids=inputs.input_ids, pixel_values=inputs.images, do_sample=False, max_new_tokens=n,
-                        suppress_tokens=[eos_token_id], **extra)
+                        suppress_tokens=[eos_token_id], **sizes, **inputs.extra)
 
+        # lean and avc_sequential through `generate_with`: the model's generate with the decoding function
+        # (InstructBLIP: its language model's, the model beside it).
         return {
             "plain": lambda n: model.generate(**kwargs(n)),
-            "lean": lambda n: model.generate(custom_generate=lean_decoding, **kwargs(n)),
+            "lean": lambda n: generate_with(model, lean_decoding, kwargs(n)),
             "avc": lambda n: llava_avc.generate(model, avc=AVCConfig(), **kwargs(n)),
-            "avc_sequential": lambda n: model.generate(custom_generate=contrastive_decoding, avc=AVCConfig(),
-                                                       sequential=True, **kwargs(n)),
+            "avc_sequential": lambda n: generate_with(model, contrastive_decoding, kwargs(n), avc=AVCConfig(),
+                                                      sequential=True),
             "vcd": lambda n: llava_avc.generate(model, vcd=VCDConfig(), **kwargs(n)),
             "m3id": lambda n: llava_avc.generate(model, m3id=M3IDConfig(), **kwargs(n)),
         }
@@ -419,20 +430,10 @@ class FamilyBackend(HFBackend):
         return make_tiny_family(path, self.family, seed=SEED, force=True)
 
     def load_for_dtype(self, checkpoint, dtype: str, device: str) -> LoadedModel:
-        """The family's class; nf4 is llava-avc's BitsAndBytesConfig (the family's modules kept)."""
-        import transformers
-
-        from llava_avc.backends.hf.pipeline import checkpoint_family, quantization_config
+        """The family's model and the inputs its processor makes (llava_avc.testing.family_inputs)."""
         from llava_avc.testing.family_inputs import FamilyInputs
 
-        check_dtype(dtype)
-        family = checkpoint_family(str(checkpoint))
-        kwargs: dict = {"dtype": TORCH_DTYPES[dtype]}
-        if dtype == "nf4":
-            kwargs.update(quantization_config=quantization_config(True, False, family), device_map=device)
-        model = getattr(transformers, family.class_name).from_pretrained(str(checkpoint), **kwargs).eval()
-        if dtype != "nf4":
-            model.to(device)
+        model = self._model(checkpoint, dtype, device)
         inputs = FamilyInputs(self.family, checkpoint, model)
         return LoadedModel(model=model, eos_token_id=inputs.tokenizer.eos_token_id, parts=(inputs, model))
 
@@ -443,13 +444,11 @@ class FamilyBackend(HFBackend):
         image = image if image is not None else bench_image()
         device = model.device
         question, inputs = _fit_hf_question(lambda text: processor([image], [processor.prompt(text)]), prompt_tokens)
-        info = {"llava_onevision": "image_sizes"}.get(self.family)
+        info = "image_sizes" if "image_sizes" in inputs else None  # the one image info BenchInputs names
         extra = {key: value.to(device) for key, value in inputs.items()
                  if key not in ("input_ids", "attention_mask", "pixel_values", info)}
-        if self.family.startswith("qwen"):  # every copy's patches, and one grid row per copy
-            pixels = inputs["pixel_values"].repeat(batch, 1)
-        else:
-            pixels = inputs["pixel_values"].repeat(batch, *([1] * (inputs["pixel_values"].dim() - 1)))
+        # batch copies of the row (Qwen: of the image's patches, and of its grid row in `extra`)
+        pixels = inputs["pixel_values"].repeat(batch, *([1] * (inputs["pixel_values"].dim() - 1)))
         return BenchInputs(
             input_ids=inputs["input_ids"].repeat(batch, 1).to(device),
             images=pixels.to(device, next(model.parameters()).dtype),
@@ -459,27 +458,6 @@ class FamilyBackend(HFBackend):
             image_tokens=int((inputs["input_ids"] == model.config.image_token_id).sum()),
             extra={key: value.repeat(batch, *([1] * (value.dim() - 1))) for key, value in extra.items()},
         )
-
-    def _calls(self, model, inputs: BenchInputs, eos_token_id: int) -> dict[str, Callable[[int], Any]]:
-        import llava_avc
-        from llava_avc.algorithm.config import AVCConfig, M3IDConfig, VCDConfig
-        from llava_avc.backends.hf import generate_with
-        from llava_avc.backends.hf.generation import contrastive_decoding, lean_decoding
-
-        def kwargs(n: int) -> dict:
-            sizes = {} if inputs.image_sizes is None else {"image_sizes": inputs.image_sizes}
-            return dict(input_ids=inputs.input_ids, pixel_values=inputs.images, do_sample=False, max_new_tokens=n,
-                        suppress_tokens=[eos_token_id], **sizes, **inputs.extra)
-
-        return {
-            "plain": lambda n: model.generate(**kwargs(n)),
-            "lean": lambda n: generate_with(model, lean_decoding, kwargs(n)),
-            "avc": lambda n: llava_avc.generate(model, avc=AVCConfig(), **kwargs(n)),
-            "avc_sequential": lambda n: generate_with(model, contrastive_decoding, kwargs(n), avc=AVCConfig(),
-                                                      sequential=True),
-            "vcd": lambda n: llava_avc.generate(model, vcd=VCDConfig(), **kwargs(n)),
-            "m3id": lambda n: llava_avc.generate(model, m3id=M3IDConfig(), **kwargs(n)),
-        }
 
 
 def _family_backend(family: str) -> type[BenchBackend]:
