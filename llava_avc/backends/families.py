@@ -316,21 +316,25 @@ def served_classes() -> str:
     return ", ".join(family.class_name for family in FAMILIES.values())
 
 
+def _served_family(model) -> Optional[Family]:
+    """The family whose transformers class is the model's class (or a base class of it), else None."""
+    names = {cls.__name__ for cls in type(model).__mro__ if cls.__module__.startswith("transformers.")}
+    return next((family for family in FAMILIES.values() if family.class_name in names), None)
+
+
 def family_of(model) -> Family:
     """The family of a transformers model, by its class (or a base class of it).
 
     Raises:
         UserError: no family of this backend is that class.
     """
-    names = {cls.__name__ for cls in type(model).__mro__ if cls.__module__.startswith("transformers.")}
-    for family in FAMILIES.values():
-        if family.class_name in names:
-            return family
-    raise UserError(f"model (={type(model).__name__}) is not a family the llava-hf backend serves; it serves "
-                    f"{served_classes()}.")
+    family = _served_family(model)
+    if family is None:
+        raise UserError(f"model (={type(model).__name__}) is not a family the llava-hf backend serves; it serves "
+                        f"{served_classes()}.")
+    return family
 
 
 def is_served(model) -> bool:
     """Whether a family of this backend is the model's class (without importing transformers)."""
-    names = {cls.__name__ for cls in type(model).__mro__ if cls.__module__.startswith("transformers.")}
-    return any(family.class_name in names for family in FAMILIES.values())
+    return _served_family(model) is not None
