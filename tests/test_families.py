@@ -20,7 +20,7 @@ import torch  # noqa: E402
 import llava_avc  # noqa: E402
 from llava_avc import AVCConfig, M3IDConfig, VCDConfig  # noqa: E402
 from llava_avc.errors import UserError  # noqa: E402
-from llava_avc.testing.family_inputs import FamilyInputs  # noqa: E402
+from llava_avc.testing.family_inputs import FamilyInputs, torchvision_importable  # noqa: E402
 from reference_family_avc import reference_family_avc_greedy  # noqa: E402
 
 FAMILIES = ["llava_onevision", "qwen2_5_vl", "qwen3_vl", "instructblip"]
@@ -35,7 +35,9 @@ NEW_TOKENS = 6
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """name -> (model, processor inputs (llava_avc.testing.family_inputs), directory) of each family's tiny checkpoint,
-    built on first use; fp32, eval, left padding."""
+    built on first use; fp32, eval, left padding. The inputs come from the checkpoint's real AutoProcessor where
+    torchvision imports (the hf-vision profile), else from its tokenizer and image processor (equal tensors:
+    tests/test_family_processors.py)."""
     from llava_avc.testing.tiny_families import make_tiny_family
 
     built = {}
@@ -44,7 +46,7 @@ def checkpoints(tmp_path_factory):
         if name not in built:
             directory = make_tiny_family(tmp_path_factory.mktemp(name) / f"tiny-{name}", name, seed=0)
             model = getattr(transformers, CLASSES[name]).from_pretrained(directory).eval()
-            built[name] = (model, FamilyInputs(name, directory, model), directory)
+            built[name] = (model, FamilyInputs(name, directory, model, processor=torchvision_importable()), directory)
         return built[name]
 
     return get
@@ -225,14 +227,6 @@ def test_ask_detects_instructblip_and_answers_like_llava_avc_generate(checkpoint
     assert "blind tokens:" in proc.stderr and "of 8 image tokens" in proc.stderr
 
 
-def _torchvision_importable() -> bool:
-    try:
-        import torchvision  # noqa: F401
-    except (ImportError, RuntimeError):  # a CUDA build beside a CPU torch fails with RuntimeError
-        return False
-    return True
-
-
 def test_ask_on_qwen_needs_the_processors_torchvision(checkpoints, sample_image, tmp_path):
     """Qwen's (and OneVision's) AutoProcessor loads a video processor that needs torchvision: without it, one
     line naming the fix; with it, an answer."""
@@ -240,7 +234,7 @@ def test_ask_on_qwen_needs_the_processors_torchvision(checkpoints, sample_image,
     sample_image.save(tmp_path / "photo.png")
     proc = _run_cli("ask", "--model-path", directory, "--image", tmp_path / "photo.png", "--query", QUESTIONS[0],
                     "--max-new-tokens", NEW_TOKENS, "--device", "cpu")
-    if _torchvision_importable():
+    if torchvision_importable():
         assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr[-3000:]
     else:
         assert proc.returncode == 2, proc.stderr[-3000:]

@@ -66,7 +66,7 @@ def lean_generate(model, input_ids: torch.Tensor, *, images=None, image_sizes=No
 @guarded
 def find_blind_tokens(model, input_ids, images=None, image_sizes=None, config: Optional[AVCConfig] = None,
                       attention_mask=None, pixel_values=None, image_grid_thw=None, qformer_input_ids=None,
-                      qformer_attention_mask=None, mm_token_type_ids=None) -> list:
+                      qformer_attention_mask=None, mm_token_type_ids=None, batch_num_images=None) -> list:
     """The blind tokens AVC would use for each row: the decoder's own code path (prefill + probe).
 
     Args:
@@ -75,8 +75,8 @@ def find_blind_tokens(model, input_ids, images=None, image_sizes=None, config: O
         images: original LLaVA's image tensor(s); `pixel_values`: the llava-hf processor's (pass one).
         image_sizes: as for generate (LLaVA-1.6 / LLaVA-NeXT / LLaVA-OneVision).
         image_grid_thw (Qwen2.5-VL, Qwen3-VL), qformer_input_ids and qformer_attention_mask (InstructBLIP),
-            mm_token_type_ids (Qwen; read from the ids instead): the processor's other outputs, so that
-            `find_blind_tokens(model, **inputs)` takes a processor's batch as it is.
+            mm_token_type_ids (Qwen) and batch_num_images (LLaVA-OneVision; both read from the ids instead): the
+            processor's other outputs, so that `find_blind_tokens(model, **inputs)` takes a batch as it is.
         config: the AVCConfig (gamma, lam); default AVCConfig().
     Returns:
         One BlindTokens per row: `image_span` (start, end) in the merged, left-aligned sequence,

@@ -2,12 +2,15 @@
 decode benchmark (`scripts/bench_decode.py --family`).
 
 Qwen2.5-VL's, Qwen3-VL's and LLaVA-OneVision's `AutoProcessor` also load a video processor, which needs
-torchvision; this workplace has a CPU torch and PyPI's torchvision wheels are CUDA builds, so those processors
-do not load here. `processor_inputs` makes the same tensors from the checkpoint's own pieces: the tokenizer's
-chat template, the image processor (its PIL backend), and as many image placeholder tokens per image as the
-model's own `get_image_features` gives features (what the processor computes). InstructBLIP's processor needs
-no torchvision and is used as it is, except that its Q-Former text is padded on the right (the processor pads
-it on the main tokenizer's side, which shifts the Q-Former's positions in a left-padded batch).
+torchvision. Where torchvision imports beside torch (the hf-vision test profile), `FamilyInputs(...,
+processor=True)` uses the checkpoint's real processor. Where it does not (a CPU torch: PyPI's torchvision
+wheels are CUDA builds that need their own torch), `processor=False` makes the same tensors from the
+checkpoint's own pieces: the tokenizer's chat template, the image processor (its PIL backend), and as many
+image placeholder tokens per image as the model's own `get_image_features` gives features (what the processor
+computes). tests/test_family_processors.py checks on the hf-vision profile that both give equal tensors.
+InstructBLIP's processor needs no torchvision and is always used as it is, except that its Q-Former text is
+padded on the right (the processor pads it on the main tokenizer's side, which shifts the Q-Former's positions
+in a left-padded batch).
 """
 
 from __future__ import annotations
@@ -18,14 +21,26 @@ import torch
 IMAGE_INFO = {"llava_onevision": "image_sizes", "qwen2_5_vl": "image_grid_thw", "qwen3_vl": "image_grid_thw"}
 
 
-class FamilyInputs:
-    """`processor_inputs(images, questions)` of one checkpoint directory."""
+def torchvision_importable() -> bool:
+    """Whether torchvision imports beside this torch (so that every family's AutoProcessor loads)."""
+    try:
+        import torchvision  # noqa: F401
+    except (ImportError, RuntimeError):  # a torchvision built for another torch fails with RuntimeError
+        return False
+    return True
 
-    def __init__(self, family: str, directory, model):
+
+class FamilyInputs:
+    """`processor_inputs(images, questions)` of one checkpoint directory: through its `AutoProcessor`
+    (`processor=True`; needs torchvision except for InstructBLIP) or built from its tokenizer and image
+    processor (`processor=False`)."""
+
+    def __init__(self, family: str, directory, model, processor: bool = False):
         import transformers
 
         self.family, self.model = family, model
-        if family == "instructblip":
+        self.uses_processor = processor or family == "instructblip"
+        if self.uses_processor:
             self.processor = transformers.AutoProcessor.from_pretrained(directory)
             self.processor.tokenizer.padding_side = "left"
             self.tokenizer = self.processor.tokenizer
@@ -38,15 +53,18 @@ class FamilyInputs:
         if self.family == "instructblip":
             return question
         content = [{"type": "image"}] * images + [{"type": "text", "text": question}]
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                                  tokenize=False)
+        template = self.processor if self.uses_processor else self.tokenizer
+        return template.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                            tokenize=False)
 
     def __call__(self, images: list, texts: list) -> dict:
         """The processor's batch for `texts` (prompts, each with its images' placeholders) and `images` in order."""
-        if self.family == "instructblip":
+        if self.uses_processor:
             batch = dict(self.processor(images=images or None, text=texts, return_tensors="pt", padding=True))
-            qformer = self.processor.qformer_tokenizer(texts, padding=True, padding_side="right", return_tensors="pt")
-            batch["qformer_input_ids"], batch["qformer_attention_mask"] = qformer["input_ids"], qformer["attention_mask"]
+            if self.family == "instructblip":
+                qformer = self.processor.qformer_tokenizer(texts, padding=True, padding_side="right",
+                                                           return_tensors="pt")
+                batch["qformer_input_ids"], batch["qformer_attention_mask"] = qformer["input_ids"], qformer["attention_mask"]
             return batch
         pixels = dict(self.image_processor(images=images, return_tensors="pt")) if images else {}
         counts = iter(self._feature_counts(pixels))
