@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Run the test suite (CPU only; tiny random LLaVA checkpoints built offline). Sets itself up first.
-#   bash scripts/test.sh [pytest args]            # everything, on the five profiles: 4.37.2 (LLaVA's
+#   bash scripts/test.sh [pytest args]            # everything, on the six profiles: 4.37.2 (LLaVA's
 #                                                 #   pin, .venv), 4.57.x (.venv-457; both backends),
 #                                                 #   hf (transformers 5.x, llava-hf only, no llava; .venv-hf)
+#                                                 #   hf-vision (hf + torchvision: the families' tests with their
+#                                                 #   real AutoProcessors, tests/test_famil*.py only),
 #                                                 #   lmms (hf + lmms-eval: tests/test_lmms_eval.py only) and
 #                                                 #   lmms-457 (4.57 + LLaVA + lmms-eval: tests/test_lmms_eval_llava.py)
 #   bash scripts/test.sh --fast [pytest args]     # the fast lane: unit tests + one end-to-end AVC test,
@@ -24,7 +26,7 @@ elif [ "${1:-}" = "--newest" ]; then
   profiles=newest
   pytest_options=(-n "${TEST_WORKERS:-2}")
 else
-  profiles=${PROFILES:-"4.37 4.57 hf lmms lmms-457"}
+  profiles=${PROFILES:-"4.37 4.57 hf hf-vision lmms lmms-457"}
   # Two pytest workers (pytest-xdist): most tests wait on a subprocess's imports, so two overlap well on
   # two cores. TEST_WORKERS=0 runs in one process.
   pytest_options=(-n "${TEST_WORKERS:-2}")
@@ -49,7 +51,7 @@ fi
 for profile in $profiles; do
   other=$profile
   for candidate in $profiles; do
-    case "$candidate" in "$profile" | hf | lmms*) ;; *) other=$candidate ;; esac
+    case "$candidate" in "$profile" | hf* | lmms*) ;; *) other=$candidate ;; esac
   done
   echo "== transformers profile $profile ==" >&2
   # The 4.57 profile compares the original backend with transformers 5 on converted weights
@@ -58,7 +60,8 @@ for profile in $profiles; do
   [ ! -x "$(python_of hf)" ] || hf_python="$(python_of hf)"
   other_python=""
   [ "$other" = "$profile" ] || other_python="$(python_of "$other")"
-  selection=()  # the lmms profiles run their lmms-eval tests only (the rest is the hf and 4.57 profiles')
+  selection=()  # hf-vision and the lmms profiles run their own tests only (the rest is the hf and 4.57 profiles')
+  if [ $# -eq 0 ] && [ "$profile" = hf-vision ]; then selection=(tests/test_families.py tests/test_family_processors.py); fi
   if [ $# -eq 0 ] && [ "$profile" = lmms ]; then selection=(tests/test_lmms_eval.py); fi
   if [ $# -eq 0 ] && [ "$profile" = lmms-457 ]; then selection=(tests/test_lmms_eval_llava.py); fi
   LLAVA_AVC_OTHER_PYTHON="$other_python" LLAVA_AVC_HF_PYTHON="$hf_python" \

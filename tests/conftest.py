@@ -24,9 +24,14 @@ LLAVA_INSTALLED = importlib.util.find_spec("llava") is not None
 
 
 def pytest_report_header(config):
+    from llava_avc.testing.family_inputs import torchvision_importable
+
+    lines = []
     if not LLAVA_INSTALLED:
-        return "llava (llava-torch) is not installed: the original-LLaVA backend's test modules are skipped"
-    return None
+        lines.append("llava (llava-torch) is not installed: the original-LLaVA backend's test modules are skipped")
+    lines.append("the families' processors: " + ("their real AutoProcessor (torchvision imports)" if torchvision_importable()
+                 else "built from tokenizer + image processor (no importable torchvision; hf-vision profile has one)"))
+    return lines
 
 
 def pytest_collection_modifyitems(items):

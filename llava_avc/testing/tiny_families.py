@@ -104,7 +104,9 @@ Pitfalls:
   raises ImportError on both versions (``Qwen2VLVideoProcessor requires the Torchvision library``; 4.57:
   ``AutoVideoProcessor requires ...``); the model, ``AutoTokenizer`` and ``AutoImageProcessor`` (5.25: the
   PIL backend) still load, and InstructBLIP's processor needs no torchvision. PyPI's torchvision wheel is
-  a CUDA build that fails to import beside a CPU torch (``operator torchvision::nms does not exist``).
+  a CUDA build that fails to import beside a CPU torch (``operator torchvision::nms does not exist``); with
+  its own torch (torch 2.14.1 + torchvision 0.29.1, the hf-vision test profile) every processor loads, and
+  its outputs equal ``llava_avc.testing.family_inputs``'s built ones (tests/test_family_processors.py).
 - Qwen on 5.x: ``generate`` needs ``mm_token_type_ids`` (the processor returns it). Without it the
   multimodal rotary positions are not computed and the answer silently changes; 4.57 derives them from
   the ids.
