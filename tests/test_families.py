@@ -97,21 +97,30 @@ def test_a_left_padded_batch_equals_one_prompt_at_a_time(family, sample_image, c
             assert batch[row, -NEW_TOKENS:].tolist() == one[0, -NEW_TOKENS:].tolist(), row
 
 
-def test_custom_generate_equals_llava_avc_generate(family, sample_image):
-    """InstructBLIP's own generate merges the image before a decoding method runs: one line pointing to
-    llava_avc.generate instead."""
+@pytest.mark.parametrize("config", [AVCConfig(), M3IDConfig()], ids=["avc", "m3id"])
+def test_custom_generate_equals_llava_avc_generate(family, sample_image, config):
+    """InstructBLIP's own generate merges the image into inputs_embeds and calls its language model's generate:
+    the method runs there on the merged prompt."""
     name, model, processor, _ = family
     inputs = _inputs(processor, _images(sample_image), QUESTIONS)
     with torch.no_grad():
-        ours = llava_avc.generate(model, **inputs, avc=AVCConfig(), **_greedy())
-        if name == "instructblip":
-            with pytest.raises(UserError, match=r"image already merged into inputs_embeds .* call llava_avc.generate"):
-                model.generate(**inputs, custom_generate=llava_avc.hf.contrastive_decoding, avc=AVCConfig(),
-                               **_greedy())
-            return
-        theirs = model.generate(**inputs, custom_generate=llava_avc.hf.contrastive_decoding, avc=AVCConfig(),
-                                **_greedy())
-    assert torch.equal(ours, theirs)
+        ours = llava_avc.generate(model, **inputs, **{config.method: config}, return_dict_in_generate=True,
+                                  **_greedy())
+        theirs = model.generate(**inputs, custom_generate=llava_avc.hf.contrastive_decoding,
+                                **{config.method: config}, return_dict_in_generate=True, **_greedy())
+    assert torch.equal(ours.sequences, theirs.sequences)
+    for mine, other in zip(ours.blind_tokens or [], theirs.blind_tokens or [], strict=True):
+        assert mine.image_span == other.image_span and torch.equal(mine.blind, other.blind)
+
+
+def test_instructblips_own_generate_with_vcd_is_one_line(checkpoints, sample_image):
+    """VCD noises the pixels, which InstructBLIP's own generate has already encoded before the method runs."""
+    model, processor, _ = checkpoints("instructblip")
+    inputs = _inputs(processor, _images(sample_image), QUESTIONS)
+    with pytest.raises(UserError, match=r"^vcd noises the image's pixels, but LlamaForCausalLM.generate got the image "
+                                        r"already merged into inputs_embeds .* call llava_avc.generate") as error:
+        model.generate(**inputs, custom_generate=llava_avc.hf.contrastive_decoding, vcd=VCDConfig(), **_greedy())
+    assert "\n" not in str(error.value)
 
 
 def test_the_probe_equals_eager_attentions_last_row(family, sample_image):
@@ -291,6 +300,21 @@ def test_eval_pope_on_an_instructblip_checkpoint_asks_the_question_itself_and_me
     assert reference["name"] == "avisc-paper-instructblip" and reference["method"] == "avc"
     paper = {row["metric"]: row["paper"] for row in reference["rows"]}
     assert paper["random accuracy"] == 88.73 and paper["random f1"] == 88.03, paper
+
+
+def test_a_language_model_given_inputs_embeds_without_an_image_is_one_line():
+    """A decoding method on a causal language model runs on a prompt whose image the caller merged into
+    inputs_embeds (InstructBLIP's own generate); embeddings that are the ids' own hold no image."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2)).eval()
+    input_ids = torch.tensor([[1, 5, 6, 7]])
+    with torch.no_grad(), pytest.raises(UserError, match=r"^LlamaForCausalLM.generate got inputs_embeds equal to the "
+                                                         r"embeddings of input_ids at every position") as error:
+        model.generate(input_ids=input_ids, inputs_embeds=model.get_input_embeddings()(input_ids),
+                       custom_generate=llava_avc.hf.contrastive_decoding, avc=AVCConfig(), **_greedy())
+    assert "\n" not in str(error.value)
 
 
 def test_a_model_of_no_served_family_is_one_line_naming_the_families():

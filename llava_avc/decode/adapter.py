@@ -111,6 +111,10 @@ class ModelAdapter(abc.ABC):
     back to the adapter.
     """
 
+    #: Whether the prompt handed to the adapter already holds its image (merged into the embeddings before the
+    #: adapter saw it), so that `merge_image` takes no images.
+    image_in_prompt: bool = False
+
     def __init__(self, model):
         self.model = model
 

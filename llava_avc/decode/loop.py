@@ -148,7 +148,7 @@ def lean_generate(adapter: ModelAdapter, front_end: GenerationFrontEnd, input_id
 def _generate(adapter: ModelAdapter, front_end: GenerationFrontEnd, input_ids, images, image_sizes, config, sequential,
               generate_kwargs):
     name = f"{config.method}=" if config is not None else "lean decoding"
-    if images is None:
+    if images is None and not adapter.image_in_prompt:
         raise UserError(f"{name} needs an image: pass it to generate (images= for original LLaVA, the processor's "
                         "pixel_values= for llava-hf).")
     row_seeds = _row_seeds(generate_kwargs.pop("row_seeds", None), input_ids.shape[0])

@@ -124,3 +124,71 @@ class HFAdapter(LanguageModelAdapter):
         keep = attention_mask.bool() & (input_ids != image_token_id(self.model))  # (B, T)
         embeds = self.embed_tokens(input_ids.masked_fill(~keep, 0))  # (B, T, D)
         return left_align(embeds, keep)
+
+
+class MergedEmbedsAdapter(LanguageModelAdapter):
+    """A decoder-only causal language model handed a prompt whose image is already merged into
+    `inputs_embeds` (InstructBLIP's own `generate` encodes the image, scatters the Q-Former's outputs over
+    its placeholder tokens, then calls its language model's `generate`; a method then runs on that
+    language model). The image rows are the positions whose embedding is not the token's own embedding:
+    the merge replaced exactly those, so they show which id is the placeholder; nothing else is assumed.
+    Positions are the usual ones (cumsum of the mask). Methods that need the pixels (VCD) cannot run here.
+    """
+
+    image_in_prompt = True
+
+    def __init__(self, model, inputs_embeds: torch.Tensor):
+        super().__init__(model)
+        self.inputs_embeds = inputs_embeds  # (B, T, D)
+
+    @property
+    def language_model(self):
+        return self.model.get_decoder()
+
+    def image_rows_of(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool: the positions the merge filled with image features, checked to be one placeholder id
+        in one contiguous run per row (`image_span`'s one-line errors)."""
+        if self.inputs_embeds.shape[:2] != input_ids.shape:
+            raise UserError(f"inputs_embeds {tuple(self.inputs_embeds.shape)} do not match input_ids "
+                            f"{tuple(input_ids.shape)}: pass the ids the embeddings were made from.")
+        is_image = (self.inputs_embeds != self.embed_tokens(input_ids).to(self.inputs_embeds.dtype)).any(-1)
+        placeholders = input_ids[is_image].unique()
+        if placeholders.numel() == 0:
+            raise UserError(f"{type(self.model).__name__}.generate got inputs_embeds equal to the embeddings of "
+                            "input_ids at every position: no image is merged into the prompt, and contrastive "
+                            "decoding needs one image per prompt; pass the image to the image model's generate.")
+        if placeholders.numel() != 1:
+            raise UserError(f"{type(self.model).__name__}.generate got inputs_embeds whose image rows hold "
+                            f"{placeholders.numel()} different token ids (expected one image placeholder id): pass "
+                            "the prompt with its image merged as the model's own generate does, or call "
+                            "llava_avc.generate on the image model.")
+        token_id = int(placeholders[0])
+        for row in range(input_ids.shape[0]):
+            image_span(input_ids[row], token_id, row)
+        if not torch.equal(is_image, input_ids == token_id):
+            raise UserError(f"some placeholder tokens (id {token_id}) of input_ids kept their own embedding in "
+                            "inputs_embeds: merge one image into every placeholder of each prompt.")
+        return is_image
+
+    def merge_image(self, input_ids, attention_mask, images, image_sizes) -> MergedPrompt:
+        """The given merged prompt, left-aligned (`images` are already in it: None)."""
+        if images is not None:
+            raise TypeError("MergedEmbedsAdapter takes no images: the prompt's inputs_embeds already hold them")
+        is_image = self.image_rows_of(input_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        attention_mask = attention_mask.to(input_ids.device).bool()
+        embeds, mask = left_align(self.inputs_embeds, attention_mask)
+        aligned, _ = left_align(is_image.unsqueeze(-1), attention_mask)  # (B, L, 1)
+        spans = []
+        for row in range(input_ids.shape[0]):
+            positions = torch.nonzero(aligned[row, :, 0]).flatten()
+            spans.append((int(positions[0]), int(positions[-1]) + 1))
+        return MergedPrompt(embeds, mask, spans)
+
+    def text_only_prompt(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompt without its image rows (M3ID's unconditioned branch), left-aligned."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        keep = attention_mask.bool() & ~self.image_rows_of(input_ids)  # (B, T)
+        return left_align(self.inputs_embeds, keep)

@@ -32,7 +32,7 @@ from ...decode.sampling import check_generation_config
 from .. import transformers_compat as compat
 from ..base import ContrastiveGenerateOutput, check_one_sequence_per_prompt, contrastive_output
 from ..families import is_served
-from .adapter import HFAdapter
+from .adapter import HFAdapter, MergedEmbedsAdapter
 
 
 def generation_setup(input_ids: torch.Tensor, kwargs: dict, method: str) -> GenerationSetup:
@@ -158,13 +158,14 @@ def _decode(model, input_ids, config, sequential, image_inputs: dict, prepared: 
     if synced_gpus:
         raise UserError("synced_gpus (DeepSpeed ZeRO-3 / FSDP generation) is not supported by contrastive decoding; "
                         "generate on one process per model copy instead.")
-    if "inputs_embeds" in model_kwargs and not is_served(model):
-        raise UserError(f"{type(model).__name__}.generate got a decoding method with the image already merged into "
-                        "inputs_embeds (InstructBLIP's own generate encodes the image first): call "
-                        "llava_avc.generate(model, **inputs, avc=AVCConfig()) on the InstructBLIP model instead.")
-    adapter, front_end = HFAdapter(model), HFFrontEnd()
     model_kwargs = dict(model_kwargs)
-    images, image_sizes = adapter.image_rows(*adapter.family.take_image_inputs(image_inputs, model_kwargs))
+    if "inputs_embeds" in model_kwargs and not is_served(model):
+        adapter = _merged_embeds_adapter(model, model_kwargs.pop("inputs_embeds"), config, image_inputs)
+        images = image_sizes = None
+    else:
+        adapter = HFAdapter(model)
+        images, image_sizes = adapter.image_rows(*adapter.family.take_image_inputs(image_inputs, model_kwargs))
+    front_end = HFFrontEnd()
     attention_mask, encoder_outputs = compat.decoding_kwargs(model_kwargs)
     if encoder_outputs:
         raise UserError("precomputed image features (mm_encoder_outputs) are not supported: pass pixel_values.")
@@ -173,3 +174,27 @@ def _decode(model, input_ids, config, sequential, image_inputs: dict, prepared: 
                                   attention_mask=attention_mask, **prepared)
     return loop.contrastive_generate(adapter, front_end, input_ids, images=images, image_sizes=image_sizes, config=config,
                                      sequential=sequential, attention_mask=attention_mask, **prepared)
+
+
+#: Methods whose second branch is made from the pixels (VCD noises them): they cannot run on a prompt whose
+#: image is already merged into inputs_embeds.
+NEEDS_PIXELS = frozenset({"vcd"})
+
+
+def _merged_embeds_adapter(model, inputs_embeds, config, image_inputs: dict) -> MergedEmbedsAdapter:
+    """The adapter of a causal language model called with the image already merged into `inputs_embeds`
+    (InstructBLIP's own `generate`: AVC and M3ID run on its merged prompt).
+
+    Raises:
+        UserError: a method that needs the pixels (VCD), or image inputs beside the merged prompt.
+    """
+    method = "decoding" if config is None else config.method
+    if method in NEEDS_PIXELS:
+        raise UserError(f"{method} noises the image's pixels, but {type(model).__name__}.generate got the image "
+                        "already merged into inputs_embeds (InstructBLIP's own generate encodes it first): call "
+                        f"llava_avc.generate(model, **inputs, {method}=...) on the image model instead.")
+    given = sorted(name for name, value in image_inputs.items() if value is not None)
+    if given:
+        raise UserError(f"{type(model).__name__}.generate got inputs_embeds with the image merged AND image inputs "
+                        f"({', '.join(given)}): pass one of them.")
+    return MergedEmbedsAdapter(model, inputs_embeds)
