@@ -5,7 +5,7 @@
 #   bash scripts/install.sh --profile 4.57     # the newest-4.x profile, into ./.venv-457
 #   bash scripts/install.sh --profile hf       # llava-hf on transformers 5, NO llava, into ./.venv-hf
 #   bash scripts/install.sh --profile hf-vision # the hf profile plus torchvision (every family's AutoProcessor), .venv-hf-vision
-#   bash scripts/install.sh --profile lmms     # the hf profile plus lmms-eval (`--model llava_hf_avc`), .venv-lmms
+#   bash scripts/install.sh --profile lmms     # hf-vision plus lmms-eval (`--model llava_hf_avc`), .venv-lmms
 #   bash scripts/install.sh --profile lmms-457 # the 4.57 profile plus lmms-eval (`--model llava_avc`), .venv-lmms-457
 #   bash scripts/install.sh --profile newest   # llava-hf on whatever transformers pip serves NOW (unpinned,
 #                                              #   re-resolved on every run), NO llava, into ./.venv-newest
@@ -16,12 +16,12 @@
 # backend runs there too); hf = transformers 5.x with the llava-hf backend only; newest = the hf profile
 # without pins, to catch the next transformers release before users do (`bash scripts/test.sh --newest`);
 # hf-vision = the hf profile with a torchvision that imports beside its torch (Qwen's and OneVision's processors
-# need it), for the families' tests with their real processors; lmms = the hf profile with lmms-eval 0.7.3 (the `lmms` extra), for tests/test_lmms_eval.py; lmms-457 = the
+# need it), for the families' tests with their real processors; lmms = the hf-vision profile with lmms-eval 0.7.3 (the `lmms` extra), for tests/test_lmms_eval.py; lmms-457 = the
 # 4.57 profile with LLaVA and lmms-eval 0.7.3, for tests/test_lmms_eval_llava.py (lmms-eval needs
 # transformers >= 4.39.2, so not beside LLaVA's own pin 4.37.2).
 #
 # 1. torch: an existing torch >= 2.1 is kept (a user's CUDA build is never replaced); otherwise
-#    torch==2.13.0 is installed. hf-vision: an existing torch + torchvision that import together are kept;
+#    torch==2.13.0 is installed. hf-vision and lmms: an existing torch + torchvision that import together are kept;
 #    otherwise the pair torch==2.14.1 torchvision==0.29.1 is installed (into install.sh's own venv only).
 # 2. llava-avc (editable) with the runtime set pinned by requirements/pins-<profile>.txt, plus the
 #    extras: 4.37 / 4.57: llava, test, serve (pytest; fastapi, uvicorn, requests for LLaVA's
@@ -76,7 +76,7 @@ if [ "$profile" = hf ]; then
 elif [ "$profile" = hf-vision ]; then
   extras="hf,test"; needed="llava_avc, torch, torchvision, transformers"
 elif [ "$profile" = lmms ]; then
-  extras="hf,test,lmms"; needed="llava_avc, torch, transformers, lmms_eval"
+  extras="hf,test,lmms"; needed="llava_avc, torch, torchvision, transformers, lmms_eval"
 elif [ "$profile" = lmms-457 ]; then
   extras="llava,test,serve,lmms"; needed="llava_avc, llava, torch, transformers, lmms_eval"
 else
@@ -95,11 +95,11 @@ sys.exit(0 if (major, minor) >= (2, 1) else 1)
 PY
 }
 vision_pair=(torch==2.14.1 torchvision==0.29.1)
-if [ "$profile" = hf-vision ] && ! "$python_bin" -c 'import torch, torchvision' 2>/dev/null; then
+if { [ "$profile" = hf-vision ] || [ "$profile" = lmms ]; } && ! "$python_bin" -c 'import torch, torchvision' 2>/dev/null; then
   if has_torch && [ "$own_venv" = 0 ]; then
-    echo "install.sh: the hf-vision profile needs a torchvision that imports beside the torch of $python_bin" \
+    echo "install.sh: the $profile profile needs a torchvision that imports beside the torch of $python_bin" \
          "(torch $("$python_bin" -c 'import torch; print(torch.__version__)')); install the matching torchvision" \
-         "from the index your torch came from, or drop --python to use ./.venv-hf-vision" >&2
+         "from the index your torch came from, or drop --python to use ./.venv-$profile" >&2
     exit 2
   fi
   echo "llava-avc: installing ${vision_pair[*]} (a torch and torchvision that import together)" >&2
@@ -115,7 +115,8 @@ echo "llava-avc: installing llava-avc and its runtime set" >&2
 "${pip[@]}" -c "$pins" -e ".[$extras]"
 
 if [ "$profile" = lmms ] || [ "$profile" = lmms-457 ]; then
-  # Two overrides of lmms-eval's own resolve (requirements/pins-lmms.txt says why).
+  # Overrides of lmms-eval's own resolve (requirements/pins-lmms*.txt say why): protobuf, and on lmms-457's
+  # CPU torch the CUDA torchvision lmms-eval pulls in.
   "${pip[@]}" protobuf==7.36.2
   if ! "$python_bin" -c 'import torchvision' 2>/dev/null; then
     echo "llava-avc: removing torchvision (a CUDA build beside a CPU torch)" >&2

@@ -34,15 +34,28 @@ def test_method_none_answers_exactly_as_lmms_evals_own_llava_hf(pope_task, tiny_
     assert len(set(map(str, theirs.values()))) > 1  # the images and questions make the answers differ
 
 
-def test_method_avc_answers_as_llava_avc_generate_and_records_the_method(pope_task, tiny_hf_dir, tmp_path):
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+@pytest.fixture(scope="module")
+def tiny_onevision_dir(tmp_path_factory):
+    """A tiny random LLaVA-OneVision checkpoint (lmms-eval's llava_hf loads it; its processor needs torchvision)."""
+    from llava_avc.testing.tiny_families import make_tiny_family
+
+    return make_tiny_family(tmp_path_factory.mktemp("onevision") / "tiny-onevision", "llava_onevision", seed=0)
+
+
+@pytest.fixture(params=["llava-1.5", "llava-onevision"])
+def checkpoint(request, tiny_hf_dir, tiny_onevision_dir):
+    return {"llava-1.5": tiny_hf_dir, "llava-onevision": tiny_onevision_dir}[request.param]
+
+
+def test_method_avc_answers_as_llava_avc_generate_and_records_the_method(pope_task, checkpoint, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     task, docs = pope_task
     out = tmp_path / "avc"
     answers = run_lmms_eval(task, out, "llava_hf_avc",
-                         f"pretrained={tiny_hf_dir},device_map=cpu,method=avc,alpha=1.5,gamma=0.4")
-    model = LlavaForConditionalGeneration.from_pretrained(tiny_hf_dir).eval()
-    processor = AutoProcessor.from_pretrained(tiny_hf_dir)
+                         f"pretrained={checkpoint},device_map=cpu,method=avc,alpha=1.5,gamma=0.4")
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint)
     eos = processor.tokenizer.eos_token_id
     for doc_id, (question, image) in enumerate(docs):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question + POST_PROMPT}]}]
@@ -52,7 +65,7 @@ def test_method_avc_answers_as_llava_avc_generate_and_records_the_method(pope_ta
             out_ids = llava_avc.generate(model, **inputs, avc=AVCConfig(alpha=1.5, gamma=0.4), do_sample=False,
                                          max_new_tokens=NEW_TOKENS, pad_token_id=eos, eos_token_id=eos)
         expected = processor.tokenizer.decode(out_ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        assert answers[doc_id] == expected, doc_id
+        assert answers[doc_id] == expected.strip(), doc_id  # lmms-eval's filtered responses are stripped
     config = results_of(out)["config"]
     assert config["model"] == "llava_hf_avc" and "method=avc,alpha=1.5,gamma=0.4" in config["model_args"]
 
@@ -64,6 +77,16 @@ def test_batch_size_4_answers_as_batch_size_1(pope_task, tiny_hf_dir, tmp_path, 
     one = run_lmms_eval(task, tmp_path / "one", "llava_hf_avc", args)
     four = run_lmms_eval(task, tmp_path / "four", "llava_hf_avc", args, "--batch_size", "4")
     assert four == one
+
+
+@pytest.mark.parametrize("flavour", [(), ("--force_simple",)], ids=["chat", "simple"])
+def test_llava_onevision_method_none_answers_as_lmms_evals_own_llava_hf(pope_task, tiny_onevision_dir, tmp_path,
+                                                                       flavour):
+    task, _ = pope_task
+    base = f"pretrained={tiny_onevision_dir},device_map=cpu"
+    theirs = run_lmms_eval(task, tmp_path / "llava_hf", "llava_hf", base, *flavour)
+    assert run_lmms_eval(task, tmp_path / "ours", "llava_hf_avc", f"{base},method=none", *flavour) == theirs
+    assert len(set(map(str, theirs.values()))) > 1
 
 
 def test_llava_next_checkpoints_run_every_method(pope_task, tiny_hf_next_dir, tmp_path):
