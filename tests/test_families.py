@@ -131,7 +131,7 @@ def test_the_probe_equals_eager_attentions_last_row(family, sample_image):
     inputs = _inputs(processor, _images(sample_image)[:1], QUESTIONS[:1])
     adapter = HFAdapter(model)
     image_inputs = {name: inputs.get(name) for name in IMAGE_INPUTS}
-    images, sizes = adapter.image_rows(*adapter.family.take_image_inputs(image_inputs, {}))
+    images, sizes = adapter.image_rows(*adapter.family.take_image_inputs(image_inputs))
     with torch.no_grad():
         merged = adapter.merge_image(inputs["input_ids"], inputs["attention_mask"], images, sizes)
         with adapter.last_query_probe(merged.attention_mask) as probe:

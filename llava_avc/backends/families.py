@@ -47,8 +47,6 @@ class Family:
         unquantized: modules kept unquantized under 4/8-bit, full names from the model's root
             (transformers 5 matches skip patterns from the start of a module's name).
         oldest_transformers: the oldest transformers release the family is tested on.
-        redundant_inputs: processor outputs the adapter does without (it derives them from the ids, or they
-            say one image per prompt, which the adapter checks itself).
         chat_prompt: the prompt goes through the processor's chat template (False: it is the question
             itself and the processor places the image tokens, InstructBLIP).
         llava_conversations: LLaVA's conversation templates (`--conv-mode llava_v1`, the eval protocols'
@@ -62,7 +60,6 @@ class Family:
     pixel_dims: int = 4  # (B, 3, H, W)
     unquantized: tuple = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
     oldest_transformers: str = "4.57"
-    redundant_inputs: tuple = ()
     chat_prompt: bool = True
     llava_conversations: bool = True
 
@@ -95,11 +92,9 @@ class Family:
         return dict(processor(images=images, text=texts, return_tensors="pt", padding=True, **kwargs))
 
     # -- images --------------------------------------------------------------------------------
-    def take_image_inputs(self, image_inputs: dict, model_kwargs: dict) -> tuple:
+    def take_image_inputs(self, image_inputs: dict) -> tuple:
         """(pixel_values, image info) out of the processor's image outputs (`image_inputs`: pixel_values and
-        every family's info, None where absent); the redundant inputs are dropped from `model_kwargs`."""
-        for name in self.redundant_inputs:
-            model_kwargs.pop(name, None)
+        every family's info, None where absent)."""
         info = None if self.image_info is None else image_inputs.get(self.image_info)
         others = [name for name, value in image_inputs.items()
                   if value is not None and name not in ("pixel_values", self.image_info)]
@@ -164,7 +159,6 @@ class LlavaOnevision(LlavaNext):
     decoder; the processor's `batch_num_images` is one per prompt here (several images are refused)."""
 
     oldest_transformers: str = "5.0"
-    redundant_inputs: tuple = ("batch_num_images",)
     llava_conversations: bool = False
 
 
@@ -178,7 +172,6 @@ class QwenVL(Family):
     pixel_dims: int = 2
     unquantized: tuple = ("model.visual", "lm_head")
     oldest_transformers: str = "5.0"
-    redundant_inputs: tuple = ("mm_token_type_ids",)  # text 0 / image 1: derived from the ids
     llava_conversations: bool = False
 
     def vision_module(self, model):
@@ -265,7 +258,7 @@ class InstructBlip(Family):
         batch["qformer_input_ids"], batch["qformer_attention_mask"] = qformer["input_ids"], qformer["attention_mask"]
         return batch
 
-    def take_image_inputs(self, image_inputs: dict, model_kwargs: dict) -> tuple:
+    def take_image_inputs(self, image_inputs: dict) -> tuple:
         """(pixel_values, (qformer_input_ids, qformer_attention_mask)) of the processor's outputs."""
         ids, mask = image_inputs.get("qformer_input_ids"), image_inputs.get("qformer_attention_mask")
         if ids is None:

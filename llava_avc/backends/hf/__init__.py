@@ -57,7 +57,7 @@ def image_inputs(model, pixel_values, image_sizes, extra: dict) -> tuple:
 
     adapter = HFAdapter(model)
     outputs = {"pixel_values": pixel_values, "image_sizes": image_sizes, **extra}
-    return adapter.image_rows(*adapter.family.take_image_inputs(outputs, {}))
+    return adapter.image_rows(*adapter.family.take_image_inputs(outputs))
 
 
 def _image_kwargs(model, images, image_sizes) -> dict:
@@ -74,22 +74,10 @@ def generate_with(model, decoding, kwargs: dict, **method_kwargs):
     transformers does not hand it to a callable with parameters)."""
     from ..families import family_of
 
-    family = family_of(model)
-    _check_image_inputs(model, family, kwargs)
     if kwargs.get("streamer") is not None:
         kwargs["token_streamer"] = kwargs["streamer"]
-    generating = family.generating_model(model)
+    generating = family_of(model).generating_model(model)
     if generating is not model:
         kwargs["image_model"] = model
     return generating.generate(custom_generate=decoding, **method_kwargs, **kwargs)
 
-
-def _check_image_inputs(model, family, kwargs: dict) -> None:
-    """Another family's image inputs are refused before transformers' `generate` sees them: it would reject
-    that family's extra outputs (OneVision's `batch_num_images` on a Qwen model) with a message of its own,
-    before the decoding's check (`Family.check_pixels`) that names both families."""
-    from ..families import IMAGE_INPUTS
-
-    images, info = family.rows(*family.take_image_inputs({name: kwargs.get(name) for name in IMAGE_INPUTS}, {}))
-    if images is not None:
-        family.check_pixels(model, images, info)

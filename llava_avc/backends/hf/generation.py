@@ -5,8 +5,9 @@ transformers' `generate` (4.57+ and 5.x) prepares everything (generation config,
 with the sampling warpers, stopping criteria, max_length from the processor's ids) and then calls a
 callable `custom_generate` in place of its own `_sample`; the callable's parameters that `_sample`
 lacks (`avc`, `vcd`, `m3id`, `pixel_values` and the families' image inputs, `mm_token_type_ids` (Qwen's text / image
-token types, which the adapter reads from the ids), `image_model`, `token_streamer`) are taken out of
-generate's keyword arguments and handed to it. Taking `pixel_values` this way keeps the pixels
+token types) and `batch_num_images` (OneVision's images per prompt), both of which the adapter reads from the
+ids, `image_model`, `token_streamer`) are taken out of generate's keyword arguments and handed to it, so that
+transformers never validates a processor output of another family as a model kwarg of this one. Taking `pixel_values` this way keeps the pixels
 (VCD noises them) instead of letting `generate` encode them in advance.
 
 What `generate` hands over besides those (the model kwargs, whose names changed in 5.25) is read by
@@ -105,7 +106,8 @@ class _WithMethodKeywords:
 @compat.guarded
 def contrastive_decoding(model, input_ids, logits_processor, stopping_criteria, generation_config,
                          synced_gpus=False, streamer=None, pixel_values=None, image_sizes=None, image_grid_thw=None,
-                         qformer_input_ids=None, qformer_attention_mask=None, mm_token_type_ids=None, image_model=None,
+                         qformer_input_ids=None, qformer_attention_mask=None, mm_token_type_ids=None, batch_num_images=None,
+                         image_model=None,
                          token_streamer=None, sequential: bool = False, row_seeds=None, **model_kwargs):
     """A transformers decoding method: `model.generate(**inputs, custom_generate=contrastive_decoding,
     avc=AVCConfig(), max_new_tokens=64)` (or `vcd=` / `m3id=` / a registered method's keyword).
@@ -137,7 +139,8 @@ def contrastive_decoding(model, input_ids, logits_processor, stopping_criteria, 
 @compat.guarded
 def lean_decoding(model, input_ids, logits_processor, stopping_criteria, generation_config,
                   synced_gpus=False, streamer=None, pixel_values=None, image_sizes=None, image_grid_thw=None,
-                  qformer_input_ids=None, qformer_attention_mask=None, mm_token_type_ids=None, image_model=None,
+                  qformer_input_ids=None, qformer_attention_mask=None, mm_token_type_ids=None, batch_num_images=None,
+                  image_model=None,
                   token_streamer=None, row_seeds=None, **model_kwargs):
     """The package's own loop with one branch and no contrast, as a transformers decoding method
     (the benchmarks' apples-to-apples baseline); equals greedy `generate` token for token."""
@@ -164,7 +167,7 @@ def _decode(model, input_ids, config, sequential, image_inputs: dict, prepared: 
         images = image_sizes = None
     else:
         adapter = HFAdapter(model)
-        images, image_sizes = adapter.image_rows(*adapter.family.take_image_inputs(image_inputs, model_kwargs))
+        images, image_sizes = adapter.image_rows(*adapter.family.take_image_inputs(image_inputs))
     front_end = HFFrontEnd()
     attention_mask, encoder_outputs = compat.decoding_kwargs(model_kwargs)
     if encoder_outputs:
