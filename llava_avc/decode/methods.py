@@ -46,6 +46,8 @@ class Method:
         combine: `(config, logits, biased_logits, step) -> scores`, all (B, V) float32 (step 0 = the first
             new token), before the logits processors.
         description: one line for `--help`.
+        needs_pixels: its biased branch is made from the pixels (VCD noises them), so it cannot run on a prompt
+            whose image is already merged into the embeddings (InstructBLIP's own `generate`).
     """
 
     name: str
@@ -53,6 +55,7 @@ class Method:
     prefill: Callable
     combine: Callable[[Any, "torch.Tensor", "torch.Tensor", int], "torch.Tensor"]
     description: str = ""
+    needs_pixels: bool = False
 
 
 _REGISTRY: dict = {}
@@ -211,6 +214,6 @@ BUILT_IN = ("avc", "vcd", "m3id")
 register_method(Method("avc", AVCConfig, _prefill_avc, _combine_avc,
                        "Attentional Vision Calibration (AvisC): contrast with only the blind image tokens kept"))
 register_method(Method("vcd", VCDConfig, _prefill_vcd, _combine_vcd,
-                       "Visual Contrastive Decoding: contrast with a diffusion-noised image"))
+                       "Visual Contrastive Decoding: contrast with a diffusion-noised image", needs_pixels=True))
 register_method(Method("m3id", M3IDConfig, _prefill_m3id, _combine_m3id,
                        "M3ID: contrast with the prompt without its image, growing with each token"))

@@ -27,7 +27,7 @@ import torch
 
 from ...errors import UserError
 from ...decode import loop
-from ...decode.methods import method_names, pop_method
+from ...decode.methods import get_method, method_names, pop_method
 from ...decode.adapter import GenerationSetup
 from ...decode.sampling import check_generation_config
 from .. import transformers_compat as compat
@@ -179,11 +179,6 @@ def _decode(model, input_ids, config, sequential, image_inputs: dict, prepared: 
                                      sequential=sequential, attention_mask=attention_mask, **prepared)
 
 
-#: Methods whose second branch is made from the pixels (VCD noises them): they cannot run on a prompt whose
-#: image is already merged into inputs_embeds.
-NEEDS_PIXELS = frozenset({"vcd"})
-
-
 def _merged_embeds_adapter(model, inputs_embeds, config, image_inputs: dict) -> MergedEmbedsAdapter:
     """The adapter of a causal language model called with the image already merged into `inputs_embeds`
     (InstructBLIP's own `generate`: AVC and M3ID run on its merged prompt).
@@ -191,8 +186,8 @@ def _merged_embeds_adapter(model, inputs_embeds, config, image_inputs: dict) -> 
     Raises:
         UserError: a method that needs the pixels (VCD), or image inputs beside the merged prompt.
     """
-    method = "decoding" if config is None else config.method
-    if method in NEEDS_PIXELS:
+    if config is not None and get_method(config.method).needs_pixels:
+        method = config.method
         raise UserError(f"{method} noises the image's pixels, but {type(model).__name__}.generate got the image "
                         "already merged into inputs_embeds (InstructBLIP's own generate encodes it first): call "
                         f"llava_avc.generate(model, **inputs, {method}=...) on the image model instead.")
