@@ -145,9 +145,9 @@ class MergedEmbedsAdapter(LanguageModelAdapter):
     def language_model(self):
         return self.model.get_decoder()
 
-    def image_rows_of(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, T) bool: the positions the merge filled with image features, checked to be one placeholder id
-        in one contiguous run per row (`image_span`'s one-line errors)."""
+    def placeholder_id(self, input_ids: torch.Tensor) -> int:
+        """The token id the merge filled with image features, checked to fill every one of its tokens in one
+        contiguous run per row (`image_span`'s one-line errors)."""
         if self.inputs_embeds.shape[:2] != input_ids.shape:
             raise UserError(f"inputs_embeds {tuple(self.inputs_embeds.shape)} do not match input_ids "
                             f"{tuple(input_ids.shape)}: pass the ids the embeddings were made from.")
@@ -168,27 +168,24 @@ class MergedEmbedsAdapter(LanguageModelAdapter):
         if not torch.equal(is_image, input_ids == token_id):
             raise UserError(f"some placeholder tokens (id {token_id}) of input_ids kept their own embedding in "
                             "inputs_embeds: merge one image into every placeholder of each prompt.")
-        return is_image
+        return token_id
 
     def merge_image(self, input_ids, attention_mask, images, image_sizes) -> MergedPrompt:
         """The given merged prompt, left-aligned (`images` are already in it: None)."""
         if images is not None:
             raise TypeError("MergedEmbedsAdapter takes no images: the prompt's inputs_embeds already hold them")
-        is_image = self.image_rows_of(input_ids)
+        token_id = self.placeholder_id(input_ids)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
         attention_mask = attention_mask.to(input_ids.device).bool()
         embeds, mask = left_align(self.inputs_embeds, attention_mask)
-        aligned, _ = left_align(is_image.unsqueeze(-1), attention_mask)  # (B, L, 1)
-        spans = []
-        for row in range(input_ids.shape[0]):
-            positions = torch.nonzero(aligned[row, :, 0]).flatten()
-            spans.append((int(positions[0]), int(positions[-1]) + 1))
+        aligned_ids, _ = left_align(input_ids.unsqueeze(-1), attention_mask)
+        spans = [image_span(aligned_ids[row, :, 0], token_id, row) for row in range(input_ids.shape[0])]
         return MergedPrompt(embeds, mask, spans)
 
     def text_only_prompt(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
         """The prompt without its image rows (M3ID's unconditioned branch), left-aligned."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-        keep = attention_mask.bool() & ~self.image_rows_of(input_ids)  # (B, T)
+        keep = attention_mask.bool() & (input_ids != self.placeholder_id(input_ids))  # (B, T)
         return left_align(self.inputs_embeds, keep)
