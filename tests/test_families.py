@@ -21,15 +21,9 @@ import llava_avc  # noqa: E402
 from llava_avc import AVCConfig, M3IDConfig, VCDConfig  # noqa: E402
 from llava_avc.errors import UserError  # noqa: E402
 from llava_avc.testing.family_inputs import FamilyInputs, torchvision_importable  # noqa: E402
+from family_helpers import CLASSES, FAMILIES, NEW_TOKENS, QUESTIONS, family_images, run_cli  # noqa: E402
 from reference_family_avc import reference_family_avc_greedy  # noqa: E402
 
-FAMILIES = ["llava_onevision", "qwen2_5_vl", "qwen3_vl", "instructblip"]
-#: The transformers class of each family (independent of llava-avc's own table).
-CLASSES = {"llava_onevision": "LlavaOnevisionForConditionalGeneration",
-           "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "qwen3_vl": "Qwen3VLForConditionalGeneration",
-           "instructblip": "InstructBlipForConditionalGeneration"}
-QUESTIONS = ["Is there a dog in the image?", "What color is the car?"]
-NEW_TOKENS = 6
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +52,6 @@ def family(request, checkpoints):
     return (request.param, *checkpoints(request.param))
 
 
-def _images(sample_image) -> list:
-    """Two different small images (sizes that give different tile/grid counts)."""
-    first = sample_image.resize((96, 112))
-    second = sample_image.rotate(90, expand=True).resize((120, 80))
-    return [first, second]
-
-
 def _inputs(processor, images: list, questions: list) -> dict:
     return processor(images, [processor.prompt(question) for question in questions])
 
@@ -75,7 +62,7 @@ def _greedy(eos_token_id=None) -> dict:
 
 def test_alpha_zero_equals_the_models_own_greedy_generate_on_a_padded_batch(family, sample_image):
     _, model, processor, _ = family
-    inputs = _inputs(processor, _images(sample_image), QUESTIONS)
+    inputs = _inputs(processor, family_images(sample_image), QUESTIONS)
     assert int((inputs["attention_mask"] == 0).sum()) > 0  # the batch is padded
     with torch.no_grad():
         theirs = model.generate(**inputs, **_greedy())
@@ -87,7 +74,7 @@ def test_alpha_zero_equals_the_models_own_greedy_generate_on_a_padded_batch(fami
 @pytest.mark.parametrize("config", [AVCConfig(), VCDConfig(), M3IDConfig()], ids=["avc", "vcd", "m3id"])
 def test_a_left_padded_batch_equals_one_prompt_at_a_time(family, sample_image, config):
     _, model, processor, _ = family
-    images = _images(sample_image)
+    images = family_images(sample_image)
     with torch.no_grad():
         batch = llava_avc.generate(model, **_inputs(processor, images, QUESTIONS), **{config.method: config},
                                    **_greedy())
@@ -102,7 +89,7 @@ def test_custom_generate_equals_llava_avc_generate(family, sample_image, config)
     """InstructBLIP's own generate merges the image into inputs_embeds and calls its language model's generate:
     the method runs there on the merged prompt."""
     name, model, processor, _ = family
-    inputs = _inputs(processor, _images(sample_image), QUESTIONS)
+    inputs = _inputs(processor, family_images(sample_image), QUESTIONS)
     with torch.no_grad():
         ours = llava_avc.generate(model, **inputs, **{config.method: config}, return_dict_in_generate=True,
                                   **_greedy())
@@ -116,7 +103,7 @@ def test_custom_generate_equals_llava_avc_generate(family, sample_image, config)
 def test_instructblips_own_generate_with_vcd_is_one_line(checkpoints, sample_image):
     """VCD noises the pixels, which InstructBLIP's own generate has already encoded before the method runs."""
     model, processor, _ = checkpoints("instructblip")
-    inputs = _inputs(processor, _images(sample_image), QUESTIONS)
+    inputs = _inputs(processor, family_images(sample_image), QUESTIONS)
     with pytest.raises(UserError, match=r"^vcd noises the image's pixels, but LlamaForCausalLM.generate got the image "
                                         r"already merged into inputs_embeds .* call llava_avc.generate") as error:
         model.generate(**inputs, custom_generate=llava_avc.hf.contrastive_decoding, vcd=VCDConfig(), **_greedy())
@@ -128,7 +115,7 @@ def test_the_probe_equals_eager_attentions_last_row(family, sample_image):
     from llava_avc.backends.hf.adapter import HFAdapter
 
     _, model, processor, _ = family
-    inputs = _inputs(processor, _images(sample_image)[:1], QUESTIONS[:1])
+    inputs = _inputs(processor, family_images(sample_image)[:1], QUESTIONS[:1])
     adapter = HFAdapter(model)
     image_inputs = {name: inputs.get(name) for name in IMAGE_INPUTS}
     images, sizes = adapter.image_rows(*adapter.family.take_image_inputs(image_inputs))
@@ -152,7 +139,7 @@ def test_avc_equals_the_independent_reference_with_the_same_blind_tokens(family,
     _, model, processor, _ = family
     image_token_id = int(model.config.image_token_id)
     changed = 0
-    for image, question in zip(_images(sample_image), QUESTIONS):
+    for image, question in zip(family_images(sample_image), QUESTIONS):
         inputs = _inputs(processor, [image], [question])
         reference = reference_family_avc_greedy(model, inputs, image_token_id, NEW_TOKENS)
         with torch.no_grad():
@@ -179,7 +166,7 @@ def _text_only_inputs(processor, image) -> dict:
 
 def test_two_images_or_none_in_a_prompt_are_one_line_each(family, sample_image):
     _, model, processor, _ = family
-    image = _images(sample_image)[0]
+    image = family_images(sample_image)[0]
     two_images = processor([image, image], [processor.prompt("Same?", images=2)])
     for inputs, message in ((two_images, r"2 images for 1 prompts: a prompt holds more than one image"),
                             (_text_only_inputs(processor, image), r"holds no image token")):
@@ -194,7 +181,7 @@ def test_two_images_or_none_in_a_prompt_are_one_line_each(family, sample_image):
                                                          ("instructblip", "qwen2_5_vl")])
 def test_inputs_of_another_familys_processor_are_one_line(checkpoints, sample_image, model_family, inputs_family):
     model = checkpoints(model_family)[0]
-    inputs = _inputs(checkpoints(inputs_family)[1], _images(sample_image)[:1], QUESTIONS[:1])
+    inputs = _inputs(checkpoints(inputs_family)[1], family_images(sample_image)[:1], QUESTIONS[:1])
     with pytest.raises(UserError, match=r"^pixel_values .* come from the processor of a .*, and the model is a "
                                         + CLASSES[model_family]) as error:
         llava_avc.generate(model, **inputs, avc=AVCConfig(), **_greedy())
@@ -211,21 +198,11 @@ def test_every_unquantized_module_name_is_a_module_of_the_family(family):
         assert any(module_name == prefix or module_name.startswith(prefix + ".") for module_name in modules), prefix
 
 
-def _run_cli(*argv):
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "llava_avc", *map(str, argv)], capture_output=True, text=True,
-                          env=env, timeout=600)
-
-
 def test_ask_detects_instructblip_and_answers_like_llava_avc_generate(checkpoints, sample_image, tmp_path):
     model, processor, directory = checkpoints("instructblip")
-    image = _images(sample_image)[0]
+    image = family_images(sample_image)[0]
     image.save(tmp_path / "photo.png")
-    proc = _run_cli("ask", "--model-path", directory, "--image", tmp_path / "photo.png", "--query", QUESTIONS[0],
+    proc = run_cli("ask", "--model-path", directory, "--image", tmp_path / "photo.png", "--query", QUESTIONS[0],
                     "--max-new-tokens", NEW_TOKENS, "--device", "cpu")
     assert proc.returncode == 0, proc.stderr[-3000:]
     inputs = _inputs(processor, [image], QUESTIONS[:1])
@@ -241,7 +218,7 @@ def test_ask_on_qwen_needs_the_processors_torchvision(checkpoints, sample_image,
     line naming the fix; with it, an answer."""
     _, _, directory = checkpoints("qwen2_5_vl")
     sample_image.save(tmp_path / "photo.png")
-    proc = _run_cli("ask", "--model-path", directory, "--image", tmp_path / "photo.png", "--query", QUESTIONS[0],
+    proc = run_cli("ask", "--model-path", directory, "--image", tmp_path / "photo.png", "--query", QUESTIONS[0],
                     "--max-new-tokens", NEW_TOKENS, "--device", "cpu")
     if torchvision_importable():
         assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr[-3000:]
@@ -284,7 +261,7 @@ def test_eval_pope_on_an_instructblip_checkpoint_asks_the_question_itself_and_me
     (tmp_path / "images").mkdir()
     for name in {q.image for q in questions}:
         sample_image.save(tmp_path / "images" / name)
-    proc = _run_cli("eval", "pope", "--model-path", directory, "--question-file", question_file,
+    proc = run_cli("eval", "pope", "--model-path", directory, "--question-file", question_file,
                     "--image-folder", tmp_path / "images", "--out", tmp_path / "run", "--max-new-tokens", 3,
                     "--device", "cpu", "--batch-size", 2, "--method", "avc")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -294,7 +271,7 @@ def test_eval_pope_on_an_instructblip_checkpoint_asks_the_question_itself_and_me
     assert "the question itself" in json.dumps(record["preprocessing"])
     assert record["preprocessing"]["model_type"] == "instructblip"
     # --reference avisc-paper sets the paper's InstructBLIP row beside the run (AvisC, MS-COCO random: 88.73 % accuracy)
-    scored = _run_cli("score", "pope", "--answers-file", tmp_path / "run", "--reference", "avisc-paper", "--json")
+    scored = run_cli("score", "pope", "--answers-file", tmp_path / "run", "--reference", "avisc-paper", "--json")
     assert scored.returncode == 0, scored.stderr[-3000:]
     reference = json.loads(scored.stdout)["reference"]
     assert reference["name"] == "avisc-paper-instructblip" and reference["method"] == "avc"

@@ -17,9 +17,6 @@ for the video processor they also load).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -37,19 +34,14 @@ import torch  # noqa: E402
 
 import llava_avc  # noqa: E402
 from llava_avc import AVCConfig, M3IDConfig, VCDConfig  # noqa: E402
+from family_helpers import CLASSES, FAMILIES, NEW_TOKENS, QUESTIONS, family_images, run_cli  # noqa: E402
 
 WITH_VIDEO_PROCESSOR = ["llava_onevision", "qwen2_5_vl", "qwen3_vl"]
-FAMILIES = WITH_VIDEO_PROCESSOR + ["instructblip"]
-#: The transformers classes (independent of llava-avc's own table).
-CLASSES = {"llava_onevision": ("LlavaOnevisionForConditionalGeneration", "LlavaOnevisionProcessor"),
-           "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor"),
-           "qwen3_vl": ("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor"),
-           "instructblip": ("InstructBlipForConditionalGeneration", "InstructBlipProcessor")}
+PROCESSOR_CLASSES = {"llava_onevision": "LlavaOnevisionProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor",
+                     "qwen3_vl": "Qwen3VLProcessor"}
 #: Where each family's decoder layers are, from the model's root (transformers' module names).
 DECODER_LAYERS = {"llava_onevision": "model.language_model.layers.", "qwen2_5_vl": "model.language_model.layers.",
                   "qwen3_vl": "model.language_model.layers.", "instructblip": "language_model.model.layers."}
-QUESTIONS = ["Is there a dog in the image?", "What color is the car?"]
-NEW_TOKENS = 6
 
 
 @pytest.fixture(scope="module")
@@ -68,22 +60,11 @@ def checkpoint_dirs(tmp_path_factory):
 
 
 def _model(name: str, directory):
-    return getattr(transformers, CLASSES[name][0]).from_pretrained(directory).eval()
-
-
-def _images(sample_image) -> list:
-    """Two small images whose sizes give different tile / grid counts."""
-    return [sample_image.resize((96, 112)), sample_image.rotate(90, expand=True).resize((120, 80))]
+    return getattr(transformers, CLASSES[name]).from_pretrained(directory).eval()
 
 
 def _greedy() -> dict:
     return {"max_new_tokens": NEW_TOKENS, "do_sample": False, "pad_token_id": 0}
-
-
-def _run_cli(*argv):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "llava_avc", *map(str, argv)], capture_output=True, text=True,
-                          env=env, timeout=600)
 
 
 # ------------------------------------------------------------------------------------------ processors
@@ -94,10 +75,10 @@ def test_the_real_processor_and_the_builder_of_the_other_profiles_make_equal_bat
     model = _model(name, directory)
     real = FamilyInputs(name, directory, model, processor=True)
     built = FamilyInputs(name, directory, model, processor=False)
-    assert type(real.processor).__name__ == CLASSES[name][1]
+    assert type(real.processor).__name__ == PROCESSOR_CLASSES[name]
     prompts = [real.prompt(question) for question in QUESTIONS]
     assert prompts == [built.prompt(question) for question in QUESTIONS]
-    theirs, ours = real(_images(sample_image), prompts), built(_images(sample_image), prompts)
+    theirs, ours = real(family_images(sample_image), prompts), built(family_images(sample_image), prompts)
     assert int((theirs["attention_mask"] == 0).sum()) > 0  # left-padded: the prompts' lengths differ
     assert set(theirs) - set(ours) <= {"batch_num_images"}, sorted(theirs)
     for key, value in ours.items():
@@ -108,9 +89,9 @@ def test_the_real_processor_and_the_builder_of_the_other_profiles_make_equal_bat
 def test_ask_answers_with_the_processors_chat_template_as_llava_avc_generate(name, checkpoint_dirs, sample_image,
                                                                              tmp_path):
     directory = checkpoint_dirs(name)
-    image = _images(sample_image)[0]
+    image = family_images(sample_image)[0]
     image.save(tmp_path / "photo.png")
-    proc = _run_cli("ask", "--model-path", directory, "--image", tmp_path / "photo.png", "--query", QUESTIONS[0],
+    proc = run_cli("ask", "--model-path", directory, "--image", tmp_path / "photo.png", "--query", QUESTIONS[0],
                     "--max-new-tokens", NEW_TOKENS, "--device", "cpu")
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = _model(name, directory)
@@ -137,10 +118,10 @@ def test_eval_pope_records_the_family_and_answers_in_a_batch_as_one_by_one(name,
                                                     "label": q.label}) for q in questions) + "\n")
     (tmp_path / "images").mkdir()
     for index, image_name in enumerate(sorted({q.image for q in questions})):
-        _images(sample_image)[index % 2].save(tmp_path / "images" / image_name)
+        family_images(sample_image)[index % 2].save(tmp_path / "images" / image_name)
     answers = {}
     for batch in (1, 2):
-        proc = _run_cli("eval", "pope", "--model-path", checkpoint_dirs(name), "--question-file", question_file,
+        proc = run_cli("eval", "pope", "--model-path", checkpoint_dirs(name), "--question-file", question_file,
                         "--image-folder", tmp_path / "images", "--out", tmp_path / f"run{batch}",
                         "--max-new-tokens", 3, "--device", "cpu", "--batch-size", batch, "--method", "avc")
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -189,7 +170,7 @@ def test_only_the_decoders_linears_are_quantized(load_quantized, name, bits):
 def test_4bit_alpha_zero_equals_the_models_own_greedy_generate_on_a_padded_batch(load_quantized, name,
                                                                                  sample_image):
     pipeline = load_quantized(name, 4)
-    inputs = pipeline.inputs(QUESTIONS, _images(sample_image))
+    inputs = pipeline.inputs(QUESTIONS, family_images(sample_image))
     assert int((inputs["attention_mask"] == 0).sum()) > 0
     with torch.no_grad():
         theirs = pipeline.model.generate(**inputs, **_greedy())
@@ -202,7 +183,7 @@ def test_4bit_alpha_zero_equals_the_models_own_greedy_generate_on_a_padded_batch
 def test_4bit_a_left_padded_batch_equals_one_prompt_at_a_time(load_quantized, name, config, sample_image):
     """(8-bit is not batch-invariant on the CPU, transformers' own generate included: docs/quantization.md.)"""
     pipeline = load_quantized(name, 4)
-    images = _images(sample_image)
+    images = family_images(sample_image)
     with torch.no_grad():
         batch = llava_avc.generate(pipeline.model, **pipeline.inputs(QUESTIONS, images), **{config.method: config},
                                    **_greedy())
@@ -215,7 +196,7 @@ def test_4bit_a_left_padded_batch_equals_one_prompt_at_a_time(load_quantized, na
 @pytest.mark.parametrize("name", FAMILIES)
 def test_8bit_decodes_with_each_method_and_real_blind_tokens(load_quantized, name, sample_image):
     pipeline = load_quantized(name, 8)
-    inputs = pipeline.inputs(QUESTIONS, _images(sample_image))
+    inputs = pipeline.inputs(QUESTIONS, family_images(sample_image))
     prompt_length = inputs["input_ids"].shape[1]
     with torch.no_grad():
         for config in (VCDConfig(), M3IDConfig()):
@@ -230,7 +211,7 @@ def test_8bit_decodes_with_each_method_and_real_blind_tokens(load_quantized, nam
 @pytest.mark.parametrize("flag", ["--load-4bit", "--load-8bit"])
 def test_ask_loads_a_qwen_checkpoint_quantized(checkpoint_dirs, sample_image, tmp_path, flag):
     sample_image.save(tmp_path / "photo.png")
-    proc = _run_cli("ask", "--model-path", checkpoint_dirs("qwen2_5_vl"), "--image", tmp_path / "photo.png",
+    proc = run_cli("ask", "--model-path", checkpoint_dirs("qwen2_5_vl"), "--image", tmp_path / "photo.png",
                     "--query", QUESTIONS[0], "--max-new-tokens", NEW_TOKENS, "--device", "cpu", flag)
     assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr[-3000:]
     assert "blind tokens:" in proc.stderr and "Traceback" not in proc.stderr
